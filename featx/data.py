@@ -1,0 +1,585 @@
+"""Datasets: the embedded sample, CIFAR-10 and image folders or archives.
+
+Every loader returns a :class:`Dataset`: uint8 RGB images ``(n, h, w, 3)``,
+integer labels, class names and a train/test split. Decoding thousands of
+small image files is slow, so decoded pixels are cached under
+``<cache_dir>/pixels/`` and a second load of the same, unchanged source is
+near instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import cache_dir as resolve_cache_dir
+from .errors import DataError
+from .images import decode_image, is_image_name, resize_image
+
+logger = logging.getLogger(__name__)
+
+#: Names accepted by :func:`load_dataset` besides a path.
+DATASETS = ("sample", "cifar10")
+#: Tasks accepted by :func:`make_task`.
+TASKS = ("full", "source", "target")
+#: CIFAR-10 class names in label order.
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
+# Bump when decoding changes, so stale pixel caches are not reused.
+_PIXEL_CACHE_VERSION = 1
+_LAYOUT_HELP = (
+    "featx expects class folders: 'train/<class>/*.jpg' and 'test/<class>/*.jpg', "
+    "or only '<class>/*.jpg' (then split train/test for you), or a CIFAR-10 "
+    "'cifar-10-batches-py' folder."
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Images, labels and class names with a train/test split.
+
+    Attributes
+    ----------
+    name : str
+        Where the images came from ("sample", "cifar10" or a path).
+    X_train, X_test : ndarray of uint8, shape (n, h, w, 3)
+        RGB images.
+    y_train, y_test : ndarray of int64, shape (n,)
+        Labels, indices into ``class_names``.
+    class_names : tuple of str
+        Class names in label order.
+    task : str
+        "full", "source" or "target" (see :func:`make_task`).
+    fingerprint : str
+        Hash of the pixels, labels and class names; it keys every cache.
+    info : dict
+        How the data was read: split, resized images, skipped files.
+    """
+
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    fingerprint: str
+    task: str = "full"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.X_train.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(X, y)`` of the "train" or "test" split."""
+        if which not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test'. Received: split={which!r}")
+        return (self.X_train, self.y_train) if which == "train" else (self.X_test, self.y_test)
+
+    def describe(self) -> str:
+        """A short human-readable summary: sizes, classes, image shape."""
+        lines = [
+            f"dataset      {self.name}",
+            f"task         {self.task}",
+            f"images       {len(self.X_train)} train, {len(self.X_test)} test, "
+            f"shape {'x'.join(map(str, self.image_shape))} uint8 RGB",
+            f"fingerprint  {self.fingerprint}",
+            f"classes      {self.n_classes}",
+        ]
+        tr, te = np.bincount(self.y_train, minlength=self.n_classes), np.bincount(
+            self.y_test, minlength=self.n_classes
+        )
+        width = max(len(c) for c in self.class_names)
+        for i, c in enumerate(self.class_names):
+            lines.append(f"  {i:>2} {c:<{width}}  {tr[i]:>6} train {te[i]:>6} test")
+        for k, v in self.info.items():
+            lines.append(f"{k:<12} {v}")
+        return "\n".join(lines)
+
+
+def sample_path() -> Path:
+    """Path of the CIFAR-10 sample shipped with featx (1,000 train and 200 test per class)."""
+    return Path(str(resources.files("featx") / "datasets" / "cifar10-sample.tar.gz"))
+
+
+def load_dataset(
+    data: str | os.PathLike | None = None,
+    task: str = "full",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    image_size: tuple[int, int] | None = None,
+    progress: bool | None = None,
+) -> Dataset:
+    """Load a dataset and select a task.
+
+    Parameters
+    ----------
+    data : str, path or None
+        "sample" (the default, shipped with featx and offline), "cifar10" (the
+        full dataset through ``keras.datasets``, downloaded once), or a path:
+        a folder, ``.tar.gz``/``.tar``/``.zip`` archive in class-folder layout,
+        or a ``cifar-10-batches-py`` folder or archive.
+    task : {"full", "source", "target"}
+        See :func:`make_task`.
+    cache_dir : path, optional
+        Where decoded pixels are cached (default: see :func:`featx.config.cache_dir`).
+    seed : int
+        Seed of every split featx makes.
+    test_fraction : float
+        Test share of the splits featx makes (folders with no train/test
+        folders, and the source/target tasks).
+    image_size : (height, width), optional
+        Size every image is brought to. By default the most common size in
+        the source; images of other sizes are resized to it and counted in
+        ``Dataset.info``.
+    progress : bool, optional
+        Show a progress bar while decoding (default: when on a terminal).
+
+    Returns
+    -------
+    Dataset
+
+    Examples
+    --------
+    >>> from featx.data import load_dataset
+    >>> ds = load_dataset("sample", task="target")
+    >>> ds.class_names
+    ('dog', 'frog', 'horse', 'ship', 'truck')
+    >>> ds.X_train.shape, ds.X_test.shape
+    ((4800, 32, 32, 3), (1200, 32, 32, 3))
+    """
+    if task not in TASKS:
+        raise ValueError(f"Unknown task. Expected one of {', '.join(TASKS)}. Received: task={task!r}")
+    if data is None or str(data) == "sample":
+        ds = _load_path(sample_path(), cache_dir, seed, test_fraction, image_size, progress)
+        ds = replace(ds, name="sample")
+    elif str(data) == "cifar10":
+        ds = _load_keras_cifar10()
+    else:
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"Dataset not found: '{data}' is neither a path that exists nor one of "
+                f"{', '.join(DATASETS)}. Pass a folder or archive of class folders, 'sample' or "
+                "'cifar10'."
+            )
+        ds = _load_path(path, cache_dir, seed, test_fraction, image_size, progress)
+    return make_task(ds, task, seed=seed, test_fraction=test_fraction)
+
+
+def make_task(ds: Dataset, task: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """Select the classes of a task.
+
+    - "full": all classes, the dataset's own train/test split.
+    - "source": the first half of the classes (CIFAR-10: 0-4), the images the
+      ``trunk`` backbone learns from.
+    - "target": the second half (CIFAR-10: 5-9), relabelled from 0, the
+      classes transferred to.
+
+    As in the split-CIFAR protocol, "source" and "target" pool the train and
+    test images of their classes and split them 80/20 again, stratified and
+    seeded (``test_fraction``, ``seed``).
+    """
+    if task not in TASKS:
+        raise ValueError(f"Unknown task. Expected one of {', '.join(TASKS)}. Received: task={task!r}")
+    if task == "full" or ds.task == task:
+        return ds
+    if ds.task != "full":
+        raise ValueError(f"Cannot make task {task!r} from a dataset that is already {ds.task!r}.")
+    n = ds.n_classes
+    if n < 4:
+        raise DataError(
+            f"The '{task}' task splits the classes in two halves and needs at least 4 classes; "
+            f"'{ds.name}' has {n}. Use task='full'."
+        )
+    lo, hi = (0, n // 2) if task == "source" else (n // 2, n)
+    X = np.concatenate([ds.X_train, ds.X_test])
+    y = np.concatenate([ds.y_train, ds.y_test])
+    keep = (y >= lo) & (y < hi)
+    X, y = X[keep], y[keep] - lo
+    train_idx, test_idx = stratified_split(y, test_fraction, seed)
+    fp = _hash_strings(ds.fingerprint, task, str(seed), str(test_fraction))
+    info = dict(ds.info, split=f"pooled train+test, stratified {1 - test_fraction:.0%}/"
+                f"{test_fraction:.0%}, seed {seed}", classes_from=f"{lo}-{hi - 1} of {ds.name}")
+    return Dataset(
+        name=ds.name,
+        X_train=X[train_idx],
+        y_train=y[train_idx],
+        X_test=X[test_idx],
+        y_test=y[test_idx],
+        class_names=tuple(ds.class_names[lo:hi]),
+        fingerprint=fp,
+        task=task,
+        info=info,
+    )
+
+
+def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of indices ``0..len(y)-1`` into (train, test), each sorted."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1). Received: test_fraction={test_fraction}")
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(y):
+        idx = np.flatnonzero(y == label)
+        rng.shuffle(idx)
+        n_test = int(round(len(idx) * test_fraction))
+        if len(idx) >= 2:
+            n_test = min(max(n_test, 1), len(idx) - 1)
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+# --------------------------------------------------------------------- CIFAR-10
+
+
+def _load_keras_cifar10() -> Dataset:
+    import keras
+
+    try:
+        (X_train, y_train), (X_test, y_test) = keras.datasets.cifar10.load_data()
+    except Exception as exc:  # the download raises various network errors
+        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+        raise DataError(
+            f"Could not load CIFAR-10 through keras.datasets ({exc.__class__.__name__}: "
+            f"{str(exc)[:200]}). It is downloaded once into {cache}; offline, point featx at "
+            "a local copy instead: --data PATH, where PATH is the 'cifar-10-python.tar.gz' "
+            "archive, its extracted 'cifar-10-batches-py' folder, or a folder/archive of class "
+            "folders."
+        ) from None
+    X_train, X_test = _nhwc(X_train), _nhwc(X_test)
+    y_train, y_test = y_train.reshape(-1).astype(np.int64), y_test.reshape(-1).astype(np.int64)
+    return Dataset(
+        "cifar10", X_train, y_train, X_test, y_test, CIFAR10_CLASSES,
+        _fingerprint(X_train, y_train, X_test, y_test, CIFAR10_CLASSES),
+        info={"split": "official"},
+    )  # fmt: skip
+
+
+def _nhwc(X: np.ndarray) -> np.ndarray:
+    # keras returns channels-last unless its image_data_format says otherwise
+    return np.ascontiguousarray(X.transpose(0, 2, 3, 1) if X.shape[1] == 3 else X)
+
+
+def _cifar_batches(blobs: dict[str, bytes], where: str) -> Dataset:
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    missing = [n for n in [*names, "test_batch"] if n not in blobs]
+    if missing:
+        raise DataError(f"'{where}' looks like cifar-10-batches-py but lacks {', '.join(missing)}.")
+
+    def unpack(blob: bytes, name: str):
+        try:
+            d = pickle.loads(blob, encoding="bytes")
+            X = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            return X, np.asarray(d[b"labels"], dtype=np.int64)
+        except Exception as exc:
+            raise DataError(
+                f"Cannot read CIFAR-10 batch '{name}' in '{where}' ({exc}). Download the archive again."
+            ) from None
+
+    parts = [unpack(blobs[n], n) for n in names]
+    X_test, y_test = unpack(blobs["test_batch"], "test_batch")
+    X_train = np.concatenate([p[0] for p in parts])
+    y_train = np.concatenate([p[1] for p in parts])
+    classes = CIFAR10_CLASSES
+    if "batches.meta" in blobs:
+        meta = pickle.loads(blobs["batches.meta"], encoding="bytes")
+        classes = tuple(c.decode() for c in meta[b"label_names"])
+    X_test = np.ascontiguousarray(X_test)
+    X_train = np.ascontiguousarray(X_train)
+    return Dataset(
+        where, X_train, y_train, X_test, y_test, classes,
+        _fingerprint(X_train, y_train, X_test, y_test, classes), info={"split": "official"},
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------- folders, archives
+
+
+def _load_path(path, cache_dir, seed, test_fraction, image_size, progress) -> Dataset:
+    path = path.resolve()
+    key = _hash_strings(
+        str(_PIXEL_CACHE_VERSION), str(path), _source_stamp(path), str(seed),
+        str(test_fraction), str(image_size),
+    )  # fmt: skip
+    root = resolve_cache_dir(cache_dir) / "pixels"
+    entry = root / f"{_slug(path.name)}-{key[:16]}"
+    cached = _read_pixel_cache(entry)
+    if cached is not None:
+        logger.info("decoded pixels of %s loaded from %s", path, entry)
+        return cached
+    ds = _read_source(path, seed, test_fraction, image_size, progress)
+    _write_pixel_cache(entry, ds, str(path))
+    return ds
+
+
+def _read_source(path: Path, seed, test_fraction, image_size, progress) -> Dataset:
+    where = str(path)
+    if path.is_dir():
+        files = {
+            p.relative_to(path).as_posix(): p
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+        }
+        if _is_cifar_batches(files):
+            prefix = _cifar_prefix(files)
+            blobs = {k[len(prefix):]: v.read_bytes() for k, v in files.items() if k.startswith(prefix)}
+            return _cifar_batches(blobs, where)
+        entries = {k: v for k, v in files.items() if is_image_name(k)}
+        skipped = [k for k in files if not is_image_name(k)]
+    elif path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        blobs, skipped = _read_archive(path)
+        if _is_cifar_batches(blobs):
+            prefix = _cifar_prefix(blobs)
+            return _cifar_batches({k[len(prefix):]: v for k, v in blobs.items() if k.startswith(prefix)}, where)
+        entries = {k: v for k, v in blobs.items() if is_image_name(k)}
+        skipped += [k for k in blobs if not is_image_name(k)]
+    else:
+        raise DataError(
+            f"Cannot read '{path}': expected a folder or an archive ending in "
+            f"{', '.join(ARCHIVE_SUFFIXES)}. {_LAYOUT_HELP}"
+        )
+    if not entries:
+        raise DataError(f"No image files (*.jpg, *.png, ...) found in '{path}'. {_LAYOUT_HELP}")
+    layout = _layout(entries.keys(), where)
+    return _decode_layout(layout, entries, where, skipped, seed, test_fraction, image_size, progress)
+
+
+def _read_archive(path: Path) -> tuple[dict[str, bytes], list[str]]:
+    blobs: dict[str, bytes] = {}
+    skipped: list[str] = []
+    try:
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if not info.is_dir() and not _junk(info.filename):
+                        blobs[info.filename] = zf.read(info)
+        else:
+            # One streaming pass: random access into a gzip stream restarts it every time.
+            with tarfile.open(path, "r|*") as tar:
+                for member in tar:
+                    if member.isfile() and not _junk(member.name):
+                        blobs[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(
+            f"Cannot read archive '{path}' ({exc.__class__.__name__}: {exc}). It is truncated or "
+            "not a tar/zip archive: download or pack it again."
+        ) from None
+    return blobs, skipped
+
+
+def _junk(name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def _is_cifar_batches(files) -> bool:
+    return any(PurePosixPath(k).name == "data_batch_1" for k in files) and any(
+        PurePosixPath(k).name == "test_batch" for k in files
+    )
+
+
+def _cifar_prefix(files) -> str:
+    k = next(k for k in files if PurePosixPath(k).name == "data_batch_1")
+    return k[: -len("data_batch_1")]
+
+
+def _layout(names, where: str) -> dict[tuple[str | None, str], list[str]]:
+    """Group image paths by (split, class); split is None for class-only layouts."""
+    parts = {n: PurePosixPath(n).parts for n in names}
+    # Strip folders that every path shares (e.g. 'cifar10-jpeg/train/...').
+    while True:
+        firsts = {p[0] for p in parts.values() if len(p) > 1}
+        if len(firsts) == 1 and firsts.isdisjoint({"train", "test"}) and all(len(p) > 2 for p in parts.values()):
+            parts = {n: p[1:] for n, p in parts.items()}
+        else:
+            break
+    depth = Counter(len(p) for p in parts.values())
+    groups: dict[tuple[str | None, str], list[str]] = {}
+    tops = {p[0] for p in parts.values()}
+    if tops <= {"train", "test", "val", "valid", "validation"} and "train" in tops:
+        if "test" not in tops:
+            raise DataError(
+                f"'{where}' has a 'train' folder but no 'test' folder. Add 'test/<class>/...' "
+                "or put the class folders at the top level and featx will split them."
+            )
+        bad = [n for n, p in parts.items() if len(p) != 3]
+        if bad:
+            raise DataError(
+                f"'{where}': images must sit in train/<class>/ or test/<class>/, but "
+                f"'{bad[0]}' does not ({len(bad)} such files). {_LAYOUT_HELP}"
+            )
+        for n, p in parts.items():
+            split = "test" if p[0] == "test" else ("train" if p[0] == "train" else None)
+            if split is None:
+                continue  # a validation folder is not used
+            groups.setdefault((split, p[1]), []).append(n)
+        train_c = {c for s, c in groups if s == "train"}
+        test_c = {c for s, c in groups if s == "test"}
+        if train_c != test_c:
+            only = sorted(train_c ^ test_c)
+            raise DataError(
+                f"'{where}': train and test must hold the same class folders; "
+                f"{', '.join(only)} is in only one of them. Add the missing folders or remove these."
+            )
+    else:
+        if set(depth) != {2}:
+            odd = next(n for n, p in parts.items() if len(p) != 2)
+            raise DataError(
+                f"'{where}': found '{odd}', which is not inside a class folder. {_LAYOUT_HELP}"
+            )
+        for n, p in parts.items():
+            groups.setdefault((None, p[0]), []).append(n)
+    classes = sorted({c for _, c in groups})
+    if len(classes) < 2:
+        raise DataError(
+            f"'{where}' holds a single class ({classes[0]!r}): a classifier needs at least two "
+            f"class folders. {_LAYOUT_HELP}"
+        )
+    return groups
+
+
+def _decode_layout(groups, entries, where, skipped, seed, test_fraction, image_size, progress):
+    classes = sorted({c for _, c in groups})
+    order = [(s, classes.index(c), n) for (s, c), names in sorted(groups.items(), key=str) for n in sorted(names)]
+    names = [n for _, _, n in order]
+
+    def decode(n):
+        return decode_image(entries[n], name=f"{where}/{n}")
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        images = list(
+            tqdm(pool.map(decode, names, chunksize=256), total=len(names), desc="decoding",
+                 unit="img", disable=_no_bar(progress), leave=False)
+        )  # fmt: skip
+    shapes = Counter(im.shape[:2] for im in images)
+    size = tuple(image_size) if image_size else shapes.most_common(1)[0][0]
+    n_resized = sum(k != size for k in [im.shape[:2] for im in images])
+    if n_resized:
+        logger.warning("%s: resized %d of %d images to %dx%d", where, n_resized, len(images), *size)
+        images = [resize_image(im, size) for im in images]
+    X = np.stack(images)
+    y = np.array([label for _, label, _ in order], dtype=np.int64)
+    split = np.array([s for s, _, _ in order], dtype=object)
+    info: dict = {}
+    if groups and next(iter(groups))[0] is None:
+        tr, te = stratified_split(y, test_fraction, seed)
+        info["split"] = f"stratified {1 - test_fraction:.0%}/{test_fraction:.0%}, seed {seed}"
+    else:
+        tr, te = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+        info["split"] = "train/ and test/ folders"
+    if n_resized:
+        info["resized"] = f"{n_resized} images to {size[0]}x{size[1]} (sizes seen: " + ", ".join(
+            f"{h}x{w}: {c}" for (h, w), c in shapes.most_common(5)
+        ) + ")"
+    if skipped:
+        info["skipped"] = f"{len(skipped)} non-image files, e.g. {skipped[0]}"
+        logger.warning("%s: skipped %d files that are not images, e.g. %s", where, len(skipped), skipped[0])
+    X_train, y_train, X_test, y_test = X[tr], y[tr], X[te], y[te]
+    for label, c in enumerate(classes):
+        if not (y_train == label).any():
+            raise DataError(f"'{where}': class '{c}' has no training images. Add images or remove the folder.")
+    return Dataset(
+        where, X_train, y_train, X_test, y_test, tuple(classes),
+        _fingerprint(X_train, y_train, X_test, y_test, classes), info=info,
+    )  # fmt: skip
+
+
+def _no_bar(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress
+
+
+# ------------------------------------------------------------ decoded-pixel cache
+
+
+def _source_stamp(path: Path) -> str:
+    """Changes whenever the source changes: sizes and mtimes of every file."""
+    if path.is_dir():
+        stats = [
+            f"{p.relative_to(path).as_posix()}:{st.st_size}:{st.st_mtime_ns}"
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and (st := p.stat())
+        ]
+        return _hash_strings(*stats)
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _read_pixel_cache(entry: Path) -> Dataset | None:
+    meta_file = entry / "meta.json"
+    if not meta_file.exists():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        arrays = {k: np.load(entry / f"{k}.npy", mmap_mode="r") for k in ("X_train", "y_train", "X_test", "y_test")}
+    except (OSError, ValueError) as exc:
+        logger.warning("ignoring unreadable pixel cache %s (%s)", entry, exc)
+        return None
+    return Dataset(meta["name"], class_names=tuple(meta["class_names"]), fingerprint=meta["fingerprint"],
+                   info=meta["info"], **arrays)  # fmt: skip
+
+
+def _write_pixel_cache(entry: Path, ds: Dataset, source: str) -> None:
+    root = entry.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        for k in ("X_train", "y_train", "X_test", "y_test"):
+            np.save(tmp / f"{k}.npy", getattr(ds, k))
+        meta = {"name": ds.name, "class_names": list(ds.class_names), "fingerprint": ds.fingerprint,
+                "info": ds.info, "source": source}  # fmt: skip
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        # Earlier decodes of the same source are stale now.
+        for old in root.iterdir():
+            if old.is_dir() and old not in (entry, tmp) and (old / "meta.json").exists():
+                try:
+                    if json.loads((old / "meta.json").read_text()).get("source") == source:
+                        shutil.rmtree(old, ignore_errors=True)
+                except (OSError, ValueError):
+                    pass
+        shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)  # atomic: a crash leaves no half-written entry
+    except OSError as exc:
+        logger.warning("could not cache decoded pixels in %s (%s)", root, exc)
+
+
+def _fingerprint(X_train, y_train, X_test, y_test, classes) -> str:
+    h = hashlib.sha256()
+    for a in (X_train, y_train, X_test, y_test):
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).data)
+    h.update("\0".join(classes).encode())
+    return h.hexdigest()[:16]
+
+
+def _hash_strings(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]

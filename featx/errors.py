@@ -1,0 +1,21 @@
+"""Exceptions raised by featx.
+
+Every featx error says what was wrong and what to do about it; the CLI prints
+the message alone, without a traceback.
+"""
+
+
+class FeatxError(Exception):
+    """Base class of the errors featx raises on bad input or a bad state."""
+
+
+class DataError(FeatxError, ValueError):
+    """A dataset could not be read: missing path, wrong layout, bad image."""
+
+
+class WeightsError(FeatxError):
+    """Backbone weights could not be found or loaded."""
+
+
+class CacheError(FeatxError):
+    """A feature cache is missing, locked or does not match what was asked."""

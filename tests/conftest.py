@@ -1,0 +1,43 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Nothing a test does lands in the repository's cache/.
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(tmp_path_factory.mktemp("featx-cache")))
+
+
+def write_image(path: Path, seed: int, size=(32, 32), mode="RGB", fmt=None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return arr
+
+
+def make_class_folders(root: Path, classes=("cat", "dog", "eel"), n_train=4, n_test=2, split=True) -> Path:
+    """Write tiny PNG images in class folders (lossless, so pixels can be compared)."""
+    seed = 0
+    for c in classes:
+        if split:
+            for s, n in (("train", n_train), ("test", n_test)):
+                for i in range(n):
+                    write_image(root / s / c / f"{i:03d}.png", seed)
+                    seed += 1
+        else:
+            for i in range(n_train + n_test):
+                write_image(root / c / f"{i:03d}.png", seed)
+                seed += 1
+    return root
