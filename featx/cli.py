@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter hides what featx prints.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from .errors import FeatxError
 
@@ -33,6 +37,67 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_backbone_args(p: argparse.ArgumentParser, default: str | None = "vgg19") -> None:
+    from .backbones import BACKBONES, INTERPOLATIONS, POOLINGS
+
+    if default is not None:
+        p.add_argument("--backbone", default=default, choices=list(BACKBONES), help=f"(default {default})")
+    p.add_argument("--weights", default=None,
+                   help="imagenet (vgg19/resnet50 default), trained (trunk default), none (seeded random "
+                   "init), or a weights file path")  # fmt: skip
+    p.add_argument("--size", type=int, default=None, help="input side after upscaling (default 224; trunk 32)")
+    p.add_argument("--pooling", choices=POOLINGS, default=None, help="default avg (trunk: flatten, 800-d)")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage type")
+
+
+def _extract_kwargs(args: argparse.Namespace) -> dict:
+    return dict(weights=args.weights, size=args.size, pooling=args.pooling, interpolation=args.interpolation,
+                batch_size=args.batch_size, dtype=args.dtype, seed=args.seed, cache_dir=args.cache_dir)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    if args.list:
+        return cmd_cache(args)
+    from .extract import extract_features
+
+    extract_features(args.backbone, args.data, args.task, force=args.force, **_extract_kwargs(args))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .trunk import pretrain_trunk
+
+    if args.backbone != "trunk":
+        raise SystemExit(f"error: only the trunk is trained by featx; {args.backbone} uses --weights")
+    pretrain_trunk(args.data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                   cache_dir=args.cache_dir)  # fmt: skip
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .cache import list_features
+
+    rows = list_features(args.cache_dir)
+    if not rows:
+        print("no cached features yet: run `python cli.py extract`")
+        return 0
+    cols = ["file", "status", "backbone", "data", "task", "size", "pooling", "dim", "train", "test",
+            "dtype", "weights", "bytes", "modified"]  # fmt: skip
+    _print_table([{c: r.get(c, "") for c in cols} for r in rows])
+    return 0
+
+
+def _print_table(rows: list[dict]) -> None:
+    cols = list(rows[0])
+    cells = [[str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="featx",
@@ -45,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="show what a dataset holds: sizes, classes, image shape")
     _add_data_args(p)
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("extract", help="run a frozen backbone once over a dataset, cache embeddings in HDF5")
+    _add_data_args(p)
+    _add_backbone_args(p)
+    p.add_argument("--force", action="store_true", help="recompute even if cached")
+    p.add_argument("--list", action="store_true", help="list cached feature sets and exit")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("pretrain", help="train the split-CIFAR trunk on the source classes (0-4)")
+    _add_data_args(p)
+    p.add_argument("--backbone", default="trunk", choices=["trunk"])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("cache", help="list cached feature sets with their settings, sizes and dates")
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=cmd_cache)
     return parser
 
 

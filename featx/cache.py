@@ -1,0 +1,276 @@
+"""The feature cache: every HDF5 read and write in featx lives here.
+
+One file per feature set, ``<cache_dir>/features/<backbone>-<data>-<task>-<key>.h5``.
+The key is a hash of every setting that made the features; the settings are
+stored as the file's attrs, and a file whose attrs do not hash to its name is
+never reused.
+
+Crash safety: features are written to ``<name>.partial.h5`` and the file is
+renamed to ``<name>.h5`` only once both splits are complete, so a ``.h5`` file
+is complete by construction. In the partial file each split's ``n_done`` attr
+is updated (and the file flushed) after each batch; a later run resumes from
+there. A partial file that cannot be read is started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .config import cache_dir as resolve_cache_dir
+from .errors import CacheError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+# Chunks of about 256 KiB: row-aligned, within HDF5's sweet spot of 10 KiB to 1 MiB.
+_CHUNK_BYTES = 256 * 1024
+
+
+def feature_key(settings: dict) -> str:
+    """Hash of the settings that made a feature set (canonical JSON, sha256, 16 hex digits)."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def feature_path(settings: dict, cache_dir=None) -> Path:
+    """Path of the complete feature file for ``settings``."""
+    name = "-".join(_slug(str(settings.get(k, ""))) for k in ("backbone", "data", "task"))
+    return resolve_cache_dir(cache_dir) / "features" / f"{name}-{feature_key(settings)}.h5"
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".partial.h5")
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".lock")
+
+
+@dataclass
+class FeatureSet:
+    """A complete cached feature set.
+
+    Attributes
+    ----------
+    path : Path
+        The HDF5 file.
+    settings : dict
+        What made the features (the cache key is their hash).
+    info : dict
+        Everything else recorded: class names, library versions, times, sizes.
+    """
+
+    path: Path
+    settings: dict
+    info: dict
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.info["class_names"])
+
+    @property
+    def key(self) -> str:
+        return feature_key(self.settings)
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Read ``(X_train, y_train, X_test, y_test)`` into memory."""
+        with h5py.File(self.path, "r") as f:
+            return f["train/X"][:], f["train/y"][:], f["test/X"][:], f["test/y"][:]
+
+    @contextmanager
+    def open(self):
+        """Memory-light access: yields ``(X_train, y_train, X_test, y_test)`` as h5py datasets.
+
+        Slicing a dataset reads only those rows; they are valid inside the ``with`` block.
+        """
+        with h5py.File(self.path, "r") as f:
+            yield f["train/X"], f["train/y"], f["test/X"], f["test/y"]
+
+
+def read_features(path: str | os.PathLike) -> FeatureSet:
+    """Open a complete feature file and check it; raises :class:`CacheError` if it is not sound."""
+    path = Path(path)
+    if not path.exists():
+        raise CacheError(f"No feature cache at '{path}'. Run `python cli.py extract` first.")
+    try:
+        with h5py.File(path, "r") as f:
+            settings = json.loads(f.attrs["settings"])
+            info = json.loads(f.attrs["info"])
+            complete = bool(f.attrs.get("complete", False))
+            shapes = {s: (f[f"{s}/X"].shape, f[f"{s}/y"].shape, int(f[s].attrs["n_total"])) for s in SPLITS}
+    except (OSError, KeyError, ValueError) as exc:
+        raise CacheError(f"Feature cache '{path}' is unreadable or incomplete ({exc}).") from None
+    if not complete:
+        raise CacheError(f"Feature cache '{path}' is not marked complete.")
+    if not path.name.endswith(f"-{feature_key(settings)}.h5"):
+        raise CacheError(f"Feature cache '{path}': its recorded settings do not match its key.")
+    for s, (xs, ys, n) in shapes.items():
+        if xs[0] != n or ys[0] != n:
+            raise CacheError(f"Feature cache '{path}': split {s} holds {xs[0]} rows, expected {n}.")
+    return FeatureSet(path, settings, info)
+
+
+def find_features(settings: dict, cache_dir=None) -> FeatureSet | None:
+    """The complete, sound feature set for ``settings``, or None.
+
+    A file that exists but is unsound (truncated, corrupt, mismatched) is
+    deleted with a warning, so that it is rebuilt.
+    """
+    path = feature_path(settings, cache_dir)
+    if not path.exists():
+        return None
+    try:
+        fs = read_features(path)
+    except CacheError as exc:
+        logger.warning("%s Rebuilding it.", exc)
+        print(f"feature cache {path.name} is damaged ({exc}); rebuilding it", flush=True)
+        path.unlink(missing_ok=True)
+        return None
+    if fs.settings != json.loads(json.dumps(settings, default=str)):
+        print(f"feature cache {path.name} records other settings; rebuilding it", flush=True)
+        path.unlink(missing_ok=True)
+        return None
+    return fs
+
+
+class PartialWriter:
+    """Appends feature batches to a partial file; resumable, finished by :meth:`finalize`."""
+
+    def __init__(self, path: Path, settings: dict, info: dict, sizes: dict[str, int], dim: int, dtype: str):
+        self.path = path
+        self.partial = partial_path(path)
+        self.settings, self.sizes, self.dim, self.dtype = settings, sizes, dim, np.dtype(dtype)
+        self.file = self._open_or_create(info)
+
+    def _open_or_create(self, info: dict) -> h5py.File:
+        if self.partial.exists():
+            try:
+                f = h5py.File(self.partial, "r+")
+                ok = (
+                    f.attrs.get("key") == feature_key(self.settings)
+                    and all(f[f"{s}/X"].shape[1] == self.dim for s in SPLITS)
+                    and all(int(f[s].attrs["n_total"]) == self.sizes[s] for s in SPLITS)
+                )
+                if ok:
+                    for s in SPLITS:  # drop rows written after the last recorded batch
+                        n = int(f[s].attrs["n_done"])
+                        if f[f"{s}/X"].shape[0] != n:
+                            f[f"{s}/X"].resize(n, axis=0)
+                            f[f"{s}/y"].resize(n, axis=0)
+                    return f
+                f.close()
+                print(f"partial cache {self.partial.name} does not match; starting again", flush=True)
+            except (OSError, KeyError, ValueError) as exc:
+                print(f"partial cache {self.partial.name} is unreadable ({exc.__class__.__name__}); "
+                      "starting again", flush=True)  # fmt: skip
+            self.partial.unlink(missing_ok=True)
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(self.partial, "w")
+        f.attrs["key"] = feature_key(self.settings)
+        f.attrs["settings"] = json.dumps(self.settings, sort_keys=True, default=str)
+        f.attrs["info"] = json.dumps(info, sort_keys=True, default=str)
+        f.attrs["complete"] = False
+        for k, v in self.settings.items():  # also one attr each, for h5dump and HDFView
+            f.attrs[f"setting_{k}"] = str(v)
+        rows = int(max(1, min(4096, _CHUNK_BYTES // max(1, self.dim * self.dtype.itemsize))))
+        for s in SPLITS:
+            g = f.create_group(s)
+            g.create_dataset("X", shape=(0, self.dim), maxshape=(None, self.dim), dtype=self.dtype,
+                             chunks=(rows, self.dim))  # fmt: skip
+            g.create_dataset("y", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(max(rows, 1024),))
+            g.attrs["n_total"] = self.sizes[s]
+            g.attrs["n_done"] = 0
+        f.flush()
+        return f
+
+    def n_done(self, split: str) -> int:
+        return int(self.file[split].attrs["n_done"])
+
+    def append(self, split: str, X: np.ndarray, y: np.ndarray) -> None:
+        g = self.file[split]
+        n = int(g.attrs["n_done"])
+        m = n + len(X)
+        g["X"].resize(m, axis=0)
+        g["y"].resize(m, axis=0)
+        g["X"][n:m] = X.astype(self.dtype, copy=False)
+        g["y"][n:m] = y
+        # Rows first, then the count that vouches for them.
+        self.file.flush()
+        g.attrs["n_done"] = m
+        self.file.flush()
+
+    def finalize(self, extra_info: dict) -> FeatureSet:
+        for s in SPLITS:
+            if self.n_done(s) != self.sizes[s]:
+                raise CacheError(f"split {s} has {self.n_done(s)} of {self.sizes[s]} rows; cannot finalize")
+        info = json.loads(self.file.attrs["info"])
+        info.update(extra_info)
+        self.file.attrs["info"] = json.dumps(info, sort_keys=True, default=str)
+        self.file.attrs["complete"] = True
+        self.file.close()
+        os.replace(self.partial, self.path)  # atomic: only complete files carry the final name
+        return read_features(self.path)
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+
+@contextmanager
+def locked(path: Path, timeout: float | None = None):
+    """Hold the lock of a feature file: a second writer waits, or fails after ``timeout`` s."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path(path)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"another featx process is extracting {path.name}; waiting for it", flush=True)
+        try:
+            lock.acquire(timeout=-1 if timeout is None else timeout)
+        except Timeout:
+            raise CacheError(
+                f"{path.name} is being written by another featx process (lock {lock_path(path)}). "
+                "Wait for it to finish and run again; the lock is released when that process ends."
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def list_features(cache_dir=None) -> list[dict]:
+    """Every feature file in the cache: settings, rows, size, date; partial files too."""
+    root = resolve_cache_dir(cache_dir) / "features"
+    rows = []
+    for p in sorted(root.glob("*.h5")) if root.exists() else []:
+        row = {"file": p.name, "bytes": p.stat().st_size, "modified": time.strftime(
+            "%Y-%m-%d %H:%M", time.localtime(p.stat().st_mtime))}  # fmt: skip
+        try:
+            with h5py.File(p, "r") as f:
+                row.update(json.loads(f.attrs["settings"]))
+                row["status"] = "complete" if f.attrs.get("complete") else "partial"
+                row["train"] = f"{int(f['train'].attrs['n_done'])}/{int(f['train'].attrs['n_total'])}"
+                row["test"] = f"{int(f['test'].attrs['n_done'])}/{int(f['test'].attrs['n_total'])}"
+                row["dim"] = int(f["train/X"].shape[1])
+        except (OSError, KeyError, ValueError):
+            row["status"] = "unreadable"
+        rows.append(row)
+    return rows
+
+
+def _slug(s: str) -> str:
+    s = Path(s).name if ("/" in s or os.sep in s) else s
+    return "".join(c if c.isalnum() or c in "_" else "_" for c in s)[:40] or "x"

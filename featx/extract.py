@@ -1,0 +1,225 @@
+"""Run a frozen backbone over a dataset once and cache the embeddings in HDF5."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import cache
+from .backbones import build_extractor, resolve_options, weights_identity
+from .data import Dataset, load_dataset
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("float32", "float16")
+
+
+def make_extractor(
+    backbone: str = "vgg19",
+    *,
+    weights=None,
+    size: int | None = None,
+    pooling: str | None = None,
+    interpolation: str = "bilinear",
+    seed: int = 0,
+    data=None,
+    cache_dir=None,
+):
+    """Build the frozen extraction model and the settings that identify it.
+
+    Returns ``(model, settings)`` where ``settings`` holds the backbone,
+    weights identity, size, interpolation and pooling. For the ``trunk`` with
+    ``weights="trained"``, the trunk trained on ``data``'s source classes is
+    loaded, or trained first.
+    """
+    spec, size, pooling, weights = resolve_options(
+        backbone, size=size, pooling=pooling, interpolation=interpolation, weights=weights
+    )
+    trunk_model = None
+    if backbone == "trunk":
+        from .trunk import build_trunk_classifier, load_or_train_trunk, load_trunk_file, trunk_weights_id
+
+        if weights == "trained":
+            source = data if isinstance(data, Dataset) and data.task == "source" else None
+            if source is None:
+                name = data.name if isinstance(data, Dataset) else data
+                source = load_dataset(name, "source", cache_dir=cache_dir, seed=seed)
+            trunk_model, _ = load_or_train_trunk(source, seed=seed, cache_dir=cache_dir)
+        elif weights == "none":
+            trunk_model = build_trunk_classifier(5, seed)
+        else:
+            trunk_model = load_trunk_file(weights)
+        wid = trunk_weights_id(trunk_model)
+    else:
+        wid = weights_identity(backbone, weights, seed)
+    model = build_extractor(backbone, weights=weights, size=size, pooling=pooling,
+                            interpolation=interpolation, seed=seed, trunk_model=trunk_model)  # fmt: skip
+    settings = {"backbone": backbone, "weights": wid, "size": size, "interpolation": interpolation,
+                "pooling": pooling}  # fmt: skip
+    return model, settings
+
+
+def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: str = "embedding"):
+    """Yield ``(start, features)`` for consecutive batches of ``X`` (uint8 images).
+
+    The last batch is padded to ``batch_size`` so that compiled backends see one
+    shape only. ``progress`` is a tqdm bar to update, or None.
+    """
+    n = len(X)
+    for start in range(0, n, batch_size):
+        batch = np.ascontiguousarray(X[start : start + batch_size])
+        m = len(batch)
+        if m < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - m, *batch.shape[1:]), batch.dtype)])
+        out = np.asarray(model.predict_on_batch(batch))[:m]
+        if progress is not None:
+            progress.update(m)
+        yield start, out
+
+
+def extract_features(
+    backbone: str = "vgg19",
+    data=None,
+    task: str = "full",
+    *,
+    weights=None,
+    size: int | None = None,
+    pooling: str | None = None,
+    interpolation: str = "bilinear",
+    batch_size: int = 32,
+    dtype: str = "float32",
+    seed: int = 0,
+    cache_dir=None,
+    force: bool = False,
+    progress: bool | None = None,
+    lock_timeout: float | None = None,
+) -> cache.FeatureSet:
+    """Embed the train and test images of a dataset with a frozen backbone, cached in HDF5.
+
+    Running it again with the same settings returns the cached features at
+    once; any different setting makes a new cache file. An interrupted run
+    resumes from its last complete batch.
+
+    Parameters
+    ----------
+    backbone : {"trunk", "vgg19", "resnet50"}
+    data : str, path or Dataset
+        See :func:`featx.data.load_dataset` ("sample" by default).
+    task : {"full", "source", "target"}
+    weights : str or path, optional
+        "imagenet" (default for vgg19/resnet50, downloaded once by Keras),
+        "trained" (default for trunk), "none" (seeded random init) or a file.
+    size : int, optional
+        Side the images are resized to inside the model (default 224; the trunk runs at 32).
+    pooling : {"avg", "max", "flatten"}, optional
+        Default "avg" (trunk: "flatten", its 800-d embedding).
+    interpolation : str
+        Resize method, "bilinear" by default.
+    batch_size : int
+        Images per forward pass.
+    dtype : {"float32", "float16"}
+        Storage type of the features.
+    seed : int
+        Seed of the data splits and of random weights.
+    cache_dir : path, optional
+        Cache folder (default ``./cache`` or ``$FEATX_CACHE_DIR``).
+    force : bool
+        Recompute even if a complete cache exists.
+    progress : bool, optional
+        Progress bar (default: when on a terminal).
+    lock_timeout : float, optional
+        Seconds to wait for another process extracting the same settings
+        (default: wait until it is done).
+
+    Returns
+    -------
+    FeatureSet
+        ``.load()`` gives ``(X_train, y_train, X_test, y_test)``.
+
+    Examples
+    --------
+    >>> fs = extract_features("vgg19", "sample", weights="none", size=32)  # doctest: +SKIP
+    >>> X_train, y_train, X_test, y_test = fs.load()  # doctest: +SKIP
+    """
+    import keras
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={dtype!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    resolve_options(backbone, size=size, pooling=pooling, interpolation=interpolation, weights=weights)
+    ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
+    model, settings = make_extractor(backbone, weights=weights, size=size, pooling=pooling,
+                                     interpolation=interpolation, seed=seed, data=ds,
+                                     cache_dir=cache_dir)  # fmt: skip
+    settings.update(data=ds.name, task=ds.task, data_fingerprint=ds.fingerprint, dtype=dtype,
+                    backend=keras.backend.backend(), format=cache.FORMAT_VERSION)  # fmt: skip
+    path = cache.feature_path(settings, cache_dir)
+    if not force:
+        found = cache.find_features(settings, cache_dir)
+        if found is not None:
+            print(f"features already cached: {found.path}", flush=True)
+            return found
+    with cache.locked(path, lock_timeout):
+        if force:
+            path.unlink(missing_ok=True)
+            cache.partial_path(path).unlink(missing_ok=True)
+        else:  # another process may have finished it while we waited
+            found = cache.find_features(settings, cache_dir)
+            if found is not None:
+                print(f"features already cached: {found.path}", flush=True)
+                return found
+        return _run(model, ds, settings, path, batch_size, dtype, progress)
+
+
+def _run(model, ds: Dataset, settings: dict, path, batch_size: int, dtype: str, progress) -> cache.FeatureSet:
+    import h5py
+    import keras
+    import sklearn
+
+    dim = int(model.output.shape[-1])
+    info = {
+        "class_names": list(ds.class_names),
+        "image_shape": list(ds.image_shape),
+        "data_info": ds.info,
+        "batch_size": batch_size,
+        "versions": {"featx": _featx_version(), "keras": keras.__version__, "numpy": np.__version__,
+                     "h5py": h5py.__version__, "scikit-learn": sklearn.__version__,
+                     "python": platform.python_version()},  # fmt: skip
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    sizes = {"train": len(ds.X_train), "test": len(ds.X_test)}
+    writer = cache.PartialWriter(path, settings, info, sizes, dim, dtype)
+    seconds = {}
+    try:
+        for split in cache.SPLITS:
+            X, y = ds.split(split)
+            done = writer.n_done(split)
+            if done == len(X):
+                continue
+            if done:
+                print(f"resuming {split} at image {done} of {len(X)}", flush=True)
+            t0 = time.perf_counter()
+            disable = None if progress is None else not progress
+            with tqdm(total=len(X), initial=done, desc=f"{settings['backbone']} {split}", unit="img",
+                      disable=disable, file=sys.stderr, dynamic_ncols=True) as bar:  # fmt: skip
+                for start, feats in embed(model, X[done:], batch_size=batch_size, progress=bar):
+                    writer.append(split, feats, y[done + start : done + start + len(feats)])
+            seconds[split] = round(time.perf_counter() - t0, 3)
+        fs = writer.finalize({"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    finally:
+        writer.close()
+    print(f"features cached: {fs.path} (train {sizes['train']}x{dim}, test {sizes['test']}x{dim})", flush=True)
+    return fs
+
+
+def _featx_version() -> str:
+    from . import __version__
+
+    return __version__
+

@@ -1,0 +1,178 @@
+"""The split-CIFAR trunk: a small CNN trained on the source classes, reused frozen.
+
+Architecture (as in the split-CIFAR transfer-learning protocol)::
+
+    Conv2D 32 5x5 relu  -> 28x28x32
+    Conv2D 16 5x5 relu  -> 24x24x16
+    MaxPool 2x2         -> 12x12x16
+    Conv2D 8 3x3 relu   -> 10x10x8
+    Flatten             -> 800
+    Dropout 0.42                      (the embedding: the first six layers)
+    Dense 128 relu
+    Dense n_classes softmax           (used for training only)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import cache_dir as resolve_cache_dir
+from .data import Dataset, load_dataset
+
+logger = logging.getLogger(__name__)
+
+#: Number of layers (after the input scaling) that form the frozen embedding.
+N_EMBEDDING_LAYERS = 6
+EMBEDDING_DIM = 800
+
+
+def build_trunk_classifier(n_classes: int = 5, seed: int = 0):
+    """The trunk with its training head; takes uint8 32x32 RGB images."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input(shape=(32, 32, 3)),
+            layers.Rescaling(1.0 / 255, name="scale"),
+            layers.Conv2D(32, 5, activation="relu", name="conv1"),
+            layers.Conv2D(16, 5, activation="relu", name="conv2"),
+            layers.MaxPooling2D(2, name="pool"),
+            layers.Conv2D(8, 3, activation="relu", name="conv3"),
+            layers.Flatten(name="flatten"),
+            layers.Dropout(0.42, name="dropout"),
+            layers.Dense(128, activation="relu", name="dense"),
+            layers.Dense(n_classes, activation="softmax", name="softmax"),
+        ],
+        name="trunk",
+    )
+
+
+def trunk_embedding_layers(model) -> list:
+    """The frozen layers of a trunk classifier that make its 800-d embedding (scaling included)."""
+    layers = model.layers[: N_EMBEDDING_LAYERS + 1]
+    for layer in layers:
+        layer.trainable = False
+    return layers
+
+
+def trunk_path(ds: Dataset, seed: int, cache_dir=None) -> Path:
+    """Where the trunk trained on ``ds`` (a source task) with ``seed`` is saved."""
+    return resolve_cache_dir(cache_dir) / "trunk" / f"trunk-{_slug(ds.name)}-{ds.fingerprint}-seed{seed}.keras"
+
+
+def pretrain_trunk(
+    data=None,
+    *,
+    epochs: int = 10,
+    batch_size: int = 100,
+    seed: int = 0,
+    cache_dir=None,
+    verbose: int | str = "auto",
+) -> tuple[Path, dict]:
+    """Train the trunk on the source task of ``data`` and save it in the cache.
+
+    Trains on the source task's train split and reports accuracy on its test
+    split (the split-CIFAR 80/20 protocol, seeded). Returns the path of the
+    saved model and its training record (also saved beside it as JSON).
+
+    Examples
+    --------
+    >>> path, record = pretrain_trunk("sample", epochs=1, verbose=0)  # doctest: +SKIP
+    """
+    import keras
+
+    ds = data if isinstance(data, Dataset) else load_dataset(data, "source", cache_dir=cache_dir, seed=seed)
+    if ds.task != "source":
+        raise ValueError(f"The trunk trains on the 'source' task. Received a dataset with task={ds.task!r}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer. Received: epochs={epochs!r}")
+    model = build_trunk_classifier(ds.n_classes, seed)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    print(f"training the trunk on {ds.name} classes {', '.join(ds.class_names)} "
+          f"({len(ds.X_train)} images, {epochs} epochs)", flush=True)  # fmt: skip
+    t0 = time.perf_counter()
+    hist = model.fit(
+        np.asarray(ds.X_train), ds.y_train, validation_data=(np.asarray(ds.X_test), ds.y_test),
+        epochs=epochs, batch_size=batch_size, shuffle=True, verbose=verbose,
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    path = trunk_path(ds, seed, cache_dir)
+    record = {
+        "data": ds.name,
+        "task": ds.task,
+        "classes": list(ds.class_names),
+        "data_fingerprint": ds.fingerprint,
+        "n_train": len(ds.X_train),
+        "n_val": len(ds.X_test),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "val_accuracy": float(hist.history["val_accuracy"][-1]),
+        "val_accuracy_per_epoch": [round(float(a), 4) for a in hist.history["val_accuracy"]],
+        "train_seconds": round(seconds, 2),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    model.save(tmp)
+    os.replace(tmp, path)  # a crash never leaves a half-written trunk behind
+    path.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    print(f"trunk: validation accuracy {record['val_accuracy']:.2%} after {epochs} epochs "
+          f"({seconds:.1f} s), saved to {path}", flush=True)  # fmt: skip
+    return path, record
+
+
+def load_or_train_trunk(data=None, *, seed: int = 0, cache_dir=None, epochs: int = 10):
+    """The trunk trained on ``data``'s source classes: loaded if saved, else trained now (saying so)."""
+    import keras
+
+    ds = data if isinstance(data, Dataset) else load_dataset(data, "source", cache_dir=cache_dir, seed=seed)
+    path = trunk_path(ds, seed, cache_dir)
+    if not path.exists():
+        print(f"no trunk trained on {ds.name} yet: training it now (python cli.py pretrain "
+              "--backbone trunk does this ahead of time)", flush=True)  # fmt: skip
+        pretrain_trunk(ds, epochs=epochs, seed=seed, cache_dir=cache_dir)
+    return keras.saving.load_model(path), path
+
+
+def trunk_weights_id(model) -> str:
+    """Hash of the trunk's embedding weights: changes whenever the trunk is retrained."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for layer in trunk_embedding_layers(model):
+        for w in layer.get_weights():
+            h.update(np.ascontiguousarray(w, dtype=np.float32).data)
+    return "trunk:sha256=" + h.hexdigest()[:16]
+
+
+def load_trunk_file(path) -> object:
+    """Load a trunk classifier saved by :func:`pretrain_trunk` (or any model of the same layers)."""
+    import keras
+
+    from .errors import WeightsError
+
+    try:
+        model = keras.saving.load_model(Path(path).expanduser())
+    except Exception as exc:
+        raise WeightsError(f"Could not load a trunk from '{path}' ({exc.__class__.__name__}: {exc}).") from None
+    if model.layers[N_EMBEDDING_LAYERS - 1].output.shape[-1] != EMBEDDING_DIM:
+        raise WeightsError(f"'{path}' is not a featx trunk: its layer 6 is not the 800-d flatten.")
+    return model
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(name).name)[:40]
