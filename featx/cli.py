@@ -89,6 +89,61 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _params(args: argparse.Namespace) -> dict:
+    from .heads import parse_params
+
+    return parse_params(args.param)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .compare import fit_head, format_table
+
+    res, path = fit_head(args.head, args.backbone, args.data, args.task, params=_params(args),
+                         **_extract_kwargs(args))  # fmt: skip
+    print(format_table([res]))
+    print(f"saved {args.head} head to {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, format_table
+
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    params = {}
+    for item in args.param or []:
+        head, _, rest = item.partition(":")
+        if not rest:
+            raise SystemExit(f"error: compare's --param is HEAD:NAME=VALUE, e.g. logreg:C=0.1. Received: {item!r}")
+        params.setdefault(head, []).append(rest)
+    from .heads import parse_params
+
+    results, paths = compare(backbones, heads, args.data, args.task,
+                             params={h: parse_params(v) for h, v in params.items()},
+                             weights=args.weights, size=args.size, batch_size=args.batch_size, seed=args.seed,
+                             cache_dir=args.cache_dir, reports_dir=args.reports_dir, n_jobs=args.n_jobs)  # fmt: skip
+    print()
+    print(format_table(results))
+    print()
+    for kind, path in paths.items():
+        print(f"{kind:<10} {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .compare import predict_files
+
+    failed = 0
+    for f, label, score, err in predict_files(args.images, args.head, args.backbone, args.data, args.task,
+                                              cache_dir=args.cache_dir):  # fmt: skip
+        if err:
+            failed += 1
+            print(f"{f}\terror: {err}")
+        else:
+            print(f"{f}\t{label}\t{score:.3f}")
+    return 1 if failed else 0
+
+
 def _print_table(rows: list[dict]) -> None:
     cols = list(rows[0])
     cells = [[str(r[c]) for c in cols] for r in rows]
@@ -124,6 +179,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=100)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("fit", help="fit a head on cached features (extracting them first if missing)")
+    _add_data_args(p)
+    _add_backbone_args(p)
+    p.add_argument("--head", default="logreg", help="dense, logreg, svm or svm-rbf (default logreg)")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="head parameter, e.g. C=0.1 (repeatable)")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("compare", help="fit every head on every backbone's features; print and save a table")
+    _add_data_args(p)
+    p.set_defaults(task=None)
+    p.add_argument("--backbones", default="trunk", help="comma-separated (default trunk)")
+    p.add_argument("--heads", default="dense,logreg,svm", help="comma-separated (default dense,logreg,svm)")
+    p.add_argument("--param", action="append", metavar="HEAD:NAME=VALUE", help="e.g. logreg:C=0.1 (repeatable)")
+    p.add_argument("--weights", default=None, help="weights of vgg19/resnet50 (imagenet, none or a path)")
+    p.add_argument("--size", type=int, default=None, help="input side of vgg19/resnet50 (default 224)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--reports-dir", default="reports", help="where the table and pictures go (default reports/)")
+    p.add_argument("--n-jobs", type=int, default=2, help="parallel fits of the scikit-learn heads")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("predict", help="classify image files with a fitted head and its backbone")
+    _add_data_args(p)
+    p.add_argument("--backbone", default="vgg19")
+    p.add_argument("--head", default="logreg")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("cache", help="list cached feature sets with their settings, sizes and dates")
     p.add_argument("--cache-dir", default=None)

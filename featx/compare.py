@@ -1,0 +1,303 @@
+"""Fit heads on cached features, compare them, and classify new images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.base import clone
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from .config import cache_dir as resolve_cache_dir
+from .data import Dataset, load_dataset
+from .errors import CacheError, FeatxError
+from .extract import extract_features, make_extractor
+from .heads import make_head
+
+
+@dataclass
+class FitResult:
+    """A fitted head and how it did on the held-out split."""
+
+    backbone: str
+    head: str
+    accuracy: float
+    macro_f1: float
+    fit_seconds: float
+    predict_ms_per_image: float
+    estimator: object
+    y_test: np.ndarray
+    y_pred: np.ndarray
+    class_names: tuple
+    note: str = ""
+
+    def row(self) -> dict:
+        return {
+            "backbone": self.backbone,
+            "head": self.head,
+            "accuracy": round(self.accuracy, 4),
+            "macro_f1": round(self.macro_f1, 4),
+            "fit_seconds": round(self.fit_seconds, 3),
+            "predict_ms_per_image": round(self.predict_ms_per_image, 4),
+            "note": self.note,
+        }
+
+
+def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", head="", class_names=()):
+    """Fit a clone of ``estimator`` and measure it on the test split."""
+    est = clone(estimator)
+    t0 = time.perf_counter()
+    est.fit(X_train, y_train)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = est.predict(X_test)
+    pred_ms = (time.perf_counter() - t0) * 1000 / max(1, len(X_test))
+    note = getattr(est, "solver_", "")
+    return FitResult(backbone, head, float(accuracy_score(y_test, pred)),
+                     float(f1_score(y_test, pred, average="macro")), fit_s, pred_ms, est,
+                     np.asarray(y_test), np.asarray(pred), tuple(class_names), note)  # fmt: skip
+
+
+def _extract_args(backbone, weights, size, pooling, interpolation, batch_size, dtype, seed, cache_dir):
+    return dict(weights=weights, size=size, pooling=pooling, interpolation=interpolation,
+                batch_size=batch_size, dtype=dtype, seed=seed, cache_dir=cache_dir)  # fmt: skip
+
+
+def head_path(head: str, backbone: str, data_name: str, task: str, cache_dir=None) -> Path:
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(str(data_name)).name)
+    return resolve_cache_dir(cache_dir) / "heads" / f"{head}-{backbone}-{slug}-{task}.joblib"
+
+
+def fit_head(
+    head: str = "logreg",
+    backbone: str = "vgg19",
+    data=None,
+    task: str = "full",
+    *,
+    params: dict | None = None,
+    weights=None,
+    size: int | None = None,
+    pooling: str | None = None,
+    interpolation: str = "bilinear",
+    batch_size: int = 32,
+    dtype: str = "float32",
+    seed: int = 0,
+    cache_dir=None,
+    save: bool = True,
+) -> tuple[FitResult, Path | None]:
+    """Fit one head on cached features (extracting them first when missing) and save it.
+
+    Returns the result (accuracy, macro-F1, times, fitted estimator) and the
+    path of the saved head: a joblib file holding the estimator and a record
+    of the feature cache it was trained on.
+    """
+    estimator = make_head(head, **(params or {}))
+    ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
+    kw = _extract_args(backbone, weights, size, pooling, interpolation, batch_size, dtype, seed, cache_dir)
+    fs = extract_features(backbone, ds, **kw)
+    X_train, y_train, X_test, y_test = fs.load()
+    res = evaluate_head(estimator, X_train, y_train, X_test, y_test, backbone=backbone, head=head,
+                        class_names=fs.class_names)  # fmt: skip
+    path = None
+    if save:
+        path = head_path(head, backbone, ds.name, ds.task, cache_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "head": head,
+            "params": params or {},
+            "features": str(fs.path),
+            "feature_settings": fs.settings,
+            "extract_args": {"backbone": backbone, "data": ds.name, "task": ds.task,
+                             **{k: str(v) if isinstance(v, Path) else v for k, v in kw.items()
+                                if k not in ("cache_dir", "batch_size", "dtype")}},  # fmt: skip
+            "class_names": list(fs.class_names),
+            "image_shape": fs.info["image_shape"],
+            "metrics": res.row(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        tmp = path.with_suffix(".tmp")
+        joblib.dump({"estimator": res.estimator, "record": record}, tmp)
+        tmp.replace(path)
+    return res, path
+
+
+def compare(
+    backbones=("trunk",),
+    heads=("dense", "logreg", "svm"),
+    data=None,
+    task: str | None = None,
+    *,
+    params: dict | None = None,
+    weights=None,
+    size: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    cache_dir=None,
+    reports_dir="reports",
+    n_jobs: int = 2,
+) -> tuple[list[FitResult], dict[str, Path]]:
+    """Fit every head on every backbone's cached features; write a table and pictures.
+
+    With the defaults it runs the split-CIFAR experiment on the shipped
+    sample: the trunk is trained on classes 0-4 (once, then cached), extracts
+    frozen features of classes 5-9, and the heads are fit on those.
+
+    ``task`` defaults to "target" when the trunk is among the backbones, else
+    "full". ``params`` maps a head name to its parameters. Scikit-learn heads
+    run in parallel (``n_jobs`` processes); the Keras head runs in this process.
+
+    Returns the results, best first, and the paths of the report files.
+    """
+    from joblib import Parallel, delayed
+
+    if task is None:
+        task = "target" if "trunk" in backbones else "full"
+    params = params or {}
+    for h in heads:
+        make_head(h, **params.get(h, {}))  # unknown heads and bad parameters fail before any work
+    ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
+    results: list[FitResult] = []
+    for backbone in backbones:
+        # --weights and --size are for the ImageNet backbones; the trunk takes only "none".
+        trunk = backbone == "trunk"
+        fs = extract_features(backbone, ds, weights=(weights if weights == "none" else None) if trunk else weights,
+                              size=None if trunk else size, batch_size=batch_size, seed=seed,
+                              cache_dir=cache_dir)  # fmt: skip
+        X_train, y_train, X_test, y_test = fs.load()
+        jobs = [(h, make_head(h, **params.get(h, {}))) for h in heads]
+        keras_jobs = [(h, e) for h, e in jobs if h == "dense"]
+        other = [(h, e) for h, e in jobs if h != "dense"]
+        # Keras keeps its own thread pools: its head runs here, the sklearn heads in worker processes.
+        par = Parallel(n_jobs=min(n_jobs, max(1, len(other))))(
+            delayed(evaluate_head)(e, X_train, y_train, X_test, y_test, backbone=backbone, head=h,
+                                   class_names=fs.class_names) for h, e in other
+        )  # fmt: skip
+        ker = [evaluate_head(e, X_train, y_train, X_test, y_test, backbone=backbone, head=h,
+                             class_names=fs.class_names) for h, e in keras_jobs]  # fmt: skip
+        results += ker + list(par)
+    results.sort(key=lambda r: (-r.accuracy, -r.macro_f1, r.fit_seconds))
+    paths = write_report(results, ds, reports_dir)
+    return results, paths
+
+
+def format_table(results: list[FitResult]) -> str:
+    head = f"{'backbone':<10} {'head':<8} {'accuracy':>8} {'macro-F1':>8} {'fit s':>7} {'predict ms/img':>14}  note"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(f"{r.backbone:<10} {r.head:<8} {r.accuracy:>8.2%} {r.macro_f1:>8.3f} {r.fit_seconds:>7.2f} "
+                     f"{r.predict_ms_per_image:>14.4f}  {r.note}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_report(results: list[FitResult], ds: Dataset, reports_dir) -> dict[str, Path]:
+    """Write compare.csv, compare.json, accuracy.png and confusion.png; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(reports_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.row() for r in results]
+    paths = {"csv": out / "compare.csv", "json": out / "compare.json",
+             "accuracy": out / "accuracy.png", "confusion": out / "confusion.png"}  # fmt: skip
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    meta = {"data": ds.name, "task": ds.task, "classes": list(ds.class_names),
+            "n_train": len(ds.X_train), "n_test": len(ds.X_test), "results": rows}  # fmt: skip
+    paths["json"].write_text(json.dumps(meta, indent=1))
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(rows)))
+    labels = [f"{r['backbone']} + {r['head']}" for r in rows][::-1]
+    accs = [r["accuracy"] for r in rows][::-1]
+    ax.barh(labels, accs, color="tab:blue")
+    for i, a in enumerate(accs):
+        ax.text(a, i, f" {a:.1%}", va="center")
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("held-out accuracy")
+    ax.set_title(f"{ds.name} / {ds.task}: {len(ds.X_test)} test images")
+    fig.tight_layout()
+    fig.savefig(paths["accuracy"], dpi=100)
+    plt.close(fig)
+
+    best = results[0]
+    cm = confusion_matrix(best.y_test, best.y_pred, labels=np.arange(len(best.class_names)))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(cm), 1 + 0.6 * len(cm)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(cm)), best.class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(cm)), best.class_names)
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{best.backbone} + {best.head}: {best.accuracy:.1%}")
+    fig.tight_layout()
+    fig.savefig(paths["confusion"], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def predict_files(files, head: str = "logreg", backbone: str = "vgg19", data=None, task: str = "full",
+                  *, cache_dir=None, batch_size: int = 32):  # fmt: skip
+    """Classify image files with a saved head and its backbone.
+
+    Yields ``(file, class_name, probability_or_score, error)`` per image;
+    a file that cannot be read gets its error and the others still run.
+    ``files`` may name folders: their images are classified.
+    """
+    from .images import decode_image, is_image_name, resize_image
+
+    name = "sample" if data is None else str(data)
+    ds_name = "sample" if name == "sample" else (name if name == "cifar10" else str(Path(name).expanduser().resolve()))
+    path = head_path(head, backbone, ds_name, task, cache_dir)
+    if not path.exists():
+        raise CacheError(
+            f"No {head} head fitted on {backbone} features of {name} ({task}) yet. Run "
+            f"`python cli.py fit --head {head} --backbone {backbone} --data {name} --task {task}` first."
+        )
+    saved = joblib.load(path)
+    est, rec = saved["estimator"], saved["record"]
+    ea = dict(rec["extract_args"])
+    ea.pop("task", None)
+    data_arg = ea.pop("data")
+    model, settings = make_extractor(ea.pop("backbone"), data=data_arg, cache_dir=cache_dir, **ea)
+    for k in ("weights", "size", "pooling", "interpolation"):
+        if settings[k] != rec["feature_settings"][k]:
+            raise FeatxError(f"The backbone rebuilt for {path.name} differs from the one it was trained on "
+                             f"({k}: {settings[k]} vs {rec['feature_settings'][k]}). Fit the head again.")  # fmt: skip
+    shape = tuple(rec.get("image_shape", ())) or None
+    paths = []
+    for f in files:
+        p = Path(f)
+        paths += sorted(q for q in p.rglob("*") if q.is_file() and is_image_name(q.name)) if p.is_dir() else [p]
+    images, ok = [], []
+    for p in paths:
+        try:
+            images.append(decode_image(p))
+            ok.append(p)
+        except FeatxError as exc:
+            yield str(p), None, None, str(exc)
+    if not images:
+        return
+    size = shape[:2] if shape else (32, 32)
+    X = np.stack([resize_image(im, size) if im.shape[:2] != size else im for im in images])
+    feats = np.asarray(model.predict(X, batch_size=batch_size, verbose=0))
+    classes = np.asarray(rec["class_names"])
+    if hasattr(est, "predict_proba"):
+        scores = est.predict_proba(feats)
+    else:
+        scores = est.decision_function(feats)
+        scores = scores if scores.ndim == 2 else np.stack([-scores, scores], 1)
+    idx = np.asarray(est.predict(feats))
+    for p, label, s in zip(ok, idx, scores):
+        k = int(np.flatnonzero(est.classes_ == label)[0])
+        yield str(p), str(classes[int(label)]), float(s[k]), None

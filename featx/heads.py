@@ -1,0 +1,370 @@
+"""Classifier heads for cached features: one registry of scikit-learn estimators.
+
+- ``dense``: the split-CIFAR softmax head, Dense(128, relu) -> Dropout -> Dense(softmax), in Keras.
+- ``logreg``: standardisation + multinomial logistic regression.
+- ``svm``: standardisation + linear SVM.
+- ``svm-rbf``: standardisation + RBF SVM, exact up to ``max_exact_samples`` rows,
+  Nystroem kernel approximation + linear SVM beyond.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import tempfile
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.kernel_approximation import Nystroem
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+
+class DenseClassifier(ClassifierMixin, BaseEstimator):
+    """Softmax head in Keras: Dense(hidden_units, relu) -> Dropout -> Dense(n_classes, softmax).
+
+    Parameters
+    ----------
+    hidden_units : int, default=128
+    dropout : float, default=0.42
+        Dropout rate after the hidden layer (the split-CIFAR trunk's rate).
+    epochs : int, default=10
+    batch_size : int, default=100
+    learning_rate : float, default=1e-3
+        Adam's learning rate.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training rows (stratified,
+        seeded) and stop when validation loss has not improved for
+        ``patience`` epochs, keeping the best weights.
+    validation_fraction : float, default=0.1
+    patience : int, default=3
+    standardize : bool, default=True
+        Scale features to zero mean and unit variance first.
+    random_state : int or None, default=None
+        Seeds weight init, shuffling and dropout.
+    verbose : int, default=0
+        Keras's ``fit`` verbosity.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    n_features_in_ : int
+    model_ : keras.Model
+    scaler_ : StandardScaler or None
+    history_ : dict
+        Keras's training history.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.heads import DenseClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(60, 4)); y = np.where(X[:, 0] > 0, "yes", "no")
+    >>> clf = DenseClassifier(epochs=30, random_state=0).fit(X, y)
+    >>> clf.classes_
+    array(['no', 'yes'], dtype='<U3')
+    >>> bool(clf.score(X, y) > 0.9)
+    True
+    """
+
+    def __init__(
+        self,
+        hidden_units: int = 128,
+        dropout: float = 0.42,
+        epochs: int = 10,
+        batch_size: int = 100,
+        learning_rate: float = 1e-3,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        patience: int = 3,
+        standardize: bool = True,
+        random_state: int | None = None,
+        verbose: int = 0,
+    ):
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.standardize = standardize
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y):
+        import keras
+
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"DenseClassifier needs at least 2 classes in y; got 1 class: {self.classes_[0]!r}."
+            )
+        self.scaler_ = StandardScaler().fit(X) if self.standardize else None
+        Xs = self._scale(X)
+        seed = self.random_state if self.random_state is not None else int(np.random.randint(2**31 - 1))
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [
+                keras.Input(shape=(X.shape[1],)),
+                keras.layers.Dense(self.hidden_units, activation="relu"),
+                keras.layers.Dropout(self.dropout),
+                keras.layers.Dense(len(self.classes_), activation="softmax"),
+            ]
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(self.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        kw = {}
+        if self.early_stopping:
+            from .data import stratified_split
+
+            tr, va = stratified_split(y_idx, self.validation_fraction, seed)
+            kw["validation_data"] = (Xs[va], y_idx[va])
+            kw["callbacks"] = [keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True)]
+            Xs, y_idx = Xs[tr], y_idx[tr]
+        hist = model.fit(Xs, y_idx, epochs=self.epochs, batch_size=self.batch_size, shuffle=True,
+                         verbose=self.verbose, **kw)  # fmt: skip
+        self.model_ = model
+        self.history_ = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        return self
+
+    def _scale(self, X):
+        return X if self.scaler_ is None else self.scaler_.transform(X).astype(np.float32)
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        Xs = self._scale(X)
+        return np.asarray(self.model_.predict_on_batch(Xs) if len(Xs) <= 4096
+                          else self.model_.predict(Xs, batch_size=4096, verbose=0), dtype=np.float64)  # fmt: skip
+
+    def predict(self, X):
+        check_is_fitted(self)
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    # Keras models are saved in Keras's own format inside the pickle, never pickled directly.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        model = state.pop("model_", None)
+        if model is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "model.keras")
+                model.save(path)
+                with open(path, "rb") as f:
+                    state["_model_keras_bytes"] = f.read()
+        return state
+
+    def __setstate__(self, state):
+        blob = state.pop("_model_keras_bytes", None)
+        self.__dict__.update(state)
+        if blob is not None:
+            import keras
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "model.keras")
+                with open(path, "wb") as f:
+                    f.write(blob)
+                self.model_ = keras.saving.load_model(path)
+
+
+class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
+    """RBF-kernel SVM that stays usable on tens of thousands of rows.
+
+    Up to ``max_exact_samples`` training rows it fits an exact
+    :class:`~sklearn.svm.SVC`; beyond, it maps the features with a
+    :class:`~sklearn.kernel_approximation.Nystroem` approximation of the same
+    kernel (``n_components`` landmarks) and fits a :class:`~sklearn.svm.LinearSVC`.
+    ``solver_`` says which was used. Features are standardised first.
+
+    Parameters
+    ----------
+    C : float, default=10.0
+    gamma : "scale" or float, default="scale"
+        As in SVC: "scale" is ``1 / (n_features * X.var())`` after standardisation.
+    max_exact_samples : int, default=10000
+    n_components : int, default=2000
+    random_state : int or None, default=0
+
+    Attributes
+    ----------
+    classes_ : ndarray
+    n_features_in_ : int
+    solver_ : str
+        "exact SVC" or "Nystroem(n) + LinearSVC".
+    pipeline_ : Pipeline
+    """
+
+    def __init__(self, C: float = 10.0, gamma="scale", max_exact_samples: int = 10000,
+                 n_components: int = 2000, random_state: int | None = 0):  # fmt: skip
+        self.C = C
+        self.gamma = gamma
+        self.max_exact_samples = max_exact_samples
+        self.n_components = n_components
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        n, d = X.shape
+        if n <= self.max_exact_samples:
+            self.pipeline_ = make_pipeline(StandardScaler(), SVC(C=self.C, gamma=self.gamma))
+            self.solver_ = "exact SVC"
+        else:
+            gamma = 1.0 / d if self.gamma == "scale" else self.gamma  # unit variance after scaling
+            k = min(self.n_components, n)
+            self.pipeline_ = make_pipeline(
+                StandardScaler(),
+                Nystroem(gamma=gamma, n_components=k, random_state=self.random_state),
+                LinearSVC(C=self.C / 10, random_state=self.random_state),
+            )
+            self.solver_ = f"Nystroem({k}) + LinearSVC"
+        self.pipeline_.fit(X, y)
+        return self
+
+    def decision_function(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self.pipeline_.decision_function(X)
+
+    def predict(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self.pipeline_.predict(X)
+
+
+class _ScaledLinear(ClassifierMixin, BaseEstimator):
+    """Standardise, then a linear classifier; the fitted parts end in ``_``."""
+
+    def _classifier(self):
+        raise NotImplementedError
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.scaler_ = StandardScaler().fit(X)
+        self.classifier_ = self._classifier().fit(self.scaler_.transform(X), y)
+        self.classes_ = self.classifier_.classes_
+        self.n_iter_ = int(np.max(self.classifier_.n_iter_))
+        return self
+
+    def _transform(self, X):
+        check_is_fitted(self)
+        return self.scaler_.transform(validate_data(self, X, dtype=np.float64, reset=False))
+
+    def decision_function(self, X):
+        Xt = self._transform(X)
+        return self.classifier_.decision_function(Xt)
+
+    def predict(self, X):
+        Xt = self._transform(X)
+        return self.classifier_.predict(Xt)
+
+
+class LogisticRegressionHead(_ScaledLinear):
+    """Standardisation + multinomial logistic regression (lbfgs).
+
+    Parameters
+    ----------
+    C : float, default=1.0
+        Inverse regularisation strength.
+    max_iter : int, default=1000
+    random_state : int or None, default=None
+
+    Attributes
+    ----------
+    classes_, n_features_in_, scaler_, classifier_
+    """
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000, random_state: int | None = None):
+        self.C = C
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _classifier(self):
+        return LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+
+    def predict_proba(self, X):
+        Xt = self._transform(X)
+        return self.classifier_.predict_proba(Xt)
+
+
+class LinearSVMHead(_ScaledLinear):
+    """Standardisation + linear SVM (one-vs-rest, squared hinge).
+
+    Parameters
+    ----------
+    C : float, default=0.01
+        A small C suits thousands of dense, correlated embedding dimensions.
+    max_iter : int, default=2000
+    random_state : int or None, default=0
+
+    Attributes
+    ----------
+    classes_, n_features_in_, scaler_, classifier_
+    """
+
+    def __init__(self, C: float = 0.01, max_iter: int = 2000, random_state: int | None = 0):
+        self.C = C
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _classifier(self):
+        return LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+
+
+#: The head registry: name -> (factory, one-line description).
+HEADS = {
+    "dense": (lambda **p: DenseClassifier(**{"random_state": 0, **p}), "Keras softmax head (128 relu)"),
+    "logreg": (LogisticRegressionHead, "standardise + multinomial logistic regression"),
+    "svm": (LinearSVMHead, "standardise + linear SVM"),
+    "svm-rbf": (lambda **p: RBFSVMClassifier(**p), "RBF SVM: exact SVC, Nystroem + linear SVM when large"),
+}
+
+
+def make_head(name: str, **params) -> BaseEstimator:
+    """A fresh head by name, with ``params`` set on its classifier.
+
+    Examples
+    --------
+    >>> make_head("logreg", C=0.1).C
+    0.1
+    """
+    if name not in HEADS:
+        raise ValueError(f"Unknown head. Known heads: {', '.join(HEADS)}. Received: head={name!r}")
+    try:
+        return HEADS[name][0](**params)
+    except TypeError as exc:
+        raise ValueError(
+            f"Bad parameter for head {name!r} ({exc}). Its parameters: "
+            f"{', '.join(sorted(HEADS[name][0]().get_params()))}."
+        ) from None
+
+
+def parse_params(items: list[str] | None) -> dict:
+    """Parse ``["C=0.1", "epochs=20"]`` into ``{"C": 0.1, "epochs": 20}`` (Python literals, else strings)."""
+    params = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"A head parameter looks like NAME=VALUE, e.g. C=0.1. Received: {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            params[key.strip()] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            params[key.strip()] = raw.strip()
+    return params
