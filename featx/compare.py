@@ -279,25 +279,30 @@ def predict_files(files, head: str = "logreg", backbone: str = "vgg19", data=Non
     for f in files:
         p = Path(f)
         paths += sorted(q for q in p.rglob("*") if q.is_file() and is_image_name(q.name)) if p.is_dir() else [p]
-    images, ok = [], []
+    decoded: list = []
     for p in paths:
         try:
-            images.append(decode_image(p))
-            ok.append(p)
+            decoded.append(decode_image(p))
         except FeatxError as exc:
-            yield str(p), None, None, str(exc)
-    if not images:
-        return
-    size = shape[:2] if shape else (32, 32)
-    X = np.stack([resize_image(im, size) if im.shape[:2] != size else im for im in images])
-    feats = np.asarray(model.predict(X, batch_size=batch_size, verbose=0))
-    classes = np.asarray(rec["class_names"])
-    if hasattr(est, "predict_proba"):
-        scores = est.predict_proba(feats)
-    else:
-        scores = est.decision_function(feats)
-        scores = scores if scores.ndim == 2 else np.stack([-scores, scores], 1)
-    idx = np.asarray(est.predict(feats))
-    for p, label, s in zip(ok, idx, scores):
-        k = int(np.flatnonzero(est.classes_ == label)[0])
-        yield str(p), str(classes[int(label)]), float(s[k]), None
+            decoded.append(exc)
+    good = [im for im in decoded if isinstance(im, np.ndarray)]
+    predictions = iter(())
+    if good:
+        size = tuple(shape[:2]) if shape else (32, 32)
+        X = np.stack([resize_image(im, size) for im in good])
+        feats = np.asarray(model.predict(X, batch_size=batch_size, verbose=0))
+        if hasattr(est, "predict_proba"):
+            scores = est.predict_proba(feats)
+        else:  # margins of the SVMs
+            scores = est.decision_function(feats)
+            scores = scores if scores.ndim == 2 else np.stack([-scores, scores], 1)
+        labels = np.asarray(est.predict(feats))
+        cols = np.searchsorted(est.classes_, labels)
+        predictions = iter(zip(labels, scores[np.arange(len(labels)), cols]))
+    classes = rec["class_names"]
+    for p, im in zip(paths, decoded):
+        if isinstance(im, Exception):
+            yield str(p), None, None, str(im)
+        else:
+            label, score = next(predictions)
+            yield str(p), str(classes[int(label)]), float(score), None

@@ -13,10 +13,10 @@ Usage::
 """
 
 import argparse
-import random
-import tarfile
 import gzip
 import io
+import random
+import tarfile
 from collections import defaultdict
 from pathlib import Path
 

@@ -1,0 +1,76 @@
+import csv
+import json
+
+import joblib
+import numpy as np
+import pytest
+from conftest import make_class_folders
+from PIL import Image
+
+from featx.compare import compare, fit_head, predict_files
+from featx.errors import CacheError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_class_folders(tmp_path_factory.mktemp("tiny") / "ds", n_train=12, n_test=4)
+
+
+def test_compare_writes_table_and_pictures(tiny, tmp_path):
+    results, paths = compare(["vgg19", "trunk"], ["logreg", "svm", "dense"], tiny, weights="none", size=32,
+                             cache_dir=tmp_path / "c", reports_dir=tmp_path / "rep", n_jobs=2, task="full")
+    assert len(results) == 6
+    accs = [r.accuracy for r in results]
+    assert accs == sorted(accs, reverse=True)  # best first
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert [(r["backbone"], r["head"]) for r in rows] == [(r.backbone, r.head) for r in results]
+    assert {"accuracy", "macro_f1", "fit_seconds", "predict_ms_per_image"} <= set(rows[0])
+    meta = json.loads(paths["json"].read_text())
+    assert meta["classes"] == ["cat", "dog", "eel"] and meta["n_test"] == 12
+    assert meta["results"][0]["accuracy"] == pytest.approx(results[0].accuracy, abs=1e-4)
+    for kind in ("accuracy", "confusion"):
+        img = Image.open(paths[kind])
+        assert img.format == "PNG" and img.size[0] > 200
+        assert np.asarray(img.convert("L")).std() > 10  # something is drawn
+
+
+def test_compare_rejects_unknown_head_before_work(tiny, tmp_path):
+    with pytest.raises(ValueError, match="Known heads"):
+        compare(["vgg19"], ["knn"], tiny, weights="none", size=32, cache_dir=tmp_path)
+    assert not (tmp_path / "features").exists()
+
+
+def test_fit_saves_head_with_its_feature_record(tiny, tmp_path):
+    res, path = fit_head("logreg", "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path,
+                         params={"C": 0.5})
+    saved = joblib.load(path)
+    rec = saved["record"]
+    assert rec["params"] == {"C": 0.5} and saved["estimator"].C == 0.5
+    assert rec["feature_settings"]["backbone"] == "vgg19" and rec["features"].endswith(".h5")
+    assert rec["metrics"]["accuracy"] == pytest.approx(res.accuracy, abs=1e-4)
+    assert 0 <= res.accuracy <= 1 and res.fit_seconds > 0
+
+
+def test_predict_images_with_a_bad_file(tiny, tmp_path):
+    fit_head("logreg", "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path)
+    good = [tiny / "test" / "dog" / "000.png", tiny / "train" / "eel" / "001.png"]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    out = list(predict_files([*good, bad], "logreg", "vgg19", tiny, cache_dir=tmp_path))
+    by_file = {o[0]: o for o in out}
+    assert "Cannot read" in by_file[str(bad)][3]
+    for g in good:
+        _, label, proba, err = by_file[str(g)]
+        assert err is None and label in ("cat", "dog", "eel") and 0 < proba <= 1
+    # The training image is predicted as its class by a head that fits its training data.
+    from featx.compare import head_path
+
+    est = joblib.load(head_path("logreg", "vgg19", str(tiny.resolve()), "full", tmp_path))["estimator"]
+    assert est.score  # fitted estimator loaded
+    folder = list(predict_files([tiny / "test" / "cat"], "logreg", "vgg19", tiny, cache_dir=tmp_path))
+    assert len(folder) == 4
+
+
+def test_predict_without_a_fitted_head_says_what_to_run(tiny, tmp_path):
+    with pytest.raises(CacheError, match="python cli.py fit --head svm"):
+        list(predict_files([tiny], "svm", "vgg19", tiny, cache_dir=tmp_path))
