@@ -54,7 +54,7 @@ class BackboneSpec:
     default_pooling: str
     default_weights: str
     description: str
-    build_base: Callable
+    build_base: Callable | None  # None for the trunk: its layers come from its trained classifier
 
 
 def _vgg19_base(size: int, weights):
@@ -69,14 +69,10 @@ def _resnet50_base(size: int, weights):
     return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=(size, size, 3))
 
 
-def _trunk_base(size: int, weights):  # the trunk's layers come from its trained classifier
-    raise NotImplementedError
-
-
 #: The backbone registry.
 BACKBONES: dict[str, BackboneSpec] = {
     "trunk": BackboneSpec("trunk", 32, True, "flatten", "trained",
-                          "split-CIFAR CNN trained on the source classes, 800-d", _trunk_base),
+                          "split-CIFAR CNN trained on the source classes, 800-d", None),
     "vgg19": BackboneSpec("vgg19", 224, False, "avg", "imagenet",
                           "keras.applications.VGG19, 512-d (avg/max)", _vgg19_base),
     "resnet50": BackboneSpec("resnet50", 224, False, "avg", "imagenet",

@@ -63,7 +63,7 @@ def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", h
                      np.asarray(y_test), np.asarray(pred), tuple(class_names), note)  # fmt: skip
 
 
-def _extract_args(backbone, weights, size, pooling, interpolation, batch_size, dtype, seed, cache_dir):
+def _extract_args(weights, size, pooling, interpolation, batch_size, dtype, seed, cache_dir):
     return dict(weights=weights, size=size, pooling=pooling, interpolation=interpolation,
                 batch_size=batch_size, dtype=dtype, seed=seed, cache_dir=cache_dir)  # fmt: skip
 
@@ -98,7 +98,7 @@ def fit_head(
     """
     estimator = make_head(head, **(params or {}))
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
-    kw = _extract_args(backbone, weights, size, pooling, interpolation, batch_size, dtype, seed, cache_dir)
+    kw = _extract_args(weights, size, pooling, interpolation, batch_size, dtype, seed, cache_dir)
     fs = extract_features(backbone, ds, **kw)
     X_train, y_train, X_test, y_test = fs.load()
     res = evaluate_head(estimator, X_train, y_train, X_test, y_test, backbone=backbone, head=head,
