@@ -1,5 +1,6 @@
 """featx: frozen-backbone feature extraction, cached in HDF5, with scikit-learn heads."""
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from .data import Dataset, load_dataset, make_task
@@ -10,13 +11,42 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
+# Imported on first use, so that `import featx` (and the CLI) does not load scikit-learn up front.
+_LAZY = {
+    "FeatureExtractor": "pipeline",
+    "DenseClassifier": "heads",
+    "LinearSVMHead": "heads",
+    "LogisticRegressionHead": "heads",
+    "RBFSVMClassifier": "heads",
+    "make_head": "heads",
+    "extract_features": "extract",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'featx' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
 __all__ = [
     "CacheError",
     "DataError",
     "Dataset",
+    "DenseClassifier",
+    "FeatureExtractor",
     "FeatxError",
+    "LinearSVMHead",
+    "LogisticRegressionHead",
+    "RBFSVMClassifier",
     "WeightsError",
     "__version__",
+    "extract_features",
     "load_dataset",
+    "make_head",
     "make_task",
 ]

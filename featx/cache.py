@@ -1,6 +1,8 @@
 """The feature cache: every HDF5 read and write in featx lives here.
 
-One file per feature set, ``<cache_dir>/features/<backbone>-<data>-<task>-<key>.h5``.
+One file per feature set, ``<cache_dir>/features/<backbone>-<data>-<task>-<key>.h5``,
+and one file of per-image embeddings per backbone setting,
+``<cache_dir>/embeddings/<backbone>-<key>.h5`` (see :class:`EmbeddingCache`).
 The key is a hash of every setting that made the features; the settings are
 stored as the file's attrs, and a file whose attrs do not hash to its name is
 never reused.
@@ -18,7 +20,9 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +253,217 @@ def locked(path: Path, timeout: float | None = None):
         yield
     finally:
         lock.release()
+
+
+def embedding_path(settings: dict, cache_dir=None) -> Path:
+    """Path of the per-image embedding file for ``settings``."""
+    name = _slug(str(settings.get("backbone", "")))
+    return resolve_cache_dir(cache_dir) / "embeddings" / f"{name}-{feature_key(settings)}.h5"
+
+
+class EmbeddingCache:
+    """Embeddings of single images for one backbone setting, looked up by image content.
+
+    One HDF5 file per setting holds ``keys`` (n, 16) uint8, the content digests
+    of the images (:func:`featx.images.image_digest`), and ``X`` (n, d), their
+    embeddings; its attrs record the settings. Rows are appended, and the
+    ``n`` attr that vouches for them is written after them, so rows of an
+    interrupted write are never read. Every open of the file happens under a
+    file lock held only for that read or write, so processes that share the
+    cache take turns. A file that cannot be read is started again.
+
+    Parameters
+    ----------
+    settings : dict
+        What makes the embeddings (backbone, weights identity, size,
+        interpolation, pooling, dtype, Keras backend); their hash names the file.
+    dim : int
+        Embedding width.
+    dtype : str
+        Storage type, "float32" or "float16".
+    cache_dir : path, optional
+    lock_timeout : float
+        Seconds to wait for another process's read or write.
+    """
+
+    # Per process: path -> (file id, rows indexed, {digest: row}), so a lookup reads only new keys.
+    _indexes: dict = {}
+    _guard = threading.Lock()
+
+    def __init__(
+        self, settings: dict, dim: int, dtype: str = "float32", cache_dir=None, lock_timeout: float = 600
+    ):
+        self.settings = settings
+        self.dim, self.dtype = int(dim), np.dtype(dtype)
+        self.path = embedding_path(settings, cache_dir)
+        self.lock_timeout = lock_timeout
+
+    @contextmanager
+    def _locked(self):
+        from filelock import FileLock, Timeout
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(str(lock_path(self.path)), timeout=self.lock_timeout):
+                yield
+        except Timeout:
+            raise CacheError(
+                f"Waited {self.lock_timeout} s for the embedding cache {self.path} (lock "
+                f"{lock_path(self.path)}); another process holds it. Run again when it is done."
+            ) from None
+
+    def _sound(self, f: h5py.File) -> bool:
+        return (
+            f.attrs.get("key") == feature_key(self.settings)
+            and f["X"].shape[1] == self.dim
+            and f["X"].dtype == self.dtype
+            and f["keys"].shape[1] == 16
+            and 0 <= int(f.attrs["n"]) <= min(f["X"].shape[0], f["keys"].shape[0])
+        )
+
+    def _discard(self, why: str) -> None:
+        logger.warning("embedding cache %s %s; starting it again", self.path, why)
+        self.path.unlink(missing_ok=True)
+
+    def _open(self, mode: str) -> h5py.File | None:
+        """Open the file (under the lock); None if there is none, or it was unsound and is now gone."""
+        if not self.path.exists():
+            return None
+        try:
+            f = h5py.File(self.path, mode)
+        except (OSError, ValueError) as exc:
+            self._discard(f"is unreadable ({exc.__class__.__name__})")
+            return None
+        try:
+            ok = self._sound(f)
+        except (OSError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            f.close()
+            self._discard("does not match its settings or is damaged")
+            return None
+        return f
+
+    def _index(self, f: h5py.File) -> dict:
+        """This process's digest -> row map for the open file, brought up to its ``n`` rows."""
+        n = int(f.attrs["n"])
+        fid = str(f.attrs["id"])
+        with self._guard:
+            known_id, done, index = self._indexes.get(str(self.path), (None, 0, {}))
+            if known_id != fid or done > n:
+                done, index = 0, {}
+            if n > done:
+                keys = f["keys"][done:n]
+                index = dict(index)
+                index.update(zip((k.tobytes() for k in keys), range(done, n)))
+                self._indexes[str(self.path)] = (fid, n, index)
+            return index
+
+    def get(self, digests: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Look up images by digest: returns ``(positions, rows)``.
+
+        ``positions`` are the indices into ``digests`` that were found and
+        ``rows`` (len(positions), dim) their embeddings, in the storage dtype.
+        """
+        with self._locked():
+            f = self._open("r")
+            if f is None:
+                return np.zeros(0, np.intp), np.zeros((0, self.dim), self.dtype)
+            with f:
+                index = self._index(f)
+                rows = np.array([index.get(d, -1) for d in digests], dtype=np.intp)
+                positions = np.flatnonzero(rows >= 0)
+                return positions, _read_rows(f["X"], rows[positions])
+
+    def put(self, digests: list[bytes], X: np.ndarray) -> int:
+        """Add embeddings; digests already stored are skipped. Returns how many rows were added."""
+        if len(digests) != len(X):
+            raise ValueError(f"{len(digests)} digests for {len(X)} embeddings")
+        with self._locked():
+            f = self._open("r+")
+            if f is None:
+                f = self._create()
+            with f:
+                index = self._index(f)
+                new, seen = [], set()
+                for i, d in enumerate(digests):
+                    if d not in index and d not in seen:
+                        seen.add(d)
+                        new.append(i)
+                if not new:
+                    return 0
+                n = int(f.attrs["n"])
+                m = n + len(new)
+                for name, rows in (("keys", np.frombuffer(b"".join(digests[i] for i in new), np.uint8)
+                                    .reshape(-1, 16)), ("X", np.asarray(X)[new].astype(self.dtype, copy=False))):  # fmt: skip
+                    f[name].resize(m, axis=0)  # also drops rows of an interrupted write past n
+                    f[name][n:m] = rows
+                # Rows first, then the count that vouches for them.
+                f.flush()
+                f.attrs["n"] = m
+                f.flush()
+                return len(new)
+
+    def _create(self) -> h5py.File:
+        f = h5py.File(self.path, "w")
+        f.attrs["key"] = feature_key(self.settings)
+        f.attrs["settings"] = json.dumps(self.settings, sort_keys=True, default=str)
+        f.attrs["id"] = uuid.uuid4().hex
+        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        for k, v in self.settings.items():
+            f.attrs[f"setting_{k}"] = str(v)
+        rows = int(max(1, min(4096, _CHUNK_BYTES // max(1, self.dim * self.dtype.itemsize))))
+        f.create_dataset("keys", shape=(0, 16), maxshape=(None, 16), dtype=np.uint8, chunks=(4096, 16))
+        f.create_dataset("X", shape=(0, self.dim), maxshape=(None, self.dim), dtype=self.dtype,
+                         chunks=(rows, self.dim))  # fmt: skip
+        f.attrs["n"] = 0
+        f.flush()
+        return f
+
+    def __len__(self) -> int:
+        with self._locked():
+            f = self._open("r")
+            if f is None:
+                return 0
+            with f:
+                return int(f.attrs["n"])
+
+
+def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``ds[rows]`` for any row order, read as a few contiguous slices (h5py's fancy indexing is slow)."""
+    out = np.empty((len(rows), ds.shape[1]), ds.dtype)
+    if not len(rows):
+        return out
+    order = np.argsort(rows, kind="stable")
+    srt = rows[order]
+    block = max(1, (8 << 20) // (ds.shape[1] * ds.dtype.itemsize))  # read at most ~8 MiB at a time
+    i = 0
+    while i < len(srt):
+        lo = srt[i]
+        j = int(np.searchsorted(srt, lo + block, side="left"))
+        part = ds[lo : srt[j - 1] + 1]
+        out[order[i:j]] = part[srt[i:j] - lo]
+        i = j
+    return out
+
+
+def list_embeddings(cache_dir=None) -> list[dict]:
+    """Every per-image embedding file in the cache: settings, images, size, date."""
+    root = resolve_cache_dir(cache_dir) / "embeddings"
+    rows = []
+    for p in sorted(root.glob("*.h5")) if root.exists() else []:
+        row = {"file": p.name, "bytes": p.stat().st_size, "modified": time.strftime(
+            "%Y-%m-%d %H:%M", time.localtime(p.stat().st_mtime))}  # fmt: skip
+        try:
+            with h5py.File(p, "r") as f:
+                row.update(json.loads(f.attrs["settings"]))
+                row["images"] = int(f.attrs["n"])
+                row["dim"] = int(f["X"].shape[1])
+                row["status"] = "ok"
+        except (OSError, KeyError, ValueError):
+            row["status"] = "unreadable"
+        rows.append(row)
+    return rows
 
 
 def list_features(cache_dir=None) -> list[dict]:

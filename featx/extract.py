@@ -42,18 +42,9 @@ def make_extractor(
     )
     trunk_model = None
     if backbone == "trunk":
-        from .trunk import build_trunk_classifier, load_or_train_trunk, load_trunk_file, trunk_weights_id
+        from .trunk import trunk_weights_id
 
-        if weights == "trained":
-            source = data if isinstance(data, Dataset) and data.task == "source" else None
-            if source is None:
-                name = data.name if isinstance(data, Dataset) else data
-                source = load_dataset(name, "source", cache_dir=cache_dir, seed=seed)
-            trunk_model, _ = load_or_train_trunk(source, seed=seed, cache_dir=cache_dir)
-        elif weights == "none":
-            trunk_model = build_trunk_classifier(5, seed)
-        else:
-            trunk_model = load_trunk_file(weights)
+        trunk_model = load_trunk(weights, data=data, seed=seed, cache_dir=cache_dir)
         wid = trunk_weights_id(trunk_model)
     else:
         wid = weights_identity(backbone, weights, seed)
@@ -62,6 +53,22 @@ def make_extractor(
     settings = {"backbone": backbone, "weights": wid, "size": size, "interpolation": interpolation,
                 "pooling": pooling}  # fmt: skip
     return model, settings
+
+
+def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None):
+    """The trunk classifier for ``weights``: "trained" (on ``data``'s source classes,
+    loaded from the cache or trained now), "none" (seeded random init) or a saved file."""
+    from .trunk import build_trunk_classifier, load_or_train_trunk, load_trunk_file
+
+    if weights == "trained":
+        source = data if isinstance(data, Dataset) and data.task == "source" else None
+        if source is None:
+            name = data.name if isinstance(data, Dataset) else data
+            source = load_dataset(name, "source", cache_dir=cache_dir, seed=seed)
+        return load_or_train_trunk(source, seed=seed, cache_dir=cache_dir)[0]
+    if weights == "none":
+        return build_trunk_classifier(5, seed)
+    return load_trunk_file(weights)
 
 
 def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: str = "embedding"):

@@ -1,5 +1,6 @@
 """Decoding image files into RGB uint8 arrays."""
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -63,3 +64,14 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image
     img = Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+def image_digest(image: np.ndarray) -> bytes:
+    """A 16-byte content hash of a uint8 image: its shape and pixels (BLAKE2b).
+
+    Equal pixels give equal digests whatever the image's name or memory layout.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update("x".join(map(str, image.shape)).encode() + b"|")
+    h.update(np.ascontiguousarray(image, dtype=np.uint8).data)
+    return h.digest()

@@ -1,0 +1,437 @@
+"""featx as a scikit-learn step: :class:`FeatureExtractor` turns images into embeddings.
+
+``FeatureExtractor`` builds its frozen backbone in ``fit`` and embeds images in
+``transform``; with ``cache_dir`` set, every image's embedding is kept in HDF5,
+keyed by the image's content, so cross-validation folds, grid searches over the
+head and later predictions on images seen before never run the backbone twice.
+
+The live Keras model is never pickled. A fitted extractor holds what rebuilds
+it (the resolved settings, and for the small trunk its weights); the model
+itself is kept in a per-process table shared by every extractor with the same
+settings, so the clones of a grid search build it once per process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from . import cache
+from .backbones import build_extractor, get_backbone, resolve_options, weights_identity
+from .errors import WeightsError
+from .extract import DTYPES, embed, load_trunk
+from .images import decode_image, image_digest
+
+logger = logging.getLogger(__name__)
+
+_MODELS: OrderedDict = OrderedDict()  # settings JSON -> live Keras model, most recent last
+_MODELS_LOCK = threading.Lock()
+_MAX_MODELS = 3
+
+
+class FeatureExtractor(TransformerMixin, BaseEstimator):
+    """Embed images with a frozen backbone: a scikit-learn transformer.
+
+    ``fit`` builds the backbone (for the ``trunk``, loads it from the cache or
+    trains it first); ``transform`` resizes the images inside the model, batch
+    by batch, and returns one embedding per image.
+
+    Parameters
+    ----------
+    backbone : {"vgg19", "resnet50", "trunk"}, default="vgg19"
+    weights : str, path or None, default="pretrained"
+        "pretrained" is the backbone's own: "imagenet" for vgg19 and resnet50
+        (downloaded once by Keras), "trained" for the trunk (trained on the
+        source classes of ``trunk_data``). None or "none": random init seeded
+        by ``random_state``. Or the path of a weights file.
+    size : int, optional
+        Side the images are resized to inside the model (default 224; the trunk runs at 32).
+    pooling : {"avg", "max", "flatten"}, optional
+        Default "avg" (trunk: "flatten", its 800-d embedding).
+    interpolation : str, default="bilinear"
+        Resize method.
+    batch_size : int, default=32
+        Images per forward pass.
+    dtype : {"float32", "float16"}, default="float32"
+        Precision the embeddings are kept at (in the cache too); ``transform``
+        always returns float32.
+    cache_dir : path, optional
+        Keep each image's embedding in ``<cache_dir>/embeddings/``, keyed by the
+        backbone settings and the image's content; None (default) caches nothing.
+    trunk_data : str or path, default="sample"
+        Dataset whose source classes the trunk is trained on (``weights="trained"`` only).
+    random_state : int, RandomState or None, default=0
+        Seeds random weights and the trunk's training.
+    progress : bool, optional
+        Progress bar while embedding (default: when on a terminal).
+
+    Attributes
+    ----------
+    settings_ : dict
+        What makes the embeddings: backbone, weights identity, size,
+        interpolation, pooling, dtype and Keras backend (the cache key).
+    n_features_out_ : int
+        Embedding width.
+    model_ : keras.Model
+        The frozen model ``uint8 (n, h, w, 3) -> (n, n_features_out_)``; built
+        on first use in each process, never pickled.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx import FeatureExtractor
+    >>> images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    >>> fx = FeatureExtractor("vgg19", weights=None, size=32).fit(images)
+    >>> fx.transform(images).shape
+    (4, 512)
+    >>> fx.get_feature_names_out()[:2].tolist()
+    ['vgg190', 'vgg191']
+    """
+
+    def __init__(
+        self,
+        backbone: str = "vgg19",
+        *,
+        weights="pretrained",
+        size: int | None = None,
+        pooling: str | None = None,
+        interpolation: str = "bilinear",
+        batch_size: int = 32,
+        dtype: str = "float32",
+        cache_dir: str | os.PathLike | None = None,
+        trunk_data="sample",
+        random_state=0,
+        progress: bool | None = None,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.size = size
+        self.pooling = pooling
+        self.interpolation = interpolation
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.cache_dir = cache_dir
+        self.trunk_data = trunk_data
+        self.random_state = random_state
+        self.progress = progress
+
+    def fit(self, X, y=None):
+        """Build the backbone; ``X`` is only checked (the backbone is frozen).
+
+        Parameters
+        ----------
+        X : array of shape (n, h, w, 3), or list of image paths or arrays
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        import keras
+
+        _Images(X)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={self.dtype!r}")
+        bs = self.batch_size
+        if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+            raise ValueError(
+                f"batch_size must be a positive integer. Received: batch_size={self.batch_size!r}"
+            )
+        spec = get_backbone(self.backbone)
+        weights = self.weights
+        if weights is None:
+            weights = "none"
+        elif weights == "pretrained":
+            weights = spec.default_weights
+        _, size, pooling, weights = resolve_options(self.backbone, size=self.size, pooling=self.pooling,
+                                                    interpolation=self.interpolation, weights=weights)  # fmt: skip
+        rs = self.random_state
+        seed = (
+            int(rs) if isinstance(rs, (int, np.integer)) else int(check_random_state(rs).randint(2**31 - 1))
+        )
+        trunk_weights = None
+        with _kept_global_rng():
+            if self.backbone == "trunk":
+                from .trunk import trunk_embedding_layers, trunk_weights_id
+
+                trunk = load_trunk(weights, data=self.trunk_data, seed=seed, cache_dir=self.cache_dir)
+                wid = trunk_weights_id(trunk)
+                trunk_weights = [[np.asarray(w) for w in layer.get_weights()]
+                                 for layer in trunk_embedding_layers(trunk)]  # fmt: skip
+            else:
+                wid = weights_identity(self.backbone, weights, seed)
+        self.settings_ = {"backbone": self.backbone, "weights": wid, "size": size,
+                          "interpolation": self.interpolation, "pooling": pooling, "dtype": self.dtype,
+                          "backend": keras.backend.backend(), "format": cache.FORMAT_VERSION}  # fmt: skip
+        self._rebuild = {"weights": weights, "seed": seed, "trunk_weights": trunk_weights}
+        self.n_features_out_ = int(self.model_.output.shape[-1])
+        return self
+
+    @property
+    def model_(self):
+        check_is_fitted(self, "settings_")
+        return _model_for(self.settings_, self._rebuild)
+
+    def transform(self, X) -> np.ndarray:
+        """Embed images.
+
+        Parameters
+        ----------
+        X : array of shape (n, h, w, 3), or list of image paths or arrays
+            uint8 pixels, or floats on the same 0-255 scale (rounded to
+            uint8). Images of different sizes are embedded in groups of equal
+            size; each is resized to ``size`` inside the model.
+
+        Returns
+        -------
+        ndarray of shape (n, n_features_out_), float32
+        """
+        check_is_fitted(self, "settings_")
+        images = _Images(X)
+        n, dim = len(images), self.n_features_out_
+        out = np.empty((n, dim), np.float32)
+        store = (
+            None
+            if self.cache_dir is None
+            else cache.EmbeddingCache(self.settings_, dim, self.dtype, self.cache_dir)
+        )
+        model = self.model_
+        hits = 0
+        disable = None if self.progress is None else not self.progress
+        with tqdm(total=n, desc=self.settings_["backbone"], unit="img", disable=disable, file=sys.stderr,
+                  dynamic_ncols=True, leave=False) as bar:  # fmt: skip
+            for start, chunk in images.chunks(max(1024, 8 * self.batch_size)):
+                todo = np.arange(len(chunk))
+                digests = [image_digest(im) for im in chunk] if store is not None else None
+                if store is not None:
+                    found, rows = store.get(digests)
+                    out[start + found] = rows
+                    hits += len(found)
+                    bar.update(len(found))
+                    todo = np.setdiff1d(todo, found, assume_unique=True)
+                if not len(todo):
+                    continue
+                feats = self._embed(model, chunk, todo, bar)
+                out[start + todo] = feats
+                if store is not None:
+                    store.put([digests[i] for i in todo], feats)
+        if store is not None:
+            logger.debug("%s embeddings: %d images, %d cache hits, %d misses (%s)",
+                         self.settings_["backbone"], n, hits, n - hits, store.path)  # fmt: skip
+        return out
+
+    def _embed(self, model, chunk, todo: np.ndarray, bar) -> np.ndarray:
+        """Embeddings of ``chunk[todo]``, in groups of equal image size, at the storage precision."""
+        feats = np.empty((len(todo), self.n_features_out_), np.float32)
+        if isinstance(chunk, np.ndarray):  # one array: one size
+            groups = [(np.arange(len(todo)), chunk if len(todo) == len(chunk) else chunk[todo])]
+        else:
+            by_shape: dict[tuple, list[int]] = {}
+            for k, i in enumerate(todo):
+                by_shape.setdefault(chunk[i].shape, []).append(k)
+            groups = [(np.array(ks), np.stack([chunk[todo[k]] for k in ks])) for ks in by_shape.values()]
+        for ks, batch in groups:
+            for s, f in embed(model, batch, batch_size=self.batch_size, progress=bar):
+                # Rounded to the storage dtype, so that a cache hit later returns exactly this.
+                feats[ks[s : s + len(f)]] = f.astype(self.dtype).astype(np.float32)
+        return feats
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """``<backbone>0 ... <backbone>{d-1}``; ``input_features`` is ignored (images have no feature names)."""
+        check_is_fitted(self, "settings_")
+        prefix = self.settings_["backbone"]
+        return np.asarray([f"{prefix}{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # two_d_array stays True only so that scikit-learn's checks run at all: with False they
+        # are all skipped. The checks that feed 2-D tables are listed as expected failures.
+        tags.input_tags.string = True  # lists of image paths
+        tags.transformer_tags.preserves_dtype = []  # always float32
+        return tags
+
+
+class _kept_global_rng:
+    """Keras's seeding also seeds Python's and NumPy's global generators; restore them after."""
+
+    def __enter__(self):
+        self._py, self._np = random.getstate(), np.random.get_state()
+
+    def __exit__(self, *exc):
+        random.setstate(self._py)
+        np.random.set_state(self._np)
+
+
+def _model_for(settings: dict, rebuild: dict):
+    key = json.dumps(settings, sort_keys=True)
+    with _MODELS_LOCK:
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+            return _MODELS[key]
+        model = _build_model(settings, rebuild)
+        _MODELS[key] = model
+        while len(_MODELS) > _MAX_MODELS:
+            _MODELS.popitem(last=False)
+        return model
+
+
+def _build_model(settings: dict, rebuild: dict):
+    import keras
+
+    if settings["backend"] != keras.backend.backend():
+        raise ValueError(
+            f"This FeatureExtractor was fitted under the {settings['backend']} Keras backend and this "
+            f"process runs {keras.backend.backend()}; its embeddings would differ. Fit it again here, "
+            f"or set KERAS_BACKEND={settings['backend']}."
+        )
+    backbone, weights, seed = settings["backbone"], rebuild["weights"], rebuild["seed"]
+    with _kept_global_rng():
+        trunk = None
+        if backbone == "trunk":
+            from .trunk import build_trunk_classifier, trunk_embedding_layers
+
+            trunk = build_trunk_classifier(5, seed)
+            for layer, w in zip(trunk_embedding_layers(trunk), rebuild["trunk_weights"]):
+                layer.set_weights(w)
+        elif weights_identity(backbone, weights, seed) != settings["weights"]:
+            raise WeightsError(
+                f"The weights file '{weights}' changed since this FeatureExtractor was fitted; "
+                "its embeddings would differ. Fit it again."
+            )
+        return build_extractor(backbone, weights=weights, size=settings["size"], pooling=settings["pooling"],
+                               interpolation=settings["interpolation"], seed=seed, trunk_model=trunk)  # fmt: skip
+
+
+class _Images:
+    """The images handed to ``fit``/``transform``, checked, served in uint8 chunks.
+
+    Either one numeric array (n, h, w, 3), or a sequence whose items are image
+    file paths or (h, w, 3) arrays (decoded or converted chunk by chunk).
+    """
+
+    def __init__(self, X):
+        self.array = None
+        self.items = None
+        if X is None or isinstance(X, (str, bytes, os.PathLike)):
+            hint = " To embed one file, pass a list: [path]." if X is not None else ""
+            raise ValueError(
+                "X must be images: an array of shape (n, h, w, 3), or a list of image file paths or "
+                f"(h, w, 3) arrays. Received: {_describe(X)}.{hint}"
+            )
+        if hasattr(X, "tocsr") or hasattr(X, "todense"):  # scipy.sparse
+            raise TypeError(
+                f"Sparse input is not supported: FeatureExtractor takes dense images. Received: {type(X).__name__} "
+                f"of shape {getattr(X, 'shape', '?')}."
+            )
+        if hasattr(X, "columns") and hasattr(X, "iloc"):  # a DataFrame
+            raise ValueError(
+                "X must be images: an array of shape (n, h, w, 3), or a list of image file paths. Received "
+                f"a DataFrame with columns {list(X.columns)[:5]}; pass the column of paths, e.g. df['path']."
+            )
+        if isinstance(X, (list, tuple)) or (hasattr(X, "__array__") and np.asarray(X).dtype.kind in "OUS"):
+            self.items = list(X.tolist() if hasattr(X, "tolist") and not isinstance(X, list) else X)
+            if not self.items:
+                raise ValueError("X holds no images (an empty list). Pass at least one image.")
+            for i, item in enumerate(self.items):
+                if isinstance(item, np.ndarray) or (hasattr(item, "__array__") and not isinstance(item, str)):
+                    self.items[i] = _check_array(np.asarray(item), single=True, where=f"X[{i}]")
+                elif not isinstance(item, (str, os.PathLike)):
+                    raise ValueError(
+                        f"X[{i}] is {_describe(item)}; each item of a list must be an image file path or an "
+                        "(h, w, 3) array."
+                    )
+        else:
+            self.array = _check_array(np.asarray(X), single=False, where="X")
+
+    def __len__(self) -> int:
+        return len(self.array) if self.array is not None else len(self.items)
+
+    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray | list[np.ndarray]]]:
+        for start in range(0, len(self), size):
+            if self.array is not None:
+                yield start, _to_uint8(self.array[start : start + size])
+            else:
+                yield (
+                    start,
+                    [
+                        _to_uint8(item) if isinstance(item, np.ndarray) else decode_image(item)
+                        for item in self.items[start : start + size]
+                    ],
+                )
+
+
+def _describe(x) -> str:
+    if isinstance(x, np.ndarray):
+        return f"an array of shape {x.shape} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"[:120]
+
+
+def _check_array(arr: np.ndarray, *, single: bool, where: str) -> np.ndarray:
+    """Check an image array: shape (n, h, w, 3) (one image: (h, w, 3)), pixels 0-255, no NaN."""
+    want, rank = ("(h, w, 3)", 3) if single else ("(n, h, w, 3)", 4)
+    if arr.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {where} must hold real pixel values 0-255.")
+    if arr.dtype.kind not in "uif":
+        raise ValueError(
+            f"{where} must hold numbers (uint8 pixels, or floats on the 0-255 scale). Received: {_describe(arr)}."
+        )
+    if arr.ndim != rank:
+        hint = ""
+        if not single and arr.ndim == 3 and arr.shape[-1] == 3:
+            hint = " It looks like one image: pass X[np.newaxis] (or [X])."
+        elif arr.ndim == rank - 1:
+            hint = " Grayscale images? Give them 3 channels: np.repeat(X[..., np.newaxis], 3, axis=-1)."
+        elif arr.ndim == 2 and not single:
+            hint = (" FeatureExtractor takes images, not feature tables; to fit a head on features "
+                    "already extracted, leave the FeatureExtractor out.")  # fmt: skip
+        raise ValueError(f"{where} must be images of shape {want}. Received: {_describe(arr)}.{hint}")
+    if arr.shape[-1] != 3:
+        hint = {1: " Grayscale: np.repeat(X, 3, axis=-1) makes it RGB.",
+                4: " RGBA: drop the alpha channel with X[..., :3]."}.get(arr.shape[-1], "")  # fmt: skip
+        raise ValueError(
+            f"{where} must have 3 (RGB) channels in its last axis. Received: {_describe(arr)}.{hint}"
+        )
+    if arr.size == 0:
+        raise ValueError(
+            f"{where} holds no images (shape {arr.shape}). Pass at least one image of at least 1x1."
+        )
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            raise ValueError(
+                f"{where} holds {int(bad.sum())} NaN or infinite values (first at index {tuple(first.tolist())}). "
+                "Images must be finite pixel values 0-255."
+            )
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -0.5 or hi > 255.5:
+        raise ValueError(
+            f"{where} pixel values must lie in 0-255. Received values from {lo:g} to {hi:g}"
+            + (" (images normalised for some other network? pass the raw 0-255 pixels)." if lo < 0 else ".")
+        )
+    if arr.dtype.kind == "f" and 0 < hi <= 1.0:
+        raise ValueError(
+            f"{where} is float with every value in [0, 1] (max {hi:g}): images scaled to 0-1. featx takes "
+            "the 0-255 scale (as Keras applications do): pass X * 255, or the uint8 pixels."
+        )
+    return arr
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    return np.rint(arr).clip(0, 255).astype(np.uint8)
