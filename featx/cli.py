@@ -77,15 +77,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .cache import list_features
+    from .cache import list_embeddings, list_features
 
     rows = list_features(args.cache_dir)
-    if not rows:
+    per_image = list_embeddings(args.cache_dir)
+    if not rows and not per_image:
         print("no cached features yet: run `python cli.py extract`")
         return 0
-    cols = ["file", "status", "backbone", "data", "task", "size", "pooling", "dim", "train", "test",
-            "dtype", "weights", "bytes", "modified"]  # fmt: skip
-    _print_table([{c: r.get(c, "") for c in cols} for r in rows])
+    if rows:
+        cols = ["file", "status", "backbone", "data", "task", "size", "pooling", "dim", "train", "test",
+                "dtype", "weights", "bytes", "modified"]  # fmt: skip
+        _print_table([{c: r.get(c, "") for c in cols} for r in rows])
+    if per_image:
+        print("\nper-image embeddings (FeatureExtractor cache_dir):")
+        cols = ["file", "status", "backbone", "size", "pooling", "dim", "images", "dtype", "weights", "bytes",
+                "modified"]  # fmt: skip
+        _print_table([{c: r.get(c, "") for c in cols} for r in per_image])
     return 0
 
 

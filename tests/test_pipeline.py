@@ -439,3 +439,15 @@ def test_trunk_trained_on_a_dataset_travels_in_the_pickle(tmp_path, data):
         p.unlink()
     fx_pipeline._MODELS.clear()
     np.testing.assert_array_equal(pickle.loads(blob).transform(X[:5]), expected)
+
+
+def test_cache_command_lists_per_image_embeddings(data, tmp_path, capsys):
+    from featx.cli import main
+
+    X, _ = data
+    tiny(cache_dir=tmp_path).fit(X).transform(X[:6])
+    assert main(["cache", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "per-image embeddings" in out and "trunk-" in out
+    row = next(line for line in out.splitlines() if line.startswith("trunk-"))
+    assert " 6 " in f" {row} " and "800" in row
