@@ -205,7 +205,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         store = (
             None
             if self.cache_dir is None
-            else cache.EmbeddingCache(self.settings_, dim, self.dtype, self.cache_dir)
+            else cache.EmbeddingCache(self.settings_, dim, self.settings_["dtype"], self.cache_dir)
         )
         model = self.model_
         hits = 0
@@ -214,8 +214,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                   dynamic_ncols=True, leave=False) as bar:  # fmt: skip
             for start, chunk in images.chunks(max(1024, 8 * self.batch_size)):
                 todo = np.arange(len(chunk))
-                digests = [image_digest(im) for im in chunk] if store is not None else None
                 if store is not None:
+                    digests = [image_digest(im) for im in chunk]
                     found, rows = store.get(digests)
                     out[start + found] = rows
                     hits += len(found)
@@ -245,7 +245,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         for ks, batch in groups:
             for s, f in embed(model, batch, batch_size=self.batch_size, progress=bar):
                 # Rounded to the storage dtype, so that a cache hit later returns exactly this.
-                feats[ks[s : s + len(f)]] = f.astype(self.dtype).astype(np.float32)
+                feats[ks[s : s + len(f)]] = f.astype(self.settings_["dtype"]).astype(np.float32)
         return feats
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
