@@ -449,37 +449,38 @@ def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
 
 def list_embeddings(cache_dir=None) -> list[dict]:
     """Every per-image embedding file in the cache: settings, images, size, date."""
-    root = resolve_cache_dir(cache_dir) / "embeddings"
-    rows = []
-    for p in sorted(root.glob("*.h5")) if root.exists() else []:
-        row = {"file": p.name, "bytes": p.stat().st_size, "modified": time.strftime(
-            "%Y-%m-%d %H:%M", time.localtime(p.stat().st_mtime))}  # fmt: skip
-        try:
-            with h5py.File(p, "r") as f:
-                row.update(json.loads(f.attrs["settings"]))
-                row["images"] = int(f.attrs["n"])
-                row["dim"] = int(f["X"].shape[1])
-                row["status"] = "ok"
-        except (OSError, KeyError, ValueError):
-            row["status"] = "unreadable"
-        rows.append(row)
-    return rows
+
+    def describe(f: h5py.File) -> dict:
+        return {"status": "ok", "images": int(f.attrs["n"]), "dim": int(f["X"].shape[1])}
+
+    return _list_files(resolve_cache_dir(cache_dir) / "embeddings", describe)
 
 
 def list_features(cache_dir=None) -> list[dict]:
     """Every feature file in the cache: settings, rows, size, date; partial files too."""
-    root = resolve_cache_dir(cache_dir) / "features"
+
+    def describe(f: h5py.File) -> dict:
+        row = {
+            "status": "complete" if f.attrs.get("complete") else "partial",
+            "dim": int(f["train/X"].shape[1]),
+        }
+        for s in SPLITS:
+            row[s] = f"{int(f[s].attrs['n_done'])}/{int(f[s].attrs['n_total'])}"
+        return row
+
+    return _list_files(resolve_cache_dir(cache_dir) / "features", describe)
+
+
+def _list_files(root: Path, describe) -> list[dict]:
     rows = []
     for p in sorted(root.glob("*.h5")) if root.exists() else []:
-        row = {"file": p.name, "bytes": p.stat().st_size, "modified": time.strftime(
-            "%Y-%m-%d %H:%M", time.localtime(p.stat().st_mtime))}  # fmt: skip
+        st = p.stat()
+        row = {"file": p.name, "bytes": st.st_size,
+               "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))}  # fmt: skip
         try:
             with h5py.File(p, "r") as f:
                 row.update(json.loads(f.attrs["settings"]))
-                row["status"] = "complete" if f.attrs.get("complete") else "partial"
-                row["train"] = f"{int(f['train'].attrs['n_done'])}/{int(f['train'].attrs['n_total'])}"
-                row["test"] = f"{int(f['test'].attrs['n_done'])}/{int(f['test'].attrs['n_total'])}"
-                row["dim"] = int(f["train/X"].shape[1])
+                row.update(describe(f))
         except (OSError, KeyError, ValueError):
             row["status"] = "unreadable"
         rows.append(row)
