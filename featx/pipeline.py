@@ -181,8 +181,24 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     @property
     def model_(self):
+        return _model_for(self._current_settings(), self._rebuild)
+
+    def _current_settings(self) -> dict:
+        """The fitted settings under this process's Keras backend (a pipeline fitted under
+        TensorFlow runs under JAX too, unless its weights were a random init of that backend)."""
+        import keras
+
         check_is_fitted(self, "settings_")
-        return _model_for(self.settings_, self._rebuild)
+        fitted, here = self.settings_["backend"], keras.backend.backend()
+        if fitted == here:
+            return self.settings_
+        if self.settings_["weights"].startswith("random-init"):
+            raise ValueError(
+                f"This FeatureExtractor was fitted under the {fitted} Keras backend with random weights, "
+                f"and this process runs {here}: the same seed gives other weights here. Fit it again "
+                f"in this process, or set KERAS_BACKEND={fitted}."
+            )
+        return {**self.settings_, "backend": here}
 
     def transform(self, X) -> np.ndarray:
         """Embed images.
@@ -198,16 +214,16 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         -------
         ndarray of shape (n, n_features_out_), float32
         """
-        check_is_fitted(self, "settings_")
+        settings = self._current_settings()
         images = _Images(X)
         n, dim = len(images), self.n_features_out_
         out = np.empty((n, dim), np.float32)
         store = (
             None
             if self.cache_dir is None
-            else cache.EmbeddingCache(self.settings_, dim, self.settings_["dtype"], self.cache_dir)
+            else cache.EmbeddingCache(settings, dim, settings["dtype"], self.cache_dir)
         )
-        model = self.model_
+        model = _model_for(settings, self._rebuild)
         hits = 0
         disable = None if self.progress is None else not self.progress
         with tqdm(total=n, desc=self.settings_["backbone"], unit="img", disable=disable, file=sys.stderr,
@@ -288,14 +304,6 @@ def _model_for(settings: dict, rebuild: dict):
 
 
 def _build_model(settings: dict, rebuild: dict):
-    import keras
-
-    if settings["backend"] != keras.backend.backend():
-        raise ValueError(
-            f"This FeatureExtractor was fitted under the {settings['backend']} Keras backend and this "
-            f"process runs {keras.backend.backend()}; its embeddings would differ. Fit it again here, "
-            f"or set KERAS_BACKEND={settings['backend']}."
-        )
     backbone, weights, seed = settings["backbone"], rebuild["weights"], rebuild["seed"]
     with _kept_global_rng():
         trunk = None

@@ -1,5 +1,6 @@
 import json
 import multiprocessing
+import os
 import pickle
 import pickletools
 import subprocess
@@ -451,3 +452,35 @@ def test_cache_command_lists_per_image_embeddings(data, tmp_path, capsys):
     assert "per-image embeddings" in out and "trunk-" in out
     row = next(line for line in out.splitlines() if line.startswith("trunk-"))
     assert " 6 " in f" {row} " and "800" in row
+
+
+def test_fitted_under_tensorflow_runs_under_jax(data, tmp_path):
+    pytest.importorskip("jax")
+    X, _ = data
+    trunk = tiny().fit(X)  # random init, but the trunk's weights travel in the pickle
+    vgg = FeatureExtractor("vgg19", weights=None, size=32).fit(X)  # random init of this backend only
+    joblib.dump((trunk, vgg), tmp_path / "fx.joblib")
+    np.save(tmp_path / "X.npy", X[:6])
+    np.save(tmp_path / "tf.npy", trunk.transform(X[:6]))
+    code = """
+import joblib, numpy as np
+trunk, vgg = joblib.load("fx.joblib")
+X = np.load("X.npy")
+a = trunk.set_params(cache_dir="c").transform(X)
+b = trunk.transform(X)
+print("max diff", float(np.abs(a - np.load("tf.npy")).max()), np.array_equal(a, b))
+try:
+    vgg.transform(X)
+except ValueError as exc:
+    print("refused:", exc)
+"""
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    diff_line = next(line for line in out.stdout.splitlines() if line.startswith("max diff"))
+    assert float(diff_line.split()[2]) < 1e-4 and diff_line.endswith("True")
+    assert (
+        "refused: This FeatureExtractor was fitted under the tensorflow Keras backend with random weights"
+        in out.stdout
+    )
+    assert [p.name.split("-")[0] for p in (tmp_path / "c" / "embeddings").glob("*.h5")] == ["trunk"]
