@@ -208,7 +208,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         X : array of shape (n, h, w, 3), or list of image paths or arrays
             uint8 pixels, or floats on the same 0-255 scale (rounded to
             uint8). Images of different sizes are embedded in groups of equal
-            size; each is resized to ``size`` inside the model.
+            size; each is resized to ``size`` inside the model. (Under JAX each
+            new size compiles the model once: resize many odd sizes beforehand.)
 
         Returns
         -------
