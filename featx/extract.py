@@ -89,6 +89,14 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
         yield start, out
 
 
+def check_run_options(batch_size, dtype) -> None:
+    """Check the batch size and storage dtype shared by ``extract_features`` and ``FeatureExtractor``."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={dtype!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+
+
 def extract_features(
     backbone: str = "vgg19",
     data=None,
@@ -155,10 +163,7 @@ def extract_features(
     """
     import keras
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={dtype!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    check_run_options(batch_size, dtype)
     resolve_options(backbone, size=size, pooling=pooling, interpolation=interpolation, weights=weights)
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
     model, settings = make_extractor(backbone, weights=weights, size=size, pooling=pooling,

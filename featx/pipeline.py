@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import cache
 from .backbones import build_extractor, get_backbone, resolve_options, weights_identity
 from .errors import WeightsError
-from .extract import DTYPES, embed, load_trunk
+from .extract import check_run_options, embed, load_trunk
 from .images import decode_image, image_digest
 
 logger = logging.getLogger(__name__)
@@ -142,13 +142,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         import keras
 
         _Images(X)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={self.dtype!r}")
-        bs = self.batch_size
-        if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
-            raise ValueError(
-                f"batch_size must be a positive integer. Received: batch_size={self.batch_size!r}"
-            )
+        check_run_options(self.batch_size, self.dtype)
         spec = get_backbone(self.backbone)
         weights = self.weights
         if weights is None:
