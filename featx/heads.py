@@ -144,9 +144,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        Xs = self._scale(X)
-        return np.asarray(self.model_.predict_on_batch(Xs) if len(Xs) <= 4096
-                          else self.model_.predict(Xs, batch_size=4096, verbose=0), dtype=np.float64)  # fmt: skip
+        return _dense_forward(self.model_, self._scale(X))
 
     def predict(self, X):
         check_is_fitted(self)
@@ -180,6 +178,32 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
                 with open(path, "wb") as f:
                     f.write(blob)
                 self.model_ = keras.saving.load_model(path)
+
+
+def _dense_forward(model, X: np.ndarray) -> np.ndarray:
+    """The head's forward pass at inference, in float64 numpy from its weights.
+
+    Keras's float32 kernels pick their code path by batch size, so one row's
+    probabilities would change in the last bits with the rows beside it; in
+    float64 they do not (and a 3-layer head needs no framework to predict).
+    """
+    import keras
+
+    x = np.asarray(X, dtype=np.float64)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            continue
+        act = getattr(getattr(layer, "activation", None), "__name__", None)
+        if not isinstance(layer, keras.layers.Dense) or act not in ("relu", "softmax", "linear"):
+            return np.asarray(model.predict(X, batch_size=4096, verbose=0), dtype=np.float64)
+        kernel, bias = (np.asarray(w, dtype=np.float64) for w in layer.get_weights())
+        x = x @ kernel + bias
+        if act == "relu":
+            x = np.maximum(x, 0.0)
+        elif act == "softmax":
+            x = np.exp(x - x.max(axis=1, keepdims=True))
+            x /= x.sum(axis=1, keepdims=True)
+    return x
 
 
 class RBFSVMClassifier(ClassifierMixin, BaseEstimator):

@@ -199,8 +199,11 @@ def test_grid_search_in_two_processes_shares_the_cache(data, tmp_path):
     assert len(store) == len(X)  # each image stored once, though both workers embedded some
     uncached = tiny().fit(X).transform(X)
     with spy(fx) as calls:
-        assert np.array_equal(fx.transform(X), uncached)
+        cached = fx.transform(X)
     assert calls.call_count == 0
+    # The worker processes run the backbone with one thread each, this process with two: oneDNN
+    # sums in another order there, so the rows agree to rounding, not bit for bit.
+    np.testing.assert_allclose(cached, uncached, rtol=1e-5, atol=1e-6)
 
 
 def _embed_into(cache_dir, seed_offsets, out_q):
