@@ -56,11 +56,11 @@ def measure(backbone: str, size: int, batch: int, n_images: int) -> tuple[float,
     import keras
 
     from featx.backbones import build_extractor
+    from featx.spec import FeatureSpec
     from featx.trunk import build_trunk_classifier
 
-    pooling = "flatten" if backbone == "trunk" else "avg"
     trunk = build_trunk_classifier(5) if backbone == "trunk" else None
-    model = build_extractor(backbone, weights="none", size=size, pooling=pooling, trunk_model=trunk)
+    model = build_extractor(FeatureSpec(backbone, weights="none", size=size), trunk_model=trunk)
     base = model if backbone == "trunk" else model.get_layer(backbone if backbone == "vgg19" else "resnet50")
     if backbone == "trunk":
         flops = flops_per_image(trunk) - 2 * 800 * 128 - 2 * 128 * 5  # embedding layers only

@@ -14,6 +14,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 # Imported on first use, so that `import featx` (and the CLI) does not load scikit-learn up front.
 _LAZY = {
     "FeatureExtractor": "pipeline",
+    "FeatureSpec": "spec",
     "DenseClassifier": "heads",
     "LinearSVMHead": "heads",
     "LogisticRegressionHead": "heads",
@@ -39,6 +40,7 @@ __all__ = [
     "Dataset",
     "DenseClassifier",
     "FeatureExtractor",
+    "FeatureSpec",
     "FeatxError",
     "LinearSVMHead",
     "LogisticRegressionHead",

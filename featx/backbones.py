@@ -14,10 +14,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import WeightsError
+
+if TYPE_CHECKING:  # the spec is built above this module, from its registry
+    from .spec import FeatureSpec
 
 POOLINGS = ("avg", "max", "flatten")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5", "area")
@@ -90,45 +94,6 @@ def get_backbone(name: str) -> BackboneSpec:
         ) from None
 
 
-def resolve_options(
-    backbone: str, *, size: int | None, pooling: str | None, interpolation: str, weights
-) -> tuple[BackboneSpec, int, str, str]:
-    """Check the options of a backbone and fill in its defaults.
-
-    Returns ``(spec, size, pooling, weights)``.
-    """
-    spec = get_backbone(backbone)
-    size = spec.default_size if size is None else size
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 32:
-        raise ValueError(f"size must be an integer of at least 32. Received: size={size!r}")
-    if spec.fixed_size and size != spec.default_size:
-        raise ValueError(
-            f"The {backbone} backbone only runs at {spec.default_size}x{spec.default_size}. "
-            f"Received: size={size}"
-        )
-    pooling = spec.default_pooling if pooling is None else pooling
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}. Received: pooling={pooling!r}")
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"interpolation must be one of {', '.join(INTERPOLATIONS)}. Received: interpolation={interpolation!r}"
-        )
-    weights = spec.default_weights if weights is None else weights
-    if isinstance(weights, os.PathLike):
-        weights = str(weights)
-    if not isinstance(weights, str):
-        raise ValueError(f"weights must be a name or a file path. Received: weights={weights!r}")
-    if weights.lower() == "none":
-        weights = "none"
-    allowed = {"trunk": ("trained", "none"), "vgg19": ("imagenet", "none"), "resnet50": ("imagenet", "none")}
-    if weights not in allowed[backbone] and not Path(weights).expanduser().is_file():
-        raise WeightsError(
-            f"weights for {backbone} must be {' or '.join(repr(w) for w in allowed[backbone])} or the "
-            f"path of a weights file that exists. Received: weights={weights!r}"
-        )
-    return spec, int(size), pooling, weights
-
-
 def weights_identity(backbone: str, weights: str, seed: int) -> str:
     """A string that changes whenever the weights do; part of every cache key."""
     if weights == "none":
@@ -188,28 +153,20 @@ def preprocessing_layers():
     return _LAYERS
 
 
-def build_extractor(
-    backbone: str,
-    *,
-    weights: str,
-    size: int,
-    pooling: str,
-    interpolation: str = "bilinear",
-    seed: int = 0,
-    trunk_model=None,
-):
-    """Build the frozen extraction model ``uint8 images -> (n, d) embeddings``.
+def build_extractor(spec: FeatureSpec, *, seed: int = 0, trunk_model=None):
+    """Build the frozen extraction model ``uint8 images -> (n, d) embeddings`` for ``spec``.
 
-    ``weights`` is "imagenet", "none" (seeded random init) or a file path, as
-    checked by :func:`resolve_options`. For ``trunk``, ``trunk_model`` is the
-    trained trunk classifier (see :mod:`featx.trunk`).
+    ``spec.weights`` is "imagenet", "none" (random init seeded by ``seed``) or
+    a file path. For the ``trunk``, ``trunk_model`` is the trained trunk
+    classifier (see :mod:`featx.trunk`).
     """
     import keras
 
     ToFloat, CaffePreprocess = preprocessing_layers()
     inputs = keras.Input(shape=(None, None, 3), dtype="uint8", name="images")
     x = ToFloat(name="to_float")(inputs)
-    x = keras.layers.Resizing(size, size, interpolation=interpolation, name="resize")(x)
+    backbone, size, pooling = spec.backbone, spec.size, spec.pooling
+    x = keras.layers.Resizing(size, size, interpolation=spec.interpolation, name="resize")(x)
     if backbone == "trunk":
         from .trunk import trunk_embedding_layers
 
@@ -218,7 +175,7 @@ def build_extractor(
         base_out = x
     else:
         x = CaffePreprocess(name="preprocess")(x)
-        base = _load_base(backbone, size, weights, seed)
+        base = _load_base(backbone, size, spec.weights, seed)
         base.trainable = False
         base_out = base(x)
         if pooling == "avg":
@@ -227,8 +184,6 @@ def build_extractor(
             base_out = keras.layers.GlobalMaxPooling2D(name="max_pool")(base_out)
         else:
             base_out = keras.layers.Flatten(name="flatten")(base_out)
-    if backbone == "trunk" and pooling != "flatten":
-        raise ValueError(f"The trunk's embedding is its 800-d flatten output. Received: pooling={pooling!r}")
     model = keras.Model(inputs, base_out, name=f"featx_{backbone}")
     model.trainable = False
     return model

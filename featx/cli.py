@@ -37,24 +37,41 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_backbone_args(p: argparse.ArgumentParser, default: str | None = "vgg19") -> None:
+def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -> None:
+    """The options that make the features: one per field of featx.spec.FeatureSpec."""
     from .backbones import BACKBONES, INTERPOLATIONS, POOLINGS
+    from .spec import DTYPES
 
-    if default is not None:
-        p.add_argument("--backbone", default=default, choices=list(BACKBONES), help=f"(default {default})")
+    if backbone is not None:
+        p.add_argument("--backbone", default=backbone, choices=list(BACKBONES), help=f"(default {backbone})")
     p.add_argument("--weights", default=None,
                    help="imagenet (vgg19/resnet50 default), trained (trunk default), none (seeded random "
                    "init), or a weights file path")  # fmt: skip
     p.add_argument("--size", type=int, default=None, help="input side after upscaling (default 224; trunk 32)")
     p.add_argument("--pooling", choices=POOLINGS, default=None, help="default avg (trunk: flatten, 800-d)")
     p.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage type")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage type of the features")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
 
 
-def _extract_kwargs(args: argparse.Namespace) -> dict:
-    return dict(weights=args.weights, size=args.size, pooling=args.pooling, interpolation=args.interpolation,
-                batch_size=args.batch_size, dtype=args.dtype, seed=args.seed, cache_dir=args.cache_dir)
+def _spec_settings(args: argparse.Namespace) -> dict:
+    """The feature settings given on the command line, by FeatureSpec field name."""
+    import dataclasses
+
+    from .spec import FeatureSpec
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(FeatureSpec)
+            if f.name != "backbone" and hasattr(args, f.name)}  # fmt: skip
+
+
+def _spec(args: argparse.Namespace):
+    from .spec import as_spec
+
+    return as_spec(args.backbone, **_spec_settings(args))
+
+
+def _run_kwargs(args: argparse.Namespace) -> dict:
+    return dict(batch_size=args.batch_size, seed=args.seed, cache_dir=args.cache_dir)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -62,7 +79,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         return cmd_cache(args)
     from .extract import extract_features
 
-    extract_features(args.backbone, args.data, args.task, force=args.force, **_extract_kwargs(args))
+    extract_features(_spec(args), args.data, args.task, force=args.force, **_run_kwargs(args))
     return 0
 
 
@@ -84,14 +101,16 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if not rows and not per_image:
         print("no cached features yet: run `python cli.py extract`")
         return 0
+    from .spec import describe
+
+    for row in rows + per_image:
+        row["features"] = describe(row) if "backbone" in row else ""
     if rows:
-        cols = ["file", "status", "backbone", "data", "task", "size", "pooling", "dim", "train", "test",
-                "dtype", "weights", "bytes", "modified"]  # fmt: skip
+        cols = ["file", "status", "features", "data", "task", "dim", "train", "test", "bytes", "modified"]
         _print_table([{c: r.get(c, "") for c in cols} for r in rows])
     if per_image:
         print("\nper-image embeddings (FeatureExtractor cache_dir):")
-        cols = ["file", "status", "backbone", "size", "pooling", "dim", "images", "dtype", "weights", "bytes",
-                "modified"]  # fmt: skip
+        cols = ["file", "status", "features", "dim", "images", "bytes", "modified"]
         _print_table([{c: r.get(c, "") for c in cols} for r in per_image])
     return 0
 
@@ -105,8 +124,7 @@ def _params(args: argparse.Namespace) -> dict:
 def cmd_fit(args: argparse.Namespace) -> int:
     from .compare import fit_head, format_table
 
-    res, path = fit_head(args.head, args.backbone, args.data, args.task, params=_params(args),
-                         **_extract_kwargs(args))  # fmt: skip
+    res, path = fit_head(args.head, _spec(args), args.data, args.task, params=_params(args), **_run_kwargs(args))
     print(format_table([res]))
     print(f"saved {args.head} head to {path}")
     return 0
@@ -124,11 +142,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: compare's --param is HEAD:NAME=VALUE, e.g. logreg:C=0.1. Received: {item!r}")
         params.setdefault(head, []).append(rest)
     from .heads import parse_params
+    from .spec import specs_for
 
-    results, paths = compare(backbones, heads, args.data, args.task,
+    results, paths = compare(specs_for(backbones, **_spec_settings(args)), heads, args.data, args.task,
                              params={h: parse_params(v) for h, v in params.items()},
-                             weights=args.weights, size=args.size, batch_size=args.batch_size, seed=args.seed,
-                             cache_dir=args.cache_dir, reports_dir=args.reports_dir, n_jobs=args.n_jobs)  # fmt: skip
+                             reports_dir=args.reports_dir, n_jobs=args.n_jobs, **_run_kwargs(args))  # fmt: skip
     print()
     print(format_table(results))
     print()
@@ -175,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="run a frozen backbone once over a dataset, cache embeddings in HDF5")
     _add_data_args(p)
-    _add_backbone_args(p)
+    _add_spec_args(p)
     p.add_argument("--force", action="store_true", help="recompute even if cached")
     p.add_argument("--list", action="store_true", help="list cached feature sets and exit")
     p.set_defaults(func=cmd_extract)
@@ -189,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit a head on cached features (extracting them first if missing)")
     _add_data_args(p)
-    _add_backbone_args(p)
+    _add_spec_args(p)
     p.add_argument("--head", default="logreg", help="dense, logreg, svm or svm-rbf (default logreg)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="head parameter, e.g. C=0.1 (repeatable)")
     p.set_defaults(func=cmd_fit)
@@ -200,9 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", default="trunk", help="comma-separated (default trunk)")
     p.add_argument("--heads", default="dense,logreg,svm", help="comma-separated (default dense,logreg,svm)")
     p.add_argument("--param", action="append", metavar="HEAD:NAME=VALUE", help="e.g. logreg:C=0.1 (repeatable)")
-    p.add_argument("--weights", default=None, help="weights of vgg19/resnet50 (imagenet, none or a path)")
-    p.add_argument("--size", type=int, default=None, help="input side of vgg19/resnet50 (default 224)")
-    p.add_argument("--batch-size", type=int, default=32)
+    _add_spec_args(p, backbone=None)  # each applies to the backbones that can take it
     p.add_argument("--reports-dir", default="reports", help="where the table and pictures go (default reports/)")
     p.add_argument("--n-jobs", type=int, default=2, help="parallel fits of the scikit-learn heads")
     p.set_defaults(func=cmd_compare)

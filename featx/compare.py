@@ -18,6 +18,7 @@ from .data import Dataset, load_dataset
 from .errors import CacheError, FeatxError
 from .extract import extract_features, make_extractor
 from .heads import make_head
+from .spec import FeatureSpec, as_spec, specs_for
 
 
 @dataclass
@@ -35,10 +36,12 @@ class FitResult:
     y_pred: np.ndarray
     class_names: tuple
     note: str = ""
+    features: str = ""
 
     def row(self) -> dict:
         return {
             "backbone": self.backbone,
+            "features": self.features,
             "head": self.head,
             "accuracy": round(self.accuracy, 4),
             "macro_f1": round(self.macro_f1, 4),
@@ -48,7 +51,8 @@ class FitResult:
         }
 
 
-def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", head="", class_names=()):
+def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", head="", class_names=(),
+                  features=""):  # fmt: skip
     """Fit a clone of ``estimator`` and measure it on the test split."""
     est = clone(estimator)
     t0 = time.perf_counter()
@@ -60,12 +64,7 @@ def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", h
     note = getattr(est, "solver_", "")
     return FitResult(backbone, head, float(accuracy_score(y_test, pred)),
                      float(f1_score(y_test, pred, average="macro")), fit_s, pred_ms, est,
-                     np.asarray(y_test), np.asarray(pred), tuple(class_names), note)  # fmt: skip
-
-
-def _extract_args(weights, size, pooling, interpolation, batch_size, dtype, seed, cache_dir):
-    return dict(weights=weights, size=size, pooling=pooling, interpolation=interpolation,
-                batch_size=batch_size, dtype=dtype, seed=seed, cache_dir=cache_dir)  # fmt: skip
+                     np.asarray(y_test), np.asarray(pred), tuple(class_names), note, features)  # fmt: skip
 
 
 def head_path(head: str, backbone: str, data_name: str, task: str, cache_dir=None) -> Path:
@@ -75,46 +74,45 @@ def head_path(head: str, backbone: str, data_name: str, task: str, cache_dir=Non
 
 def fit_head(
     head: str = "logreg",
-    backbone: str = "vgg19",
+    spec: FeatureSpec | str | None = None,
     data=None,
     task: str = "full",
     *,
     params: dict | None = None,
-    weights=None,
-    size: int | None = None,
-    pooling: str | None = None,
-    interpolation: str = "bilinear",
     batch_size: int = 32,
-    dtype: str = "float32",
     seed: int = 0,
     cache_dir=None,
     save: bool = True,
+    **settings,
 ) -> tuple[FitResult, Path | None]:
     """Fit one head on cached features (extracting them first when missing) and save it.
 
+    ``spec`` (a :class:`~featx.spec.FeatureSpec` or a backbone name, "vgg19" by
+    default) and ``settings`` say which features, as in :func:`extract_features`.
     Returns the result (accuracy, macro-F1, times, fitted estimator) and the
     path of the saved head: a joblib file holding the estimator and a record
     of the feature cache it was trained on.
     """
+    spec = as_spec(spec, **settings)
     estimator = make_head(head, **(params or {}))
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
-    kw = _extract_args(weights, size, pooling, interpolation, batch_size, dtype, seed, cache_dir)
-    fs = extract_features(backbone, ds, **kw)
+    fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
     X_train, y_train, X_test, y_test = fs.load()
-    res = evaluate_head(estimator, X_train, y_train, X_test, y_test, backbone=backbone, head=head,
-                        class_names=fs.class_names)  # fmt: skip
+    res = evaluate_head(estimator, X_train, y_train, X_test, y_test, backbone=spec.backbone, head=head,
+                        class_names=fs.class_names, features=spec.describe())  # fmt: skip
     path = None
     if save:
-        path = head_path(head, backbone, ds.name, ds.task, cache_dir)
+        path = head_path(head, spec.backbone, ds.name, ds.task, cache_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "head": head,
             "params": params or {},
             "features": str(fs.path),
             "feature_settings": fs.settings,
-            "extract_args": {"backbone": backbone, "data": ds.name, "task": ds.task,
-                             **{k: str(v) if isinstance(v, Path) else v for k, v in kw.items()
-                                if k not in ("cache_dir", "batch_size", "dtype")}},  # fmt: skip
+            "spec": spec.to_dict(),
+            "data": ds.name,
+            "task": ds.task,
+            "seed": seed,
             "class_names": list(fs.class_names),
             "image_shape": fs.info["image_shape"],
             "metrics": res.row(),
@@ -127,19 +125,18 @@ def fit_head(
 
 
 def compare(
-    backbones=("trunk",),
+    specs=("trunk",),
     heads=("dense", "logreg", "svm"),
     data=None,
     task: str | None = None,
     *,
     params: dict | None = None,
-    weights=None,
-    size: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
     cache_dir=None,
     reports_dir="reports",
     n_jobs: int = 2,
+    **settings,
 ) -> tuple[list[FitResult], dict[str, Path]]:
     """Fit every head on every backbone's cached features; write a table and pictures.
 
@@ -147,6 +144,9 @@ def compare(
     sample: the trunk is trained on classes 0-4 (once, then cached), extracts
     frozen features of classes 5-9, and the heads are fit on those.
 
+    ``specs`` are backbone names or :class:`~featx.spec.FeatureSpec` objects;
+    ``settings`` (``weights``, ``size``, ...) apply to each backbone named by
+    a string that can take them (see :func:`featx.spec.specs_for`).
     ``task`` defaults to "target" when the trunk is among the backbones, else
     "full". ``params`` maps a head name to its parameters. Scikit-learn heads
     run in parallel (``n_jobs`` processes); the Keras head runs in this process.
@@ -155,30 +155,26 @@ def compare(
     """
     from joblib import Parallel, delayed
 
+    specs = specs_for([specs] if isinstance(specs, (str, FeatureSpec)) else specs, **settings)
     if task is None:
-        task = "target" if "trunk" in backbones else "full"
+        task = "target" if any(s.backbone == "trunk" for s in specs) else "full"
     params = params or {}
     for h in heads:
         make_head(h, **params.get(h, {}))  # unknown heads and bad parameters fail before any work
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
     results: list[FitResult] = []
-    for backbone in backbones:
-        # --weights and --size are for the ImageNet backbones; the trunk takes only "none".
-        trunk = backbone == "trunk"
-        fs = extract_features(backbone, ds, weights=(weights if weights == "none" else None) if trunk else weights,
-                              size=None if trunk else size, batch_size=batch_size, seed=seed,
-                              cache_dir=cache_dir)  # fmt: skip
+    for spec in specs:
+        fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
         X_train, y_train, X_test, y_test = fs.load()
         jobs = [(h, make_head(h, **params.get(h, {}))) for h in heads]
         keras_jobs = [(h, e) for h, e in jobs if h == "dense"]
         other = [(h, e) for h, e in jobs if h != "dense"]
+        common = dict(backbone=spec.backbone, class_names=fs.class_names, features=spec.describe())
         # Keras keeps its own thread pools: its head runs here, the sklearn heads in worker processes.
         par = Parallel(n_jobs=min(n_jobs, max(1, len(other))))(
-            delayed(evaluate_head)(e, X_train, y_train, X_test, y_test, backbone=backbone, head=h,
-                                   class_names=fs.class_names) for h, e in other
-        )  # fmt: skip
-        ker = [evaluate_head(e, X_train, y_train, X_test, y_test, backbone=backbone, head=h,
-                             class_names=fs.class_names) for h, e in keras_jobs]  # fmt: skip
+            delayed(evaluate_head)(e, X_train, y_train, X_test, y_test, head=h, **common) for h, e in other
+        )
+        ker = [evaluate_head(e, X_train, y_train, X_test, y_test, head=h, **common) for h, e in keras_jobs]
         results += ker + list(par)
     results.sort(key=lambda r: (-r.accuracy, -r.macro_f1, r.fit_seconds))
     paths = write_report(results, ds, reports_dir)
@@ -186,11 +182,14 @@ def compare(
 
 
 def format_table(results: list[FitResult]) -> str:
-    head = f"{'backbone':<10} {'head':<8} {'accuracy':>8} {'macro-F1':>8} {'fit s':>7} {'predict ms/img':>14}  note"
+    """The results as a text table, one row per head and feature set."""
+    width = max([len("features"), *(len(r.features or r.backbone) for r in results)])
+    head = (f"{'features':<{width}} {'head':<8} {'accuracy':>8} {'macro-F1':>8} {'fit s':>7} "
+            f"{'predict ms/img':>14}  note")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r.backbone:<10} {r.head:<8} {r.accuracy:>8.2%} {r.macro_f1:>8.3f} {r.fit_seconds:>7.2f} "
-                     f"{r.predict_ms_per_image:>14.4f}  {r.note}")  # fmt: skip
+        lines.append(f"{r.features or r.backbone:<{width}} {r.head:<8} {r.accuracy:>8.2%} {r.macro_f1:>8.3f} "
+                     f"{r.fit_seconds:>7.2f} {r.predict_ms_per_image:>14.4f}  {r.note}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -215,7 +214,7 @@ def write_report(results: list[FitResult], ds: Dataset, reports_dir) -> dict[str
     paths["json"].write_text(json.dumps(meta, indent=1))
 
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(rows)))
-    labels = [f"{r['backbone']} + {r['head']}" for r in rows][::-1]
+    labels = [f"{r['features'] or r['backbone']} + {r['head']}" for r in rows][::-1]
     accs = [r["accuracy"] for r in rows][::-1]
     ax.barh(labels, accs, color="tab:blue")
     for i, a in enumerate(accs):
@@ -239,16 +238,21 @@ def write_report(results: list[FitResult], ds: Dataset, reports_dir) -> dict[str
                     color="white" if cm[i, j] > cm.max() / 2 else "black")  # fmt: skip
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{best.backbone} + {best.head}: {best.accuracy:.1%}")
+    ax.set_title(f"{best.features or best.backbone} + {best.head}: {best.accuracy:.1%}")
     fig.tight_layout()
     fig.savefig(paths["confusion"], dpi=100)
     plt.close(fig)
     return paths
 
 
-def predict_files(files, head: str = "logreg", backbone: str = "vgg19", data=None, task: str = "full",
+def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19", data=None, task: str = "full",
                   *, cache_dir=None, batch_size: int = 32):  # fmt: skip
     """Classify image files with a saved head and its backbone.
+
+    The head is the one last fitted by :func:`fit_head` on ``spec``'s backbone
+    for ``data`` and ``task``; its backbone is rebuilt from the spec recorded
+    with it. Passing a full :class:`~featx.spec.FeatureSpec` also checks that
+    the head was fitted on those features.
 
     Yields ``(file, class_name, probability_or_score, error)`` per image;
     a file that cannot be read gets its error and the others still run.
@@ -256,6 +260,7 @@ def predict_files(files, head: str = "logreg", backbone: str = "vgg19", data=Non
     """
     from .images import decode_image, is_image_name, resize_image
 
+    backbone = spec.backbone if isinstance(spec, FeatureSpec) else str(spec)
     name = "sample" if data is None else str(data)
     ds_name = "sample" if name == "sample" else (name if name == "cifar10" else str(Path(name).expanduser().resolve()))
     path = head_path(head, backbone, ds_name, task, cache_dir)
@@ -266,14 +271,15 @@ def predict_files(files, head: str = "logreg", backbone: str = "vgg19", data=Non
         )
     saved = joblib.load(path)
     est, rec = saved["estimator"], saved["record"]
-    ea = dict(rec["extract_args"])
-    ea.pop("task", None)
-    data_arg = ea.pop("data")
-    model, settings = make_extractor(ea.pop("backbone"), data=data_arg, cache_dir=cache_dir, **ea)
-    for k in ("weights", "size", "pooling", "interpolation"):
-        if settings[k] != rec["feature_settings"][k]:
+    fitted_spec, fitted_data, seed = _recorded_spec(rec)
+    if isinstance(spec, FeatureSpec) and spec != fitted_spec:
+        raise FeatxError(f"The {head} head in {path.name} was fitted on {fitted_spec.describe()}, not on "
+                         f"{spec.describe()}. Fit it on those features first.")  # fmt: skip
+    model, settings = make_extractor(fitted_spec, seed=seed, data=fitted_data, cache_dir=cache_dir)
+    for k, v in settings.items():
+        if v != rec["feature_settings"].get(k):
             raise FeatxError(f"The backbone rebuilt for {path.name} differs from the one it was trained on "
-                             f"({k}: {settings[k]} vs {rec['feature_settings'][k]}). Fit the head again.")  # fmt: skip
+                             f"({k}: {v} vs {rec['feature_settings'].get(k)}). Fit the head again.")  # fmt: skip
     shape = tuple(rec.get("image_shape", ())) or None
     paths = []
     for f in files:
@@ -306,3 +312,13 @@ def predict_files(files, head: str = "logreg", backbone: str = "vgg19", data=Non
         else:
             label, score = next(predictions)
             yield str(p), str(classes[int(label)]), float(score), None
+
+
+def _recorded_spec(record: dict) -> tuple[FeatureSpec, str, int]:
+    """The spec, data and seed a saved head's features were made with (records of
+    featx 0.1 kept the spec's fields in "extract_args")."""
+    if "spec" in record:
+        return FeatureSpec.from_dict(record["spec"]), record["data"], int(record.get("seed", 0))
+    args = dict(record["extract_args"])
+    spec = FeatureSpec.from_dict({**args, "dtype": record["feature_settings"].get("dtype", "float32")})
+    return spec, args["data"], int(args.get("seed", 0))

@@ -11,48 +11,26 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import cache
-from .backbones import build_extractor, resolve_options, weights_identity
+from .backbones import build_extractor
 from .data import Dataset, load_dataset
+from .spec import FeatureSpec, as_spec
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("float32", "float16")
+def make_extractor(spec: FeatureSpec, *, seed: int = 0, data=None, cache_dir=None):
+    """Build the frozen extraction model of ``spec`` and its cache-key settings.
 
-
-def make_extractor(
-    backbone: str = "vgg19",
-    *,
-    weights=None,
-    size: int | None = None,
-    pooling: str | None = None,
-    interpolation: str = "bilinear",
-    seed: int = 0,
-    data=None,
-    cache_dir=None,
-):
-    """Build the frozen extraction model and the settings that identify it.
-
-    Returns ``(model, settings)`` where ``settings`` holds the backbone,
-    weights identity, size, interpolation and pooling. For the ``trunk`` with
+    Returns ``(model, settings)``, where ``settings`` is
+    ``spec.key_settings(weights identity)``. For the ``trunk`` with
     ``weights="trained"``, the trunk trained on ``data``'s source classes is
     loaded, or trained first.
     """
-    spec, size, pooling, weights = resolve_options(
-        backbone, size=size, pooling=pooling, interpolation=interpolation, weights=weights
-    )
     trunk_model = None
-    if backbone == "trunk":
-        from .trunk import trunk_weights_id
-
-        trunk_model = load_trunk(weights, data=data, seed=seed, cache_dir=cache_dir)
-        wid = trunk_weights_id(trunk_model)
-    else:
-        wid = weights_identity(backbone, weights, seed)
-    model = build_extractor(backbone, weights=weights, size=size, pooling=pooling,
-                            interpolation=interpolation, seed=seed, trunk_model=trunk_model)  # fmt: skip
-    settings = {"backbone": backbone, "weights": wid, "size": size, "interpolation": interpolation,
-                "pooling": pooling}  # fmt: skip
-    return model, settings
+    if spec.backbone == "trunk":
+        trunk_model = load_trunk(spec.weights, data=data, seed=seed, cache_dir=cache_dir)
+    wid = spec.weights_identity(seed, trunk_model)
+    model = build_extractor(spec, seed=seed, trunk_model=trunk_model)
+    return model, spec.key_settings(wid)
 
 
 def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None):
@@ -89,30 +67,24 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
         yield start, out
 
 
-def check_run_options(batch_size, dtype) -> None:
-    """Check the batch size and storage dtype shared by ``extract_features`` and ``FeatureExtractor``."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={dtype!r}")
+def check_batch_size(batch_size) -> None:
+    """Check the batch size of ``extract_features`` and ``FeatureExtractor``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
 
 
 def extract_features(
-    backbone: str = "vgg19",
+    spec: FeatureSpec | str | None = None,
     data=None,
     task: str = "full",
     *,
-    weights=None,
-    size: int | None = None,
-    pooling: str | None = None,
-    interpolation: str = "bilinear",
     batch_size: int = 32,
-    dtype: str = "float32",
     seed: int = 0,
     cache_dir=None,
     force: bool = False,
     progress: bool | None = None,
     lock_timeout: float | None = None,
+    **settings,
 ) -> cache.FeatureSet:
     """Embed the train and test images of a dataset with a frozen backbone, cached in HDF5.
 
@@ -122,25 +94,16 @@ def extract_features(
 
     Parameters
     ----------
-    backbone : {"trunk", "vgg19", "resnet50"}
+    spec : FeatureSpec or str, default="vgg19"
+        What makes the features (see :class:`featx.spec.FeatureSpec`), or a
+        backbone name ("trunk", "vgg19", "resnet50").
     data : str, path or Dataset
         See :func:`featx.data.load_dataset` ("sample" by default).
     task : {"full", "source", "target"}
-    weights : str or path, optional
-        "imagenet" (default for vgg19/resnet50, downloaded once by Keras),
-        "trained" (default for trunk), "none" (seeded random init) or a file.
-    size : int, optional
-        Side the images are resized to inside the model (default 224; the trunk runs at 32).
-    pooling : {"avg", "max", "flatten"}, optional
-        Default "avg" (trunk: "flatten", its 800-d embedding).
-    interpolation : str
-        Resize method, "bilinear" by default.
     batch_size : int
         Images per forward pass.
-    dtype : {"float32", "float16"}
-        Storage type of the features.
     seed : int
-        Seed of the data splits and of random weights.
+        Seed of the data splits, of random weights and of the trunk's training.
     cache_dir : path, optional
         Cache folder (default ``./cache`` or ``$FEATX_CACHE_DIR``).
     force : bool
@@ -150,6 +113,10 @@ def extract_features(
     lock_timeout : float, optional
         Seconds to wait for another process extracting the same settings
         (default: wait until it is done).
+    **settings
+        Feature settings that build the spec or change it: ``weights``,
+        ``size``, ``pooling``, ``interpolation``, ``dtype`` (see
+        :class:`~featx.spec.FeatureSpec`).
 
     Returns
     -------
@@ -163,13 +130,11 @@ def extract_features(
     """
     import keras
 
-    check_run_options(batch_size, dtype)
-    resolve_options(backbone, size=size, pooling=pooling, interpolation=interpolation, weights=weights)
+    spec = as_spec(spec, **settings)
+    check_batch_size(batch_size)
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
-    model, settings = make_extractor(backbone, weights=weights, size=size, pooling=pooling,
-                                     interpolation=interpolation, seed=seed, data=ds,
-                                     cache_dir=cache_dir)  # fmt: skip
-    settings.update(data=ds.name, task=ds.task, data_fingerprint=ds.fingerprint, dtype=dtype,
+    model, settings = make_extractor(spec, seed=seed, data=ds, cache_dir=cache_dir)
+    settings.update(data=ds.name, task=ds.task, data_fingerprint=ds.fingerprint,
                     backend=keras.backend.backend(), format=cache.FORMAT_VERSION)  # fmt: skip
     path = cache.feature_path(settings, cache_dir)
     if not force:
@@ -186,10 +151,10 @@ def extract_features(
             if found is not None:
                 print(f"features already cached: {found.path}", flush=True)
                 return found
-        return _run(model, ds, settings, path, batch_size, dtype, progress)
+        return _run(model, ds, spec, settings, path, batch_size, progress)
 
 
-def _run(model, ds: Dataset, settings: dict, path, batch_size: int, dtype: str, progress) -> cache.FeatureSet:
+def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size: int, progress) -> cache.FeatureSet:
     import h5py
     import keras
     import sklearn
@@ -200,13 +165,14 @@ def _run(model, ds: Dataset, settings: dict, path, batch_size: int, dtype: str, 
         "image_shape": list(ds.image_shape),
         "data_info": ds.info,
         "batch_size": batch_size,
+        "spec": spec.to_dict(),
         "versions": {"featx": _featx_version(), "keras": keras.__version__, "numpy": np.__version__,
                      "h5py": h5py.__version__, "scikit-learn": sklearn.__version__,
                      "python": platform.python_version()},  # fmt: skip
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     sizes = {"train": len(ds.X_train), "test": len(ds.X_test)}
-    writer = cache.PartialWriter(path, settings, info, sizes, dim, dtype)
+    writer = cache.PartialWriter(path, settings, info, sizes, dim, spec.dtype)
     seconds = {}
     try:
         for split in cache.SPLITS:

@@ -13,6 +13,7 @@ settings, so the clones of a grid search build it once per process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,10 +30,11 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from . import cache
-from .backbones import build_extractor, get_backbone, resolve_options, weights_identity
+from .backbones import build_extractor
 from .errors import WeightsError
-from .extract import check_run_options, embed, load_trunk
+from .extract import check_batch_size, embed, load_trunk
 from .images import decode_image, image_digest
+from .spec import FeatureSpec
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +81,11 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
+    spec_ : FeatureSpec
+        What makes the embeddings, checked, with the backbone's defaults filled in.
     settings_ : dict
-        What makes the embeddings: backbone, weights identity, size,
-        interpolation, pooling, dtype and Keras backend (the cache key).
+        ``spec_``'s cache-key settings (weights identity in place of the
+        weights' name) plus the Keras backend.
     n_features_out_ : int
         Embedding width.
     model_ : keras.Model
@@ -142,36 +146,32 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         import keras
 
         _Images(X)
-        check_run_options(self.batch_size, self.dtype)
-        spec = get_backbone(self.backbone)
-        weights = self.weights
-        if weights is None:
-            weights = "none"
-        elif weights == "pretrained":
-            weights = spec.default_weights
-        _, size, pooling, weights = resolve_options(self.backbone, size=self.size, pooling=self.pooling,
-                                                    interpolation=self.interpolation, weights=weights)  # fmt: skip
+        check_batch_size(self.batch_size)
+        self.spec_ = self._make_spec()
         rs = self.random_state
         seed = (
             int(rs) if isinstance(rs, (int, np.integer)) else int(check_random_state(rs).randint(2**31 - 1))
         )
-        trunk_weights = None
+        trunk, trunk_weights = None, None
         with _kept_global_rng():
-            if self.backbone == "trunk":
-                from .trunk import trunk_embedding_layers, trunk_weights_id
+            if self.spec_.backbone == "trunk":
+                from .trunk import trunk_embedding_layers
 
-                trunk = load_trunk(weights, data=self.trunk_data, seed=seed, cache_dir=self.cache_dir)
-                wid = trunk_weights_id(trunk)
+                trunk = load_trunk(self.spec_.weights, data=self.trunk_data, seed=seed, cache_dir=self.cache_dir)
                 trunk_weights = [[np.asarray(w) for w in layer.get_weights()]
                                  for layer in trunk_embedding_layers(trunk)]  # fmt: skip
-            else:
-                wid = weights_identity(self.backbone, weights, seed)
-        self.settings_ = {"backbone": self.backbone, "weights": wid, "size": size,
-                          "interpolation": self.interpolation, "pooling": pooling, "dtype": self.dtype,
-                          "backend": keras.backend.backend(), "format": cache.FORMAT_VERSION}  # fmt: skip
-        self._rebuild = {"weights": weights, "seed": seed, "trunk_weights": trunk_weights}
+            wid = self.spec_.weights_identity(seed, trunk)
+        self.settings_ = {**self.spec_.key_settings(wid), "backend": keras.backend.backend(),
+                          "format": cache.FORMAT_VERSION}  # fmt: skip
+        self._rebuild = {"spec": self.spec_.to_dict(), "seed": seed, "trunk_weights": trunk_weights}
         self.n_features_out_ = int(self.model_.output.shape[-1])
         return self
+
+    def _make_spec(self) -> FeatureSpec:
+        """The spec of this extractor's parameters (``weights=None`` is a random init, as in Keras)."""
+        names = {f.name for f in dataclasses.fields(FeatureSpec)} - {"weights"}
+        weights = "none" if self.weights is None else self.weights
+        return FeatureSpec(weights=weights, **{k: v for k, v in self.get_params().items() if k in names})
 
     @property
     def model_(self):
@@ -299,22 +299,28 @@ def _model_for(settings: dict, rebuild: dict):
 
 
 def _build_model(settings: dict, rebuild: dict):
-    backbone, weights, seed = settings["backbone"], rebuild["weights"], rebuild["seed"]
+    spec, seed = _rebuild_spec(settings, rebuild), rebuild["seed"]
     with _kept_global_rng():
         trunk = None
-        if backbone == "trunk":
+        if spec.backbone == "trunk":
             from .trunk import build_trunk_classifier, trunk_embedding_layers
 
             trunk = build_trunk_classifier(5, seed)
             for layer, w in zip(trunk_embedding_layers(trunk), rebuild["trunk_weights"]):
                 layer.set_weights(w)
-        elif weights_identity(backbone, weights, seed) != settings["weights"]:
+        elif spec.weights_identity(seed) != settings["weights"]:
             raise WeightsError(
-                f"The weights file '{weights}' changed since this FeatureExtractor was fitted; "
+                f"The weights file '{spec.weights}' changed since this FeatureExtractor was fitted; "
                 "its embeddings would differ. Fit it again."
             )
-        return build_extractor(backbone, weights=weights, size=settings["size"], pooling=settings["pooling"],
-                               interpolation=settings["interpolation"], seed=seed, trunk_model=trunk)  # fmt: skip
+        return build_extractor(spec, seed=seed, trunk_model=trunk)
+
+
+def _rebuild_spec(settings: dict, rebuild: dict) -> FeatureSpec:
+    if "spec" in rebuild:
+        return FeatureSpec.from_dict(rebuild["spec"])
+    # pickled by featx 0.1: the weights' name in rebuild, the other fields in settings
+    return FeatureSpec.from_dict({**settings, "weights": rebuild["weights"]})
 
 
 class _Images:

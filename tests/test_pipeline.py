@@ -232,7 +232,9 @@ def test_two_processes_writing_one_cache_do_not_corrupt_it(tmp_path):
     with spy(fx) as calls:
         cached = fx.transform(X)
     assert calls.call_count == 0
-    np.testing.assert_array_equal(cached, tiny().fit(X).transform(X))
+    # Each process embedded other batches of images; oneDNN's kernels on some CPUs round an image
+    # differently with other neighbours in the batch, so the rows agree to rounding.
+    np.testing.assert_allclose(cached, tiny().fit(X).transform(X), rtol=1e-5, atol=1e-6)
 
 
 def test_interrupted_and_damaged_cache_files(data, tmp_path, caplog):

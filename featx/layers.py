@@ -1,0 +1,97 @@
+"""The Keras layers featx puts around a frozen backbone.
+
+Preprocessing (uint8 to float, the "caffe" ImageNet preprocessing), pooling a
+feature map to a fixed spatial grid, and the horizontal mirror: the batch and
+its mirror image run through the backbone together and their embeddings are
+averaged. Only ``keras`` and ``keras.ops``: they run on every Keras 3 backend.
+Registered once, so saved models load anywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_LAYERS: dict | None = None
+
+
+def _register() -> dict:
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class ToFloat(keras.layers.Layer):
+        """Cast stored uint8 pixels to float (0..255)."""
+
+        def call(self, x):
+            return ops.cast(x, self.compute_dtype)
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class CaffePreprocess(keras.layers.Layer):
+        """VGG/ResNet ``preprocess_input`` ("caffe" mode): RGB to BGR, minus the ImageNet mean."""
+
+        def call(self, x):
+            x = ops.flip(x, axis=-1)
+            mean = ops.convert_to_tensor(np.array([103.939, 116.779, 123.68]), dtype=x.dtype)
+            return x - mean
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class WithMirror(keras.layers.Layer):
+        """``(n, h, w, c) -> (2n, h, w, c)``: the batch, then its horizontal mirror image."""
+
+        def call(self, x):
+            return ops.concatenate([x, ops.flip(x, axis=2)], axis=0)
+
+        def compute_output_shape(self, shape):
+            return (None if shape[0] is None else 2 * shape[0], *shape[1:])
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class MirrorMean(keras.layers.Layer):
+        """``(2n, d) -> (n, d)``: the mean of each image's embedding and its mirror's."""
+
+        def call(self, x):
+            n = ops.shape(x)[0] // 2
+            return (x[:n] + x[n:]) / 2
+
+        def compute_output_shape(self, shape):
+            return (None if shape[0] is None else shape[0] // 2, *shape[1:])
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class GridPooling(keras.layers.Layer):
+        """Pool a feature map ``(n, h, w, c)`` to ``(n, grid * grid * c)``.
+
+        Cell ``(i, j)`` covers rows ``floor(i h / grid) .. ceil((i + 1) h / grid)`` (and
+        likewise columns), as adaptive pooling does: on a map whose side divides by
+        ``grid`` the cells are the plain ``h / grid`` windows; on a smaller map cells
+        overlap rather than come out empty. Flattened cell by cell, channels last.
+        """
+
+        def __init__(self, grid: int = 4, mode: str = "max", **kwargs):
+            super().__init__(**kwargs)
+            self.grid, self.mode = int(grid), mode
+
+        def call(self, x):
+            h, w = x.shape[1], x.shape[2]
+            reduce = ops.max if self.mode == "max" else ops.mean
+            cells = []
+            for i in range(self.grid):
+                r0, r1 = (i * h) // self.grid, -((-(i + 1) * h) // self.grid)
+                for j in range(self.grid):
+                    c0, c1 = (j * w) // self.grid, -((-(j + 1) * w) // self.grid)
+                    cells.append(reduce(x[:, r0:r1, c0:c1, :], axis=(1, 2)))
+            return ops.concatenate(cells, axis=-1)
+
+        def compute_output_shape(self, shape):
+            return (shape[0], self.grid * self.grid * shape[-1])
+
+        def get_config(self):
+            return {**super().get_config(), "grid": self.grid, "mode": self.mode}
+
+    return {c.__name__: c for c in (ToFloat, CaffePreprocess, WithMirror, MirrorMean, GridPooling)}
+
+
+def featx_layers() -> dict:
+    """The layer classes by name (registered with Keras on first use)."""
+    global _LAYERS
+    if _LAYERS is None:
+        _LAYERS = _register()
+    return _LAYERS

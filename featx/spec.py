@@ -1,0 +1,285 @@
+"""What makes the features: :class:`FeatureSpec`, one settings object every entry point shares.
+
+``extract_features``, ``fit_head``, ``compare``, ``predict_files`` and the CLI
+all take a ``FeatureSpec`` (or the keyword arguments that build one), and
+``FeatureExtractor`` builds one in ``fit``. The spec is checked once, when it
+is made, with each backbone's defaults filled in; its :meth:`~FeatureSpec.key_settings`
+give the settings whose hash names every cache file.
+
+Run options that do not change the features (batch size, progress bars, the
+cache folder) are not part of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backbones import INTERPOLATIONS, POOLINGS, get_backbone, weights_identity
+from .errors import WeightsError
+
+#: Storage types of the features.
+DTYPES = ("float32", "float16")
+
+# Weights each backbone takes by name; anything else must be a file.
+_NAMED_WEIGHTS = {"trunk": ("trained", "none"), "vgg19": ("imagenet", "none"), "resnet50": ("imagenet", "none")}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The settings that make a set of features, checked, with the backbone's defaults filled in.
+
+    Frozen and hashable: two specs that make the same features compare equal,
+    whether a default was named or left out. Make a changed copy with
+    :meth:`replace`.
+
+    Parameters
+    ----------
+    backbone : {"vgg19", "resnet50", "trunk"}, default="vgg19"
+    weights : str or path, optional
+        "imagenet" (default for vgg19/resnet50, downloaded once by Keras),
+        "trained" (default for the trunk: trained by featx on the source
+        classes), "none" (a random init seeded by the caller's ``seed``) or
+        the path of a weights file. None or "pretrained": the backbone's default.
+    size : int, optional
+        Side the images are resized to inside the model (default 224; the trunk runs at 32).
+    pooling : {"avg", "max", "flatten"}, optional
+        Default "avg" (trunk: "flatten", its 800-d embedding).
+    interpolation : str, default="bilinear"
+        Resize method (one of Keras's: bilinear, nearest, bicubic, lanczos3, lanczos5, area).
+    dtype : {"float32", "float16"}, default="float32"
+        Storage type of the features.
+
+    Examples
+    --------
+    >>> from featx.spec import FeatureSpec
+    >>> spec = FeatureSpec("vgg19", size=64)
+    >>> spec.weights, spec.size, spec.pooling
+    ('imagenet', 64, 'avg')
+    >>> spec == FeatureSpec("vgg19", weights="imagenet", size=64, pooling="avg")
+    True
+    >>> spec.replace(pooling="max").describe()
+    'vgg19 64px max, imagenet'
+    >>> FeatureSpec("trunk").describe()
+    'trunk 32px flatten, trained'
+    """
+
+    backbone: str = "vgg19"
+    weights: str | None = None
+    size: int | None = None
+    pooling: str | None = None
+    interpolation: str = "bilinear"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        bb = get_backbone(self.backbone)
+        size = bb.default_size if self.size is None else self.size
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 32:
+            raise ValueError(f"size must be an integer of at least 32. Received: size={size!r}")
+        if bb.fixed_size and size != bb.default_size:
+            raise ValueError(
+                f"The {bb.name} backbone only runs at {bb.default_size}x{bb.default_size}. Received: size={size}"
+            )
+        pooling = bb.default_pooling if self.pooling is None else self.pooling
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}. Received: pooling={pooling!r}")
+        if bb.name == "trunk" and pooling != "flatten":
+            raise ValueError(f"The trunk's embedding is its 800-d flatten output. Received: pooling={pooling!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {', '.join(INTERPOLATIONS)}. "
+                f"Received: interpolation={self.interpolation!r}"
+            )
+        weights = _check_weights(bb.name, self.weights, bb.default_weights)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={self.dtype!r}")
+        for name, value in (("size", int(size)), ("pooling", pooling), ("weights", weights)):
+            object.__setattr__(self, name, value)
+
+    def replace(self, **changes) -> FeatureSpec:
+        """A copy with ``changes`` (checked again). To change the backbone, make a new spec:
+        the filled-in defaults of one backbone may not suit another."""
+        _check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    def weights_identity(self, seed: int = 0, trunk_model=None) -> str:
+        """A string that changes whenever the weights do: the ImageNet file and its md5, a
+        file's sha256, the seed of a random init, or the hash of a trained trunk's weights
+        (pass the trunk classifier as ``trunk_model``)."""
+        if self.backbone == "trunk":
+            if trunk_model is None:
+                raise ValueError("The trunk's weights identity is the hash of its weights: pass trunk_model.")
+            from .trunk import trunk_weights_id
+
+            return trunk_weights_id(trunk_model)
+        return weights_identity(self.backbone, self.weights, seed)
+
+    def key_settings(self, weights_id: str) -> dict:
+        """The settings whose hash keys the caches, with ``weights_id`` (see
+        :meth:`weights_identity`) in place of the weights' name.
+
+        A setting added to the spec later enters the key only when it is not at its
+        neutral value, so caches written before it existed keep their names.
+        """
+        out = {}
+        for f in dataclasses.fields(self):
+            value = weights_id if f.name == "weights" else getattr(self, f.name)
+            if "neutral" in f.metadata and value == f.metadata["neutral"]:
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_dict(self) -> dict:
+        """Plain values, for JSON records; ``FeatureSpec.from_dict`` reads them back."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> FeatureSpec:
+        """The spec recorded by :meth:`to_dict` (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+    def describe(self) -> str:
+        """One line: backbone, input size, pooling, weights, and what is not at its default."""
+        return describe(self.to_dict())
+
+
+def _check_weights(backbone: str, weights, default: str) -> str:
+    if weights is None or weights == "pretrained":
+        return default
+    if isinstance(weights, os.PathLike):
+        weights = str(weights)
+    if not isinstance(weights, str):
+        raise ValueError(f"weights must be a name or a file path. Received: weights={weights!r}")
+    if weights.lower() == "none":
+        return "none"
+    allowed = _NAMED_WEIGHTS[backbone]
+    if weights not in allowed and not Path(weights).expanduser().is_file():
+        raise WeightsError(
+            f"weights for {backbone} must be {' or '.join(repr(w) for w in allowed)} or the "
+            f"path of a weights file that exists. Received: weights={weights!r}"
+        )
+    return weights
+
+
+def _check_names(fields: Mapping) -> None:
+    names = [f.name for f in dataclasses.fields(FeatureSpec)]
+    unknown = [k for k in fields if k not in names]
+    if unknown:
+        raise TypeError(
+            f"Unknown feature setting {unknown[0]!r}. The feature settings are: {', '.join(names)}. "
+            f"Received: {unknown[0]}={fields[unknown[0]]!r}"
+        )
+
+
+def as_spec(spec: FeatureSpec | str | None = None, **fields) -> FeatureSpec:
+    """The spec an entry point works with: ``spec`` itself, a backbone name with
+    ``fields``, or ``fields`` alone; with a spec, ``fields`` change a copy of it.
+
+    >>> as_spec("resnet50", size=64).size
+    64
+    >>> as_spec(FeatureSpec("vgg19"), pooling="max").pooling
+    'max'
+    """
+    _check_names(fields)
+    if isinstance(spec, FeatureSpec):
+        return spec.replace(**fields) if fields else spec
+    if spec is None:
+        return FeatureSpec(**fields)
+    if isinstance(spec, str):
+        if "backbone" in fields:
+            raise TypeError(
+                f"The backbone is named twice: {spec!r} and backbone={fields['backbone']!r}. Name it once."
+            )
+        return FeatureSpec(backbone=spec, **fields)
+    raise TypeError(f"spec must be a FeatureSpec or a backbone name. Received: {spec!r}")
+
+
+def specs_for(backbones: Iterable[FeatureSpec | str], **fields) -> list[FeatureSpec]:
+    """One spec per backbone, for commands that run several (``compare``).
+
+    ``fields`` apply to every backbone named by a string that can take them;
+    where one cannot, it keeps its own default: a ``size`` does not apply to a
+    backbone of fixed size, named weights other than "none" (and weight
+    files) only to the ImageNet backbones, a pooling other than "flatten" not
+    to the trunk. Specs passed as objects are used as they are.
+
+    >>> [s.describe() for s in specs_for(["trunk", "vgg19"], weights="none", size=64)]
+    ['trunk 32px flatten, random init', 'vgg19 64px avg, random init']
+    """
+    _check_names(fields)
+    out = []
+    for b in backbones:
+        if isinstance(b, FeatureSpec):
+            out.append(b)
+            continue
+        bb = get_backbone(b)
+        own = dict(fields)
+        if bb.fixed_size:
+            own.pop("size", None)
+        w = own.get("weights")
+        w = str(w) if isinstance(w, os.PathLike) else w
+        if isinstance(w, str) and w.lower() not in ("none", "pretrained"):
+            named = {n for names in _NAMED_WEIGHTS.values() for n in names}
+            # another backbone's named weights, or a weights file (for the ImageNet backbones)
+            if (w in named and w not in _NAMED_WEIGHTS[bb.name]) or (w not in named and bb.name == "trunk"):
+                own.pop("weights")
+        if bb.name == "trunk" and own.get("pooling") not in (None, "flatten"):
+            own.pop("pooling")
+        out.append(FeatureSpec(backbone=b, **own))
+    return out
+
+
+def _weights_label(w: str) -> str:
+    """A short name for recorded weights (a name, a path, or a weights identity)."""
+    if w == "none":
+        return "random init"
+    if w.startswith("imagenet:"):
+        return "imagenet"
+    if w.startswith("random-init-seed"):
+        return f"random init (seed {w[len('random-init-seed'):]})"
+    if w.startswith("trunk:sha256="):
+        return f"trained trunk {w.split('=', 1)[1][:8]}"
+    if w.startswith("file:"):
+        return w.split(":")[1]
+    return Path(w).name if ("/" in w or os.sep in w) else w
+
+
+def describe(settings: Mapping) -> str:
+    """One line for a spec (``to_dict()``) or for the settings a cache file records.
+
+    Backbone, input size and pooling, then the weights, then whatever is not at
+    its default (interpolation, storage type, and later settings).
+
+    >>> describe({"backbone": "vgg19", "size": 224, "pooling": "avg", "weights": "random-init-seed0",
+    ...           "interpolation": "bilinear", "dtype": "float16"})
+    'vgg19 224px avg, random init (seed 0), float16'
+    """
+    parts = [f"{settings.get('backbone', '?')} {settings.get('size', '?')}px {settings.get('pooling', '?')}"]
+    if settings.get("weights"):
+        parts.append(_weights_label(str(settings["weights"])))
+    for f in dataclasses.fields(FeatureSpec):
+        if f.name in ("backbone", "size", "pooling", "weights") or f.name not in settings:
+            continue
+        value, default = settings[f.name], f.metadata.get("neutral", f.default)
+        if isinstance(value, list):
+            value = tuple(value)
+        if value != default:
+            parts.append(_format_value(f.name, value))
+    return ", ".join(parts)
+
+
+def _format_value(name: str, value) -> str:
+    if name == "dtype":
+        return str(value)
+    if isinstance(value, bool):
+        return name if value else f"no {name}"
+    if isinstance(value, tuple):
+        value = "+".join(map(str, value))
+    return f"{name} {value}"
+

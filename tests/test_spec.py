@@ -1,0 +1,194 @@
+import dataclasses
+import gzip
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import joblib
+import numpy as np
+import pytest
+from conftest import make_class_folders
+
+from featx import FeatureExtractor
+from featx.compare import fit_head, predict_files
+from featx.data import Dataset
+from featx.errors import WeightsError
+from featx.extract import extract_features
+from featx.spec import FeatureSpec, as_spec, describe, specs_for
+
+FIXTURES = Path(__file__).parent / "fixtures" / "legacy-cache"
+
+
+def test_defaults_are_filled_and_equal_specs_hash_alike():
+    a = FeatureSpec("vgg19")
+    b = FeatureSpec("vgg19", weights="imagenet", size=224, pooling="avg", interpolation="bilinear")
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert (a.weights, a.size, a.pooling, a.dtype) == ("imagenet", 224, "avg", "float32")
+    t = FeatureSpec("trunk")
+    assert (t.weights, t.size, t.pooling) == ("trained", 32, "flatten")
+    assert FeatureSpec("resnet50", weights="pretrained") == FeatureSpec("resnet50", weights=None)
+    assert FeatureSpec("vgg19", weights="None").weights == "none"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.size = 64
+
+
+@pytest.mark.parametrize(
+    "kw, error, match",
+    [
+        (dict(backbone="alexnet"), ValueError, "Known backbones: trunk, vgg19, resnet50. Received: backbone='alexnet'"),
+        (dict(size=16), ValueError, "size must be an integer of at least 32. Received: size=16"),
+        (dict(size=64.0), ValueError, "size must be an integer"),
+        (dict(size=True), ValueError, "size must be an integer"),
+        (dict(backbone="trunk", size=64), ValueError, "only runs at 32x32. Received: size=64"),
+        (dict(pooling="mean"), ValueError, "pooling must be one of avg, max, flatten. Received: pooling='mean'"),
+        (dict(backbone="trunk", pooling="avg"), ValueError, "800-d flatten output. Received: pooling='avg'"),
+        (dict(interpolation="cubic"), ValueError, "interpolation must be one of bilinear"),
+        (dict(weights="trained"), WeightsError, "weights for vgg19 must be 'imagenet' or 'none'"),
+        (dict(weights="/no/such.h5"), WeightsError, "path of a weights file that exists"),
+        (dict(weights=3), ValueError, "weights must be a name or a file path. Received: weights=3"),
+        (dict(dtype="int8"), ValueError, "dtype must be one of float32, float16. Received: dtype='int8'"),
+    ],
+)
+def test_bad_settings_fail_when_the_spec_is_made(kw, error, match):
+    with pytest.raises(error, match=match.replace("(", r"\(").replace(")", r"\)")):
+        FeatureSpec(**kw)
+
+
+def test_a_weights_file_is_kept_as_its_path(tmp_path):
+    w = tmp_path / "w.weights.h5"
+    w.write_bytes(b"x")
+    assert FeatureSpec("vgg19", weights=w).weights == str(w)
+
+
+def test_as_spec_takes_a_spec_a_name_or_settings():
+    spec = FeatureSpec("vgg19", size=64)
+    assert as_spec(spec) is spec
+    assert as_spec(spec, pooling="max") == FeatureSpec("vgg19", size=64, pooling="max")
+    assert as_spec("resnet50", size=64) == FeatureSpec("resnet50", size=64)
+    assert as_spec(None, backbone="trunk") == FeatureSpec("trunk")
+    with pytest.raises(TypeError, match="Unknown feature setting 'colour'. The feature settings are: backbone"):
+        as_spec("vgg19", colour="red")
+    with pytest.raises(TypeError, match="named twice"):
+        as_spec("vgg19", backbone="trunk")
+    with pytest.raises(TypeError, match="FeatureSpec or a backbone name"):
+        as_spec(42)
+
+
+def test_specs_for_applies_each_setting_where_it_fits(tmp_path):
+    trunk, vgg = specs_for(["trunk", "vgg19"], weights="none", size=64, pooling="max")
+    assert trunk == FeatureSpec("trunk", weights="none") and vgg == FeatureSpec("vgg19", weights="none", size=64,
+                                                                                 pooling="max")  # fmt: skip
+    w = tmp_path / "vgg.weights.h5"
+    w.write_bytes(b"x")
+    trunk, vgg = specs_for(["trunk", "vgg19"], weights=w)
+    assert trunk.weights == "trained" and vgg.weights == str(w)
+    trunk, vgg = specs_for(["trunk", "vgg19"], weights="imagenet")
+    assert trunk.weights == "trained" and vgg.weights == "imagenet"
+    own = FeatureSpec("resnet50", size=96)
+    assert specs_for([own, "vgg19"], size=64) == [own, FeatureSpec("vgg19", size=64)]
+    with pytest.raises(ValueError, match="Known backbones"):
+        specs_for(["vgg16"])
+
+
+def test_round_trip_and_description(tmp_path):
+    spec = FeatureSpec("resnet50", weights="none", size=64, interpolation="nearest", dtype="float16")
+    assert FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.describe() == "resnet50 64px avg, random init, interpolation nearest, float16"
+    recorded = spec.key_settings(spec.weights_identity(seed=3))
+    assert describe(recorded) == "resnet50 64px avg, random init (seed 3), interpolation nearest, float16"
+
+
+def _old_key(settings: dict) -> str:
+    """The cache-key rule of featx 0.1, written out here so that a change to it is caught."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def test_key_settings_are_the_settings_featx_0_1_hashed():
+    spec = FeatureSpec("vgg19", weights="none", size=32, dtype="float16")
+    old = {"backbone": "vgg19", "weights": "random-init-seed0", "size": 32, "interpolation": "bilinear",
+           "pooling": "avg", "dtype": "float16"}  # fmt: skip
+    assert spec.key_settings(spec.weights_identity(0)) == old
+    with pytest.raises(ValueError, match="pass trunk_model"):
+        FeatureSpec("trunk").weights_identity(0)
+
+
+def test_a_later_setting_enters_the_key_only_away_from_its_neutral_value():
+    # How a new setting is added: a field whose metadata names the value that reproduces the old features.
+    Later = dataclasses.make_dataclass(
+        "Later", [("mirror", bool, dataclasses.field(default=False, metadata={"neutral": False}))],
+        bases=(FeatureSpec,), frozen=True,
+    )  # fmt: skip
+    base = FeatureSpec("vgg19", weights="none", size=32).key_settings("w")
+    assert Later("vgg19", weights="none", size=32).key_settings("w") == base
+    assert Later("vgg19", weights="none", size=32, mirror=True).key_settings("w") == {**base, "mirror": True}
+
+
+def _legacy_dataset() -> Dataset:
+    # The dataset the fixture caches were extracted from, by featx 0.1 (before FeatureSpec).
+    rng = np.random.default_rng(2024)
+    X = rng.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    return Dataset("legacy", X[:6], y[:6], X[6:], y[6:], ("a", "b", "c"), fingerprint="legacy0000000001")
+
+
+@pytest.fixture
+def legacy_cache(tmp_path):
+    for gz in FIXTURES.rglob("*.h5.gz"):
+        dest = tmp_path / gz.relative_to(FIXTURES).with_suffix("")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(gz) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
+    return tmp_path
+
+
+def test_feature_files_written_before_the_spec_are_still_found(legacy_cache, capsys):
+    (old,) = (legacy_cache / "features").glob("*.h5")
+    with mock.patch("featx.extract._run", side_effect=AssertionError("recomputed")):
+        fs = extract_features("vgg19", _legacy_dataset(), weights="none", size=32, dtype="float16",
+                              cache_dir=legacy_cache)  # fmt: skip
+    assert fs.path == old and "features already cached" in capsys.readouterr().out
+    assert fs.load()[0].shape == (6, 512)
+
+
+def test_per_image_embeddings_written_before_the_spec_are_still_found(legacy_cache):
+    X = _legacy_dataset().X_train
+    fx = FeatureExtractor("vgg19", weights=None, size=32, dtype="float16", cache_dir=legacy_cache).fit(X)
+    assert fx.spec_ == FeatureSpec("vgg19", weights="none", size=32, dtype="float16")
+    with mock.patch.object(fx.model_, "predict_on_batch", side_effect=fx.model_.predict_on_batch) as calls:
+        Z = fx.transform(X)
+    assert calls.call_count == 0 and Z.shape == (6, 512)
+    assert np.array_equal(Z, FeatureExtractor("vgg19", weights=None, size=32, dtype="float16").fit(X).transform(X))
+
+
+def test_entry_points_take_a_spec_or_its_settings(tmp_path):
+    tiny = make_class_folders(tmp_path / "ds", n_train=3, n_test=1)
+    spec = FeatureSpec("vgg19", weights="none", size=32)
+    a = extract_features(spec, tiny, cache_dir=tmp_path / "c", batch_size=8)
+    b = extract_features("vgg19", tiny, cache_dir=tmp_path / "c", weights="none", size=32)
+    c = extract_features(backbone="vgg19", data=tiny, cache_dir=tmp_path / "c", weights="none", size=32)
+    assert a.path == b.path == c.path and a.info["spec"] == spec.to_dict()
+    res, path = fit_head("logreg", spec, tiny, cache_dir=tmp_path / "c")
+    assert res.features == "vgg19 32px avg, random init"
+    assert joblib.load(path)["record"]["spec"] == spec.to_dict()
+    img = tiny / "test" / "cat" / "000.png"
+    (out,) = predict_files([img], "logreg", spec, tiny, cache_dir=tmp_path / "c")
+    assert out[3] is None and out[1] in ("cat", "dog", "eel")
+    with pytest.raises(Exception, match="was fitted on vgg19 32px avg, random init, not on vgg19 32px max"):
+        list(predict_files([img], "logreg", spec.replace(pooling="max"), tiny, cache_dir=tmp_path / "c"))
+
+
+def test_a_head_saved_by_featx_0_1_still_predicts(tmp_path):
+    tiny = make_class_folders(tmp_path / "ds", n_train=3, n_test=1)
+    _, path = fit_head("logreg", "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path / "c")
+    saved = joblib.load(path)
+    rec = saved["record"]
+    for k in ("spec", "data", "seed"):
+        rec.pop(k)
+    rec["extract_args"] = {"backbone": "vgg19", "data": str(tiny.resolve()), "task": "full", "weights": "none",
+                           "size": 32, "pooling": "avg", "interpolation": "bilinear", "seed": 0}  # fmt: skip
+    joblib.dump(saved, path)
+    (out,) = predict_files([tiny / "test" / "dog" / "000.png"], "logreg", "vgg19", tiny, cache_dir=tmp_path / "c")
+    assert out[3] is None and out[1] in ("cat", "dog", "eel")
