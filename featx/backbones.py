@@ -9,6 +9,7 @@ Keras 3 backend.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -16,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from .errors import WeightsError
+from .layers import featx_layers
 
 if TYPE_CHECKING:  # the spec is built above this module, from its registry
     from .spec import FeatureSpec
@@ -50,6 +50,19 @@ class BackboneSpec:
         Weights used when none are named.
     description : str
         One line for listings.
+    build_base : callable or None
+        ``(size, weights) -> keras.Model``; None for the trunk, whose layers come from
+        its trained classifier.
+    output_layer : str
+        The layer whose pooled output is the backbone's classic embedding.
+    default_layers : tuple of str
+        The layers whose outputs make the embedding by default, each pooled to a grid.
+    default_grid : int
+        Cells per side each layer is pooled to by default.
+    default_flip : bool
+        Whether the embedding averages the image's and its mirror image's by default.
+    flat_layers : tuple of str
+        Layers whose output is already a vector (nothing to pool).
     """
 
     name: str
@@ -58,7 +71,16 @@ class BackboneSpec:
     default_pooling: str
     default_weights: str
     description: str
-    build_base: Callable | None  # None for the trunk: its layers come from its trained classifier
+    build_base: Callable | None
+    output_layer: str
+    default_layers: tuple[str, ...]
+    default_grid: int
+    default_flip: bool
+    flat_layers: tuple[str, ...] = ()
+
+    def layer_names(self) -> tuple[str, ...]:
+        """Every layer whose output can be part of the embedding."""
+        return _layer_names(self.name)
 
 
 def _vgg19_base(size: int, weights):
@@ -73,15 +95,45 @@ def _resnet50_base(size: int, weights):
     return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=(size, size, 3))
 
 
+# Defaults measured on the trunk (BENCHMARKS.md, "Transfer"): its first convolution, the pool
+# layer and the flatten output, each max-pooled to 4x4, mirror-averaged. The ImageNet
+# backbones take the same idea (the outputs of three stages), pooled globally to keep them
+# narrow; their ImageNet weights cannot be fetched here, so those choices are not measured.
 #: The backbone registry.
 BACKBONES: dict[str, BackboneSpec] = {
-    "trunk": BackboneSpec("trunk", 32, True, "flatten", "trained",
-                          "split-CIFAR CNN trained on the source classes, 800-d", None),
-    "vgg19": BackboneSpec("vgg19", 224, False, "avg", "imagenet",
-                          "keras.applications.VGG19, 512-d (avg/max)", _vgg19_base),
-    "resnet50": BackboneSpec("resnet50", 224, False, "avg", "imagenet",
-                             "keras.applications.ResNet50, 2048-d (avg/max)", _resnet50_base),
+    "trunk": BackboneSpec(
+        "trunk", 32, True, "max", "trained", "split-CIFAR CNN trained on the source classes", None,
+        output_layer="flatten", default_layers=("conv1", "pool", "flatten"), default_grid=4,
+        default_flip=True, flat_layers=("flatten",),
+    ),
+    "vgg19": BackboneSpec(
+        "vgg19", 224, False, "avg", "imagenet", "keras.applications.VGG19", _vgg19_base,
+        output_layer="block5_pool", default_layers=("block3_pool", "block4_pool", "block5_pool"),
+        default_grid=1, default_flip=False,
+    ),
+    "resnet50": BackboneSpec(
+        "resnet50", 224, False, "avg", "imagenet", "keras.applications.ResNet50", _resnet50_base,
+        output_layer="conv5_block3_out",
+        default_layers=("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+        default_grid=1, default_flip=False,
+    ),
 }  # fmt: skip
+
+
+@functools.cache
+def _layer_names(backbone: str) -> tuple[str, ...]:
+    if backbone == "trunk":
+        from .trunk import EMBEDDING_LAYER_NAMES
+
+        return EMBEDDING_LAYER_NAMES
+    import keras
+
+    # The architecture alone, small and without weights: only the names are wanted.
+    with keras.device("cpu"):
+        base = BACKBONES[backbone].build_base(32, None)
+    names = tuple(layer.name for layer in base.layers[1:])
+    del base
+    return names
 
 
 def get_backbone(name: str) -> BackboneSpec:
@@ -119,74 +171,79 @@ def keras_models_dir() -> Path:
     return Path(home) / "models"
 
 
-def _register():
-    """Preprocessing layers, registered once so saved models load anywhere."""
-    import keras
-    from keras import ops
-
-    @keras.saving.register_keras_serializable(package="featx")
-    class ToFloat(keras.layers.Layer):
-        """Cast stored uint8 pixels to float (0..255)."""
-
-        def call(self, x):
-            return ops.cast(x, self.compute_dtype)
-
-    @keras.saving.register_keras_serializable(package="featx")
-    class CaffePreprocess(keras.layers.Layer):
-        """VGG/ResNet ``preprocess_input`` ("caffe" mode): RGB to BGR, minus the ImageNet mean."""
-
-        def call(self, x):
-            x = ops.flip(x, axis=-1)
-            mean = ops.convert_to_tensor(np.array([103.939, 116.779, 123.68]), dtype=x.dtype)
-            return x - mean
-
-    return ToFloat, CaffePreprocess
-
-
-_LAYERS: tuple | None = None
-
-
-def preprocessing_layers():
-    global _LAYERS
-    if _LAYERS is None:
-        _LAYERS = _register()
-    return _LAYERS
-
-
 def build_extractor(spec: FeatureSpec, *, seed: int = 0, trunk_model=None):
     """Build the frozen extraction model ``uint8 images -> (n, d) embeddings`` for ``spec``.
 
-    ``spec.weights`` is "imagenet", "none" (random init seeded by ``seed``) or
-    a file path. For the ``trunk``, ``trunk_model`` is the trained trunk
-    classifier (see :mod:`featx.trunk`).
+    ``uint8 (n, h, w, 3) -> float -> resize -> preprocess -> [with mirror images] ->
+    frozen backbone -> each of spec.layers pooled to spec.grid x spec.grid ->
+    concatenated -> [mean of image and mirror]``. ``spec.weights`` is "imagenet",
+    "none" (random init seeded by ``seed``) or a file path. For the ``trunk``,
+    ``trunk_model`` is the trained trunk classifier (see :mod:`featx.trunk`).
     """
     import keras
 
-    ToFloat, CaffePreprocess = preprocessing_layers()
+    L = featx_layers()
     inputs = keras.Input(shape=(None, None, 3), dtype="uint8", name="images")
-    x = ToFloat(name="to_float")(inputs)
-    backbone, size, pooling = spec.backbone, spec.size, spec.pooling
-    x = keras.layers.Resizing(size, size, interpolation=spec.interpolation, name="resize")(x)
-    if backbone == "trunk":
+    x = L["ToFloat"](name="to_float")(inputs)
+    x = keras.layers.Resizing(spec.size, spec.size, interpolation=spec.interpolation, name="resize")(x)
+    if spec.backbone != "trunk":
+        x = L["CaffePreprocess"](name="preprocess")(x)
+    if spec.flip:
+        x = L["WithMirror"](name="with_mirror")(x)
+    if spec.backbone == "trunk":
         from .trunk import trunk_embedding_layers
 
+        maps, wanted = {}, set(spec.layers)
         for layer in trunk_embedding_layers(trunk_model):
             x = layer(x)
-        base_out = x
+            if layer.name in wanted:
+                maps[layer.name] = x
+            if len(maps) == len(wanted):
+                break
     else:
-        x = CaffePreprocess(name="preprocess")(x)
-        base = _load_base(backbone, size, spec.weights, seed)
+        base = _load_base(spec.backbone, spec.size, spec.weights, seed)
         base.trainable = False
-        base_out = base(x)
-        if pooling == "avg":
-            base_out = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base_out)
-        elif pooling == "max":
-            base_out = keras.layers.GlobalMaxPooling2D(name="max_pool")(base_out)
+        if spec.layers == (get_backbone(spec.backbone).output_layer,):
+            maps = {spec.layers[0]: base(x)}  # the classic embedding: the whole base, as it comes
         else:
-            base_out = keras.layers.Flatten(name="flatten")(base_out)
-    model = keras.Model(inputs, base_out, name=f"featx_{backbone}")
+            taps = keras.Model(base.inputs, [base.get_layer(n).output for n in spec.layers], name=base.name)
+            maps = dict(zip(spec.layers, taps(x)))
+    classic = spec.layers == (get_backbone(spec.backbone).output_layer,)
+    feats = [_pooled(spec, name, maps[name], classic) for name in spec.layers]
+    out = feats[0] if len(feats) == 1 else keras.layers.Concatenate(name="concat")(feats)
+    if spec.flip:
+        out = L["MirrorMean"](name="mirror_mean")(out)
+    model = keras.Model(inputs, out, name=f"featx_{spec.backbone}")
     model.trainable = False
     return model
+
+
+def _pooled(spec: FeatureSpec, name: str, t, classic: bool):
+    """One layer's output as a vector: pooled to the spec's grid, or flattened. The classic
+    embedding keeps the layer names of featx 0.1; other layers' get ``feat_<layer>``."""
+    import keras
+
+    if len(t.shape) == 2:
+        return t if classic else keras.layers.Identity(name=f"feat_{name}")(t)
+    tag = spec.pooling if classic else f"feat_{name}"
+    if spec.pooling == "flatten":
+        return keras.layers.Flatten(name="flatten" if classic else tag)(t)
+    if spec.grid == 1:
+        cls = keras.layers.GlobalAveragePooling2D if spec.pooling == "avg" else keras.layers.GlobalMaxPooling2D
+        return cls(name=f"{tag}_pool" if classic else tag)(t)
+    return featx_layers()["GridPooling"](spec.grid, spec.pooling, name=f"{tag}_grid" if classic else tag)(t)
+
+
+def feature_names(spec: FeatureSpec, model) -> list[str]:
+    """Names of the embedding's columns: ``<backbone><i>`` for the classic embedding,
+    else ``<backbone>_<layer>_<i>`` so that each column says which layer it comes from."""
+    if spec.layers == (get_backbone(spec.backbone).output_layer,):
+        return [f"{spec.backbone}{i}" for i in range(int(model.output.shape[-1]))]
+    names = []
+    for layer in spec.layers:
+        width = int(model.get_layer(f"feat_{layer}").output.shape[-1])
+        names += [f"{spec.backbone}_{layer}_{i}" for i in range(width)]
+    return names
 
 
 def _load_base(backbone: str, size: int, weights: str, seed: int):

@@ -48,9 +48,15 @@ def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -
                    help="imagenet (vgg19/resnet50 default), trained (trunk default), none (seeded random "
                    "init), or a weights file path")  # fmt: skip
     p.add_argument("--size", type=int, default=None, help="input side after upscaling (default 224; trunk 32)")
-    p.add_argument("--pooling", choices=POOLINGS, default=None, help="default avg (trunk: flatten, 800-d)")
+    p.add_argument("--pooling", choices=POOLINGS, default=None, help="default avg (trunk: max)")
     p.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage type of the features")
+    p.add_argument("--layers", default=None, metavar="NAME,NAME",
+                   help="layers whose pooled outputs make the embedding (default: the backbone's set; "
+                   "trunk: conv1,pool,flatten; --layers flatten is the split-CIFAR protocol's 800-d embedding)")
+    p.add_argument("--grid", type=int, default=None, help="cells per side each layer is pooled to (trunk 4, others 1)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's embedding with its mirror image's (default: trunk yes, others no)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
 
 
@@ -124,7 +130,8 @@ def _params(args: argparse.Namespace) -> dict:
 def cmd_fit(args: argparse.Namespace) -> int:
     from .compare import fit_head, format_table
 
-    res, path = fit_head(args.head, _spec(args), args.data, args.task, params=_params(args), **_run_kwargs(args))
+    res, path = fit_head(args.head, _spec(args), args.data, args.task, params=_params(args), tune=args.tune,
+                         **_run_kwargs(args))  # fmt: skip
     print(format_table([res]))
     print(f"saved {args.head} head to {path}")
     return 0
@@ -145,8 +152,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .spec import specs_for
 
     results, paths = compare(specs_for(backbones, **_spec_settings(args)), heads, args.data, args.task,
-                             params={h: parse_params(v) for h, v in params.items()},
-                             reports_dir=args.reports_dir, n_jobs=args.n_jobs, **_run_kwargs(args))  # fmt: skip
+                             params={h: parse_params(v) for h, v in params.items()}, tune=args.tune,
+                             reference=args.reference, reports_dir=args.reports_dir, n_jobs=args.n_jobs,
+                             **_run_kwargs(args))  # fmt: skip
     print()
     print(format_table(results))
     print()
@@ -210,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--head", default="logreg", help="dense, logreg, svm or svm-rbf (default logreg)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="head parameter, e.g. C=0.1 (repeatable)")
+    p.add_argument("--tune", action="store_true",
+                   help="choose the head's parameters by 3-fold cross-validation on the train split first")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("compare", help="fit every head on every backbone's features; print and save a table")
@@ -218,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", default="trunk", help="comma-separated (default trunk)")
     p.add_argument("--heads", default="dense,logreg,svm", help="comma-separated (default dense,logreg,svm)")
     p.add_argument("--param", action="append", metavar="HEAD:NAME=VALUE", help="e.g. logreg:C=0.1 (repeatable)")
+    p.add_argument("--tune", action="store_true",
+                   help="choose each head's parameters by 3-fold cross-validation on the train split first")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="also fit the heads on the split-CIFAR protocol's trunk features, as a reference row")
     _add_spec_args(p, backbone=None)  # each applies to the backbones that can take it
     p.add_argument("--reports-dir", default="reports", help="where the table and pictures go (default reports/)")
     p.add_argument("--n-jobs", type=int, default=2, help="parallel fits of the scikit-learn heads")

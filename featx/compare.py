@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import joblib
@@ -37,6 +37,8 @@ class FitResult:
     class_names: tuple
     note: str = ""
     features: str = ""
+    params: dict = field(default_factory=dict)
+    cv_accuracy: float | None = None
 
     def row(self) -> dict:
         return {
@@ -47,16 +49,29 @@ class FitResult:
             "macro_f1": round(self.macro_f1, 4),
             "fit_seconds": round(self.fit_seconds, 3),
             "predict_ms_per_image": round(self.predict_ms_per_image, 4),
+            "params": json.dumps(self.params, sort_keys=True) if self.params else "",
+            "cv_accuracy": "" if self.cv_accuracy is None else round(self.cv_accuracy, 4),
             "note": self.note,
         }
 
 
 def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", head="", class_names=(),
-                  features=""):  # fmt: skip
-    """Fit a clone of ``estimator`` and measure it on the test split."""
-    est = clone(estimator)
+                  features="", tune: bool = False):  # fmt: skip
+    """Fit a clone of ``estimator`` and measure it on the test split.
+
+    With ``tune``, the head's parameters are chosen first by a cross-validated
+    grid search on the train rows alone (:func:`featx.tune.tune_head`); the
+    fit time then includes the search.
+    """
+    params, cv_acc = {}, None
     t0 = time.perf_counter()
-    est.fit(X_train, y_train)
+    if tune:
+        from .tune import tune_head
+
+        est, params, cv_acc, _ = tune_head(head, estimator, X_train, y_train)
+    else:
+        est = clone(estimator)
+        est.fit(X_train, y_train)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     pred = est.predict(X_test)
@@ -64,7 +79,8 @@ def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", h
     note = getattr(est, "solver_", "")
     return FitResult(backbone, head, float(accuracy_score(y_test, pred)),
                      float(f1_score(y_test, pred, average="macro")), fit_s, pred_ms, est,
-                     np.asarray(y_test), np.asarray(pred), tuple(class_names), note, features)  # fmt: skip
+                     np.asarray(y_test), np.asarray(pred), tuple(class_names), note, features,
+                     params, cv_acc)  # fmt: skip
 
 
 def head_path(head: str, backbone: str, data_name: str, task: str, cache_dir=None) -> Path:
@@ -79,6 +95,7 @@ def fit_head(
     task: str = "full",
     *,
     params: dict | None = None,
+    tune: bool = False,
     batch_size: int = 32,
     seed: int = 0,
     cache_dir=None,
@@ -89,7 +106,8 @@ def fit_head(
 
     ``spec`` (a :class:`~featx.spec.FeatureSpec` or a backbone name, "vgg19" by
     default) and ``settings`` say which features, as in :func:`extract_features`.
-    Returns the result (accuracy, macro-F1, times, fitted estimator) and the
+    ``tune`` chooses the head's parameters by cross-validation on the train split
+    first (see :mod:`featx.tune`). Returns the result (accuracy, macro-F1, times, fitted estimator) and the
     path of the saved head: a joblib file holding the estimator and a record
     of the feature cache it was trained on.
     """
@@ -99,14 +117,14 @@ def fit_head(
     fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
     X_train, y_train, X_test, y_test = fs.load()
     res = evaluate_head(estimator, X_train, y_train, X_test, y_test, backbone=spec.backbone, head=head,
-                        class_names=fs.class_names, features=spec.describe())  # fmt: skip
+                        class_names=fs.class_names, features=spec.describe(), tune=tune)  # fmt: skip
     path = None
     if save:
         path = head_path(head, spec.backbone, ds.name, ds.task, cache_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "head": head,
-            "params": params or {},
+            "params": {**(params or {}), **res.params},
             "features": str(fs.path),
             "feature_settings": fs.settings,
             "spec": spec.to_dict(),
@@ -131,6 +149,8 @@ def compare(
     task: str | None = None,
     *,
     params: dict | None = None,
+    tune: bool = False,
+    reference: bool = True,
     batch_size: int = 32,
     seed: int = 0,
     cache_dir=None,
@@ -148,14 +168,20 @@ def compare(
     ``settings`` (``weights``, ``size``, ...) apply to each backbone named by
     a string that can take them (see :func:`featx.spec.specs_for`).
     ``task`` defaults to "target" when the trunk is among the backbones, else
-    "full". ``params`` maps a head name to its parameters. Scikit-learn heads
-    run in parallel (``n_jobs`` processes); the Keras head runs in this process.
+    "full". ``params`` maps a head name to its parameters; ``tune`` chooses them
+    by cross-validation on the train split instead (:mod:`featx.tune`). With
+    ``reference``, a trunk run with other features also gets the split-CIFAR
+    protocol's (its 800-d flatten output, no mirror) as a reference row, so the
+    table shows what the feature settings add. Scikit-learn heads run in
+    parallel (``n_jobs`` processes); the Keras head runs in this process.
 
     Returns the results, best first, and the paths of the report files.
     """
     from joblib import Parallel, delayed
 
     specs = specs_for([specs] if isinstance(specs, (str, FeatureSpec)) else specs, **settings)
+    protocol = [s.replace(layers=["flatten"], flip=False) for s in specs if s.backbone == "trunk"] if reference else []
+    specs += [p for p in dict.fromkeys(protocol) if p not in specs]
     if task is None:
         task = "target" if any(s.backbone == "trunk" for s in specs) else "full"
     params = params or {}
@@ -169,13 +195,16 @@ def compare(
         jobs = [(h, make_head(h, **params.get(h, {}))) for h in heads]
         keras_jobs = [(h, e) for h, e in jobs if h == "dense"]
         other = [(h, e) for h, e in jobs if h != "dense"]
-        common = dict(backbone=spec.backbone, class_names=fs.class_names, features=spec.describe())
+        common = dict(backbone=spec.backbone, class_names=fs.class_names, features=spec.describe(), tune=tune)
         # Keras keeps its own thread pools: its head runs here, the sklearn heads in worker processes.
         par = Parallel(n_jobs=min(n_jobs, max(1, len(other))))(
             delayed(evaluate_head)(e, X_train, y_train, X_test, y_test, head=h, **common) for h, e in other
         )
         ker = [evaluate_head(e, X_train, y_train, X_test, y_test, head=h, **common) for h, e in keras_jobs]
-        results += ker + list(par)
+        for r in ker + list(par):
+            if spec in protocol:
+                r.note = " ".join(filter(None, ["reference: split-CIFAR protocol", r.note]))
+            results.append(r)
     results.sort(key=lambda r: (-r.accuracy, -r.macro_f1, r.fit_seconds))
     paths = write_report(results, ds, reports_dir)
     return results, paths
@@ -185,11 +214,14 @@ def format_table(results: list[FitResult]) -> str:
     """The results as a text table, one row per head and feature set."""
     width = max([len("features"), *(len(r.features or r.backbone) for r in results)])
     head = (f"{'features':<{width}} {'head':<8} {'accuracy':>8} {'macro-F1':>8} {'fit s':>7} "
-            f"{'predict ms/img':>14}  note")  # fmt: skip
+            f"{'predict ms/img':>14}  chosen / note")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in results:
+        chosen = " ".join(f"{k}={v}" for k, v in sorted(r.params.items()))
+        if r.cv_accuracy is not None:
+            chosen += f" (cv {r.cv_accuracy:.2%})"
         lines.append(f"{r.features or r.backbone:<{width}} {r.head:<8} {r.accuracy:>8.2%} {r.macro_f1:>8.3f} "
-                     f"{r.fit_seconds:>7.2f} {r.predict_ms_per_image:>14.4f}  {r.note}")  # fmt: skip
+                     f"{r.fit_seconds:>7.2f} {r.predict_ms_per_image:>14.4f}  {' '.join(filter(None, [chosen, r.note]))}")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from . import cache
-from .backbones import build_extractor
+from .backbones import build_extractor, feature_names
 from .errors import WeightsError
 from .extract import check_batch_size, embed, load_trunk
 from .images import decode_image, image_digest
@@ -61,9 +61,19 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     size : int, optional
         Side the images are resized to inside the model (default 224; the trunk runs at 32).
     pooling : {"avg", "max", "flatten"}, optional
-        Default "avg" (trunk: "flatten", its 800-d embedding).
+        How each layer's map is pooled to the grid; "flatten" keeps whole maps.
+        Default "avg" (trunk: "max").
     interpolation : str, default="bilinear"
         Resize method.
+    layers : list of str, optional
+        Layers whose outputs, pooled to ``grid`` x ``grid``, make the embedding
+        (default: the backbone's own set; see :class:`featx.FeatureSpec`).
+        ``["flatten"]`` for the trunk, or the last layer of the others
+        (``["block5_pool"]``, ``["conv5_block3_out"]``), gives the classic embedding.
+    grid : int, optional
+        Cells per side each layer is pooled to (default: trunk 4, others 1).
+    flip : bool, optional
+        Average with the mirror image's embedding (default: trunk True, others False).
     batch_size : int, default=32
         Images per forward pass.
     dtype : {"float32", "float16"}, default="float32"
@@ -99,9 +109,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     >>> images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     >>> fx = FeatureExtractor("vgg19", weights=None, size=32).fit(images)
     >>> fx.transform(images).shape
-    (4, 512)
-    >>> fx.get_feature_names_out()[:2].tolist()
-    ['vgg190', 'vgg191']
+    (4, 1280)
+    >>> fx.get_feature_names_out()[[0, 256, 768]].tolist()
+    ['vgg19_block3_pool_0', 'vgg19_block4_pool_0', 'vgg19_block5_pool_0']
     """
 
     def __init__(
@@ -112,6 +122,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         size: int | None = None,
         pooling: str | None = None,
         interpolation: str = "bilinear",
+        layers=None,
+        grid: int | None = None,
+        flip: bool | None = None,
         batch_size: int = 32,
         dtype: str = "float32",
         cache_dir: str | os.PathLike | None = None,
@@ -124,6 +137,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.size = size
         self.pooling = pooling
         self.interpolation = interpolation
+        self.layers = layers
+        self.grid = grid
+        self.flip = flip
         self.batch_size = batch_size
         self.dtype = dtype
         self.cache_dir = cache_dir
@@ -260,10 +276,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return feats
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        """``<backbone>0 ... <backbone>{d-1}``; ``input_features`` is ignored (images have no feature names)."""
+        """``<backbone>_<layer>_<i>`` (``<backbone><i>`` for a backbone's classic embedding, its
+        last layer alone); ``input_features`` is ignored (images have no feature names)."""
         check_is_fitted(self, "settings_")
-        prefix = self.settings_["backbone"]
-        return np.asarray([f"{prefix}{i}" for i in range(self.n_features_out_)], dtype=object)
+        return np.asarray(feature_names(self.spec_, self.model_), dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +49,26 @@ class FeatureSpec:
     size : int, optional
         Side the images are resized to inside the model (default 224; the trunk runs at 32).
     pooling : {"avg", "max", "flatten"}, optional
-        Default "avg" (trunk: "flatten", its 800-d embedding).
+        How each layer's map is pooled to the grid; "flatten" keeps whole maps.
+        Default "avg" (trunk: "max").
     interpolation : str, default="bilinear"
         Resize method (one of Keras's: bilinear, nearest, bicubic, lanczos3, lanczos5, area).
     dtype : {"float32", "float16"}, default="float32"
         Storage type of the features.
+    layers : sequence of str, optional
+        Layers of the backbone whose outputs, each pooled to ``grid`` x ``grid``
+        cells (max or avg as ``pooling`` says; "flatten" keeps whole maps),
+        are concatenated into the embedding. Default: the backbone's own set
+        (trunk: conv1, pool, flatten; vgg19: block3/4/5_pool; resnet50: the last
+        block of stages 3, 4 and 5). The backbone's last layer alone
+        (``layers=["flatten"]`` for the trunk, the split-CIFAR protocol) is its
+        classic embedding.
+    grid : int, optional
+        Cells per side each layer's map is pooled to (default: trunk 4, vgg19
+        and resnet50 1, a global pooling).
+    flip : bool, optional
+        Average each image's embedding with its horizontal mirror image's, both
+        run in the same batch (default: trunk True, vgg19 and resnet50 False).
 
     Examples
     --------
@@ -64,8 +79,10 @@ class FeatureSpec:
     >>> spec == FeatureSpec("vgg19", weights="imagenet", size=64, pooling="avg")
     True
     >>> spec.replace(pooling="max").describe()
-    'vgg19 64px max, imagenet'
+    'vgg19 64px max, imagenet, layers block3_pool+block4_pool+block5_pool'
     >>> FeatureSpec("trunk").describe()
+    'trunk 32px max, trained, layers conv1+pool+flatten, grid 4, flip'
+    >>> FeatureSpec("trunk", layers=["flatten"], flip=False).describe()  # the split-CIFAR protocol
     'trunk 32px flatten, trained'
     """
 
@@ -75,6 +92,9 @@ class FeatureSpec:
     pooling: str | None = None
     interpolation: str = "bilinear"
     dtype: str = "float32"
+    layers: tuple[str, ...] | None = field(default=None, metadata={"neutral": lambda b: (_output_layer(b),)})
+    grid: int | None = field(default=None, metadata={"neutral": 1})
+    flip: bool | None = field(default=None, metadata={"neutral": False})
 
     def __post_init__(self):
         bb = get_backbone(self.backbone)
@@ -88,8 +108,6 @@ class FeatureSpec:
         pooling = bb.default_pooling if self.pooling is None else self.pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}. Received: pooling={pooling!r}")
-        if bb.name == "trunk" and pooling != "flatten":
-            raise ValueError(f"The trunk's embedding is its 800-d flatten output. Received: pooling={pooling!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"interpolation must be one of {', '.join(INTERPOLATIONS)}. "
@@ -98,7 +116,20 @@ class FeatureSpec:
         weights = _check_weights(bb.name, self.weights, bb.default_weights)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={self.dtype!r}")
-        for name, value in (("size", int(size)), ("pooling", pooling), ("weights", weights)):
+        layers = _check_layers(bb, self.layers)
+        grid = bb.default_grid if self.grid is None else self.grid
+        if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or not 1 <= grid <= 32:
+            raise ValueError(f"grid must be an integer from 1 to 32 (cells per side). Received: grid={grid!r}")
+        flip = bb.default_flip if self.flip is None else self.flip
+        if not isinstance(flip, (bool, np.bool_)):
+            raise ValueError(f"flip must be True or False. Received: flip={flip!r}")
+        if all(name in bb.flat_layers for name in layers):
+            pooling = "flatten"  # vectors already: nothing to pool
+        if pooling == "flatten":
+            grid = 1
+        values = {"size": int(size), "pooling": pooling, "weights": weights, "layers": layers, "grid": int(grid),
+                  "flip": bool(flip)}  # fmt: skip
+        for name, value in values.items():
             object.__setattr__(self, name, value)
 
     def replace(self, **changes) -> FeatureSpec:
@@ -129,7 +160,7 @@ class FeatureSpec:
         out = {}
         for f in dataclasses.fields(self):
             value = weights_id if f.name == "weights" else getattr(self, f.name)
-            if "neutral" in f.metadata and value == f.metadata["neutral"]:
+            if "neutral" in f.metadata and value == _neutral(f, self.backbone):
                 continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
@@ -147,6 +178,42 @@ class FeatureSpec:
     def describe(self) -> str:
         """One line: backbone, input size, pooling, weights, and what is not at its default."""
         return describe(self.to_dict())
+
+
+def _output_layer(backbone: str) -> str:
+    return get_backbone(backbone).output_layer
+
+
+def _neutral(f: dataclasses.Field, backbone: str):
+    """The value of a later setting that reproduces the features made before it existed."""
+    neutral = f.metadata["neutral"]
+    return neutral(backbone) if callable(neutral) else neutral
+
+
+def _check_layers(bb, layers) -> tuple[str, ...]:
+    if layers is None:
+        return bb.default_layers
+    if isinstance(layers, str):
+        layers = [p.strip() for p in layers.split(",")]
+    if isinstance(layers, np.ndarray):
+        layers = layers.tolist()
+    if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(n, str) and n for n in layers):
+        raise ValueError(
+            f"layers must be a non-empty list of layer names of {bb.name} (e.g. {list(bb.default_layers)}). "
+            f"Received: layers={layers!r}"
+        )
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers names a layer twice. Received: layers={list(layers)!r}")
+    known = set(bb.default_layers) | {bb.output_layer}
+    if not set(layers) <= known:
+        names = bb.layer_names()
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise ValueError(
+                f"Unknown layer {unknown[0]!r} for {bb.name}. Its layers: {', '.join(names)}. "
+                f"Received: layers={list(layers)!r}"
+            )
+    return tuple(layers)
 
 
 def _check_weights(backbone: str, weights, default: str) -> str:
@@ -206,11 +273,11 @@ def specs_for(backbones: Iterable[FeatureSpec | str], **fields) -> list[FeatureS
     ``fields`` apply to every backbone named by a string that can take them;
     where one cannot, it keeps its own default: a ``size`` does not apply to a
     backbone of fixed size, named weights other than "none" (and weight
-    files) only to the ImageNet backbones, a pooling other than "flatten" not
-    to the trunk. Specs passed as objects are used as they are.
+    files) only to the ImageNet backbones. Specs passed as objects are used
+    as they are.
 
     >>> [s.describe() for s in specs_for(["trunk", "vgg19"], weights="none", size=64)]
-    ['trunk 32px flatten, random init', 'vgg19 64px avg, random init']
+    ['trunk 32px max, random init, layers conv1+pool+flatten, grid 4, flip', 'vgg19 64px avg, random init, layers block3_pool+block4_pool+block5_pool']
     """
     _check_names(fields)
     out = []
@@ -229,8 +296,6 @@ def specs_for(backbones: Iterable[FeatureSpec | str], **fields) -> list[FeatureS
             # another backbone's named weights, or a weights file (for the ImageNet backbones)
             if (w in named and w not in _NAMED_WEIGHTS[bb.name]) or (w not in named and bb.name == "trunk"):
                 own.pop("weights")
-        if bb.name == "trunk" and own.get("pooling") not in (None, "flatten"):
-            own.pop("pooling")
         out.append(FeatureSpec(backbone=b, **own))
     return out
 
@@ -266,7 +331,8 @@ def describe(settings: Mapping) -> str:
     for f in dataclasses.fields(FeatureSpec):
         if f.name in ("backbone", "size", "pooling", "weights") or f.name not in settings:
             continue
-        value, default = settings[f.name], f.metadata.get("neutral", f.default)
+        default = _neutral(f, settings.get("backbone", "")) if "neutral" in f.metadata else f.default
+        value = settings[f.name]
         if isinstance(value, list):
             value = tuple(value)
         if value != default:

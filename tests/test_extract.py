@@ -32,13 +32,14 @@ def tiny(tmp_path_factory):
 def test_extract_writes_complete_hdf5(tiny, tmp_path):
     fs = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
     X, y, Xt, yt = fs.load()
-    assert X.shape == (30, 512) and Xt.shape == (12, 512) and X.dtype == np.float32
+    # vgg19's default embedding: block3/4/5_pool, each averaged: 256 + 512 + 512
+    assert X.shape == (30, 1280) and Xt.shape == (12, 1280) and X.dtype == np.float32
     assert y.tolist() == [0] * 10 + [1] * 10 + [2] * 10
     assert np.isfinite(X).all() and X.std() > 0
     assert fs.class_names == ("cat", "dog", "eel")
     with h5py.File(fs.path) as f:
-        assert f.attrs["complete"] and f["train/X"].maxshape == (None, 512)
-        assert f["train/X"].chunks[1] == 512
+        assert f.attrs["complete"] and f["train/X"].maxshape == (None, 1280)
+        assert f["train/X"].chunks[1] == 1280
         for attr in ("setting_backbone", "setting_weights", "setting_size", "setting_pooling",
                      "setting_data_fingerprint", "setting_interpolation", "setting_dtype"):
             assert attr in f.attrs
@@ -211,7 +212,8 @@ def test_trunk_is_pretrained_on_source_then_frozen(tmp_path, capsys):
     fs = extract_features("trunk", make_task(small, "target"), cache_dir=tmp_path, batch_size=16)
     out = capsys.readouterr().out
     assert "training it now" in out and "validation accuracy" in out
-    assert fs.load()[0].shape[1] == 800 and fs.settings["weights"].startswith("trunk:sha256=")
+    # conv1 and pool max-pooled to 4x4 (16 x 32 + 16 x 16) and the 800-d flatten output
+    assert fs.load()[0].shape[1] == 512 + 256 + 800 and fs.settings["weights"].startswith("trunk:sha256=")
     saved = list((tmp_path / "trunk").glob("*.keras"))
     assert len(saved) == 1 and saved[0].with_suffix(".json").exists()
     # The second use loads the saved trunk instead of training again.

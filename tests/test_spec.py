@@ -2,6 +2,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from unittest import mock
@@ -27,7 +28,13 @@ def test_defaults_are_filled_and_equal_specs_hash_alike():
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert (a.weights, a.size, a.pooling, a.dtype) == ("imagenet", 224, "avg", "float32")
     t = FeatureSpec("trunk")
-    assert (t.weights, t.size, t.pooling) == ("trained", 32, "flatten")
+    assert (t.weights, t.size, t.pooling, t.layers, t.grid, t.flip) == ("trained", 32, "max",
+                                                                         ("conv1", "pool", "flatten"), 4, True)
+    assert FeatureSpec("trunk", layers="conv1, pool,flatten") == t == FeatureSpec("trunk", layers=["conv1", "pool",
+                                                                                                   "flatten"])
+    # the flatten output alone is a vector: nothing to pool, whatever pooling and grid were asked
+    assert FeatureSpec("trunk", layers=["flatten"], pooling="avg", grid=8) == FeatureSpec("trunk", layers=["flatten"])
+    assert (a.layers, a.grid, a.flip) == (("block3_pool", "block4_pool", "block5_pool"), 1, False)
     assert FeatureSpec("resnet50", weights="pretrained") == FeatureSpec("resnet50", weights=None)
     assert FeatureSpec("vgg19", weights="None").weights == "none"
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -43,7 +50,15 @@ def test_defaults_are_filled_and_equal_specs_hash_alike():
         (dict(size=True), ValueError, "size must be an integer"),
         (dict(backbone="trunk", size=64), ValueError, "only runs at 32x32. Received: size=64"),
         (dict(pooling="mean"), ValueError, "pooling must be one of avg, max, flatten. Received: pooling='mean'"),
-        (dict(backbone="trunk", pooling="avg"), ValueError, "800-d flatten output. Received: pooling='avg'"),
+        (dict(backbone="trunk", layers=["conv9"]), ValueError, "Unknown layer 'conv9' for trunk. Its layers: conv1, conv2, pool, conv3, flatten. Received: layers=['conv9']"),
+        (dict(layers=["block1_conv1", "block9_pool"]), ValueError, "Unknown layer 'block9_pool' for vgg19. Its layers: block1_conv1, block1_conv2"),
+        (dict(layers=[]), ValueError, "layers must be a non-empty list of layer names of vgg19"),
+        (dict(layers=["block5_pool", "block5_pool"]), ValueError, "layers names a layer twice"),
+        (dict(layers=[3]), ValueError, "layers must be a non-empty list"),
+        (dict(grid=0), ValueError, "grid must be an integer from 1 to 32 (cells per side). Received: grid=0"),
+        (dict(grid=2.5), ValueError, "grid must be an integer from 1 to 32"),
+        (dict(grid=33), ValueError, "grid must be an integer from 1 to 32"),
+        (dict(flip="yes"), ValueError, "flip must be True or False. Received: flip='yes'"),
         (dict(interpolation="cubic"), ValueError, "interpolation must be one of bilinear"),
         (dict(weights="trained"), WeightsError, "weights for vgg19 must be 'imagenet' or 'none'"),
         (dict(weights="/no/such.h5"), WeightsError, "path of a weights file that exists"),
@@ -52,7 +67,7 @@ def test_defaults_are_filled_and_equal_specs_hash_alike():
     ],
 )
 def test_bad_settings_fail_when_the_spec_is_made(kw, error, match):
-    with pytest.raises(error, match=match.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(error, match=re.escape(match)):
         FeatureSpec(**kw)
 
 
@@ -78,8 +93,8 @@ def test_as_spec_takes_a_spec_a_name_or_settings():
 
 def test_specs_for_applies_each_setting_where_it_fits(tmp_path):
     trunk, vgg = specs_for(["trunk", "vgg19"], weights="none", size=64, pooling="max")
-    assert trunk == FeatureSpec("trunk", weights="none") and vgg == FeatureSpec("vgg19", weights="none", size=64,
-                                                                                 pooling="max")  # fmt: skip
+    assert trunk == FeatureSpec("trunk", weights="none", pooling="max") and vgg == FeatureSpec(
+        "vgg19", weights="none", size=64, pooling="max")  # fmt: skip
     w = tmp_path / "vgg.weights.h5"
     w.write_bytes(b"x")
     trunk, vgg = specs_for(["trunk", "vgg19"], weights=w)
@@ -93,11 +108,15 @@ def test_specs_for_applies_each_setting_where_it_fits(tmp_path):
 
 
 def test_round_trip_and_description(tmp_path):
-    spec = FeatureSpec("resnet50", weights="none", size=64, interpolation="nearest", dtype="float16")
+    spec = FeatureSpec("resnet50", weights="none", size=64, interpolation="nearest", dtype="float16",
+                       layers=["conv5_block3_out"])  # fmt: skip
     assert FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert spec.describe() == "resnet50 64px avg, random init, interpolation nearest, float16"
     recorded = spec.key_settings(spec.weights_identity(seed=3))
     assert describe(recorded) == "resnet50 64px avg, random init (seed 3), interpolation nearest, float16"
+    trunk = FeatureSpec("trunk", grid=2)
+    assert FeatureSpec.from_dict(json.loads(json.dumps(trunk.to_dict()))) == trunk
+    assert trunk.describe() == "trunk 32px max, trained, layers conv1+pool+flatten, grid 2, flip"
 
 
 def _old_key(settings: dict) -> str:
@@ -107,7 +126,7 @@ def _old_key(settings: dict) -> str:
 
 
 def test_key_settings_are_the_settings_featx_0_1_hashed():
-    spec = FeatureSpec("vgg19", weights="none", size=32, dtype="float16")
+    spec = FeatureSpec("vgg19", weights="none", size=32, dtype="float16", layers=["block5_pool"])
     old = {"backbone": "vgg19", "weights": "random-init-seed0", "size": 32, "interpolation": "bilinear",
            "pooling": "avg", "dtype": "float16"}  # fmt: skip
     assert spec.key_settings(spec.weights_identity(0)) == old
@@ -148,27 +167,29 @@ def test_feature_files_written_before_the_spec_are_still_found(legacy_cache, cap
     (old,) = (legacy_cache / "features").glob("*.h5")
     with mock.patch("featx.extract._run", side_effect=AssertionError("recomputed")):
         fs = extract_features("vgg19", _legacy_dataset(), weights="none", size=32, dtype="float16",
-                              cache_dir=legacy_cache)  # fmt: skip
+                              layers=["block5_pool"], cache_dir=legacy_cache)  # fmt: skip
     assert fs.path == old and "features already cached" in capsys.readouterr().out
     assert fs.load()[0].shape == (6, 512)
 
 
 def test_per_image_embeddings_written_before_the_spec_are_still_found(legacy_cache):
     X = _legacy_dataset().X_train
-    fx = FeatureExtractor("vgg19", weights=None, size=32, dtype="float16", cache_dir=legacy_cache).fit(X)
-    assert fx.spec_ == FeatureSpec("vgg19", weights="none", size=32, dtype="float16")
+    classic = dict(weights=None, size=32, dtype="float16", layers=["block5_pool"])
+    fx = FeatureExtractor("vgg19", cache_dir=legacy_cache, **classic).fit(X)
+    assert fx.spec_ == FeatureSpec("vgg19", weights="none", size=32, dtype="float16", layers=["block5_pool"])
     with mock.patch.object(fx.model_, "predict_on_batch", side_effect=fx.model_.predict_on_batch) as calls:
         Z = fx.transform(X)
     assert calls.call_count == 0 and Z.shape == (6, 512)
-    assert np.array_equal(Z, FeatureExtractor("vgg19", weights=None, size=32, dtype="float16").fit(X).transform(X))
+    assert np.array_equal(Z, FeatureExtractor("vgg19", **classic).fit(X).transform(X))
 
 
 def test_entry_points_take_a_spec_or_its_settings(tmp_path):
     tiny = make_class_folders(tmp_path / "ds", n_train=3, n_test=1)
-    spec = FeatureSpec("vgg19", weights="none", size=32)
+    spec = FeatureSpec("vgg19", weights="none", size=32, layers=["block5_pool"])
     a = extract_features(spec, tiny, cache_dir=tmp_path / "c", batch_size=8)
-    b = extract_features("vgg19", tiny, cache_dir=tmp_path / "c", weights="none", size=32)
-    c = extract_features(backbone="vgg19", data=tiny, cache_dir=tmp_path / "c", weights="none", size=32)
+    b = extract_features("vgg19", tiny, cache_dir=tmp_path / "c", weights="none", size=32, layers="block5_pool")
+    c = extract_features(backbone="vgg19", data=tiny, cache_dir=tmp_path / "c", weights="none", size=32,
+                         layers=("block5_pool",))  # fmt: skip
     assert a.path == b.path == c.path and a.info["spec"] == spec.to_dict()
     res, path = fit_head("logreg", spec, tiny, cache_dir=tmp_path / "c")
     assert res.features == "vgg19 32px avg, random init"
