@@ -18,7 +18,8 @@ def tiny(tmp_path_factory):
 
 def test_compare_writes_table_and_pictures(tiny, tmp_path):
     results, paths = compare(["vgg19", "trunk"], ["logreg", "svm", "dense"], tiny, weights="none", size=32,
-                             cache_dir=tmp_path / "c", reports_dir=tmp_path / "rep", n_jobs=2, task="full")
+                             cache_dir=tmp_path / "c", reports_dir=tmp_path / "rep", n_jobs=2, task="full",
+                             reference=False)
     assert len(results) == 6
     accs = [r.accuracy for r in results]
     assert accs == sorted(accs, reverse=True)  # best first
