@@ -89,8 +89,10 @@ def main() -> None:
     default = FeatureSpec("trunk")
     runs = [
         (protocol, "split-CIFAR protocol features", [("dense", {}), ("logreg", {})]),
-        (default, "featx default features", [("dense", {}), ("dense", {"epochs": 20}), ("logreg", {}),
-                                             ("dense", {"epochs": 3})]),  # fmt: skip
+        (default, "featx default features", [("dense", {}), ("dense", {"epochs": 3})]),
+        (default.replace(flip=False), "default layers, no mirror", [("dense", {})]),
+        (FeatureSpec("trunk", layers=["conv1"], flip=False), "conv1 4x4 only, no mirror",
+         [("dense", {}), ("dense", {"epochs": 3})]),
     ]
     for spec, label, heads in runs:
         t0 = time.perf_counter()
