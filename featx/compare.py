@@ -231,6 +231,7 @@ def write_report(results: list[FitResult], ds: Dataset, reports_dir) -> dict[str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out = Path(reports_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,13 +246,15 @@ def write_report(results: list[FitResult], ds: Dataset, reports_dir) -> dict[str
             "n_train": len(ds.X_train), "n_test": len(ds.X_test), "results": rows}  # fmt: skip
     paths["json"].write_text(json.dumps(meta, indent=1))
 
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(rows)))
     labels = [f"{r['features'] or r['backbone']} + {r['head']}" for r in rows][::-1]
+    # room for the longest label (about 0.075 inch a character at the default font size)
+    fig, ax = plt.subplots(figsize=(4.5 + 0.075 * max(map(len, labels)), 1.2 + 0.4 * len(rows)))
     accs = [r["accuracy"] for r in rows][::-1]
     ax.barh(labels, accs, color="tab:blue")
     for i, a in enumerate(accs):
         ax.text(a, i, f" {a:.1%}", va="center")
     ax.set_xlim(0, 1.1)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlabel("held-out accuracy")
     ax.set_title(f"{ds.name} / {ds.task}: {len(ds.X_test)} test images")
     fig.tight_layout()
