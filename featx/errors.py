@@ -19,3 +19,7 @@ class WeightsError(FeatxError):
 
 class CacheError(FeatxError):
     """A feature cache is missing, locked or does not match what was asked."""
+
+
+class SettingsError(FeatxError, ValueError):
+    """A feature setting (backbone option) is not valid."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import INTERPOLATIONS, POOLINGS, get_backbone, weights_identity
-from .errors import WeightsError
+from .errors import SettingsError, WeightsError
 
 #: Storage types of the features.
 DTYPES = ("float32", "float16")
@@ -100,29 +100,29 @@ class FeatureSpec:
         bb = get_backbone(self.backbone)
         size = bb.default_size if self.size is None else self.size
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 32:
-            raise ValueError(f"size must be an integer of at least 32. Received: size={size!r}")
+            raise SettingsError(f"size must be an integer of at least 32. Received: size={size!r}")
         if bb.fixed_size and size != bb.default_size:
-            raise ValueError(
+            raise SettingsError(
                 f"The {bb.name} backbone only runs at {bb.default_size}x{bb.default_size}. Received: size={size}"
             )
         pooling = bb.default_pooling if self.pooling is None else self.pooling
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}. Received: pooling={pooling!r}")
+            raise SettingsError(f"pooling must be one of {', '.join(POOLINGS)}. Received: pooling={pooling!r}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
+            raise SettingsError(
                 f"interpolation must be one of {', '.join(INTERPOLATIONS)}. "
                 f"Received: interpolation={self.interpolation!r}"
             )
         weights = _check_weights(bb.name, self.weights, bb.default_weights)
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={self.dtype!r}")
+            raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={self.dtype!r}")
         layers = _check_layers(bb, self.layers)
         grid = bb.default_grid if self.grid is None else self.grid
         if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or not 1 <= grid <= 32:
-            raise ValueError(f"grid must be an integer from 1 to 32 (cells per side). Received: grid={grid!r}")
+            raise SettingsError(f"grid must be an integer from 1 to 32 (cells per side). Received: grid={grid!r}")
         flip = bb.default_flip if self.flip is None else self.flip
         if not isinstance(flip, (bool, np.bool_)):
-            raise ValueError(f"flip must be True or False. Received: flip={flip!r}")
+            raise SettingsError(f"flip must be True or False. Received: flip={flip!r}")
         if all(name in bb.flat_layers for name in layers):
             pooling = "flatten"  # vectors already: nothing to pool
         if pooling == "flatten":
@@ -198,18 +198,18 @@ def _check_layers(bb, layers) -> tuple[str, ...]:
     if isinstance(layers, np.ndarray):
         layers = layers.tolist()
     if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(n, str) and n for n in layers):
-        raise ValueError(
+        raise SettingsError(
             f"layers must be a non-empty list of layer names of {bb.name} (e.g. {list(bb.default_layers)}). "
             f"Received: layers={layers!r}"
         )
     if len(set(layers)) != len(layers):
-        raise ValueError(f"layers names a layer twice. Received: layers={list(layers)!r}")
+        raise SettingsError(f"layers names a layer twice. Received: layers={list(layers)!r}")
     known = set(bb.default_layers) | {bb.output_layer}
     if not set(layers) <= known:
         names = bb.layer_names()
         unknown = [n for n in layers if n not in names]
         if unknown:
-            raise ValueError(
+            raise SettingsError(
                 f"Unknown layer {unknown[0]!r} for {bb.name}. Its layers: {', '.join(names)}. "
                 f"Received: layers={list(layers)!r}"
             )
@@ -222,7 +222,7 @@ def _check_weights(backbone: str, weights, default: str) -> str:
     if isinstance(weights, os.PathLike):
         weights = str(weights)
     if not isinstance(weights, str):
-        raise ValueError(f"weights must be a name or a file path. Received: weights={weights!r}")
+        raise SettingsError(f"weights must be a name or a file path. Received: weights={weights!r}")
     if weights.lower() == "none":
         return "none"
     allowed = _NAMED_WEIGHTS[backbone]

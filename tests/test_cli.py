@@ -49,3 +49,16 @@ def test_fit_then_predict_from_the_command_line(tmp_path):
     assert "error: Cannot read" in lines[1]
     res = run_cli("cache", *cache)
     assert "vgg19" in res.stdout and "complete" in res.stdout
+
+
+def test_bad_feature_settings_are_one_line_errors(tmp_path):
+    cache = ["--cache-dir", str(tmp_path)]
+    for args, message in [
+        (["extract", "--backbone", "trunk", "--size", "16"], "size must be an integer of at least 32"),
+        (["extract", "--backbone", "trunk", "--layers", "conv9"], "Unknown layer 'conv9' for trunk. Its layers: conv1"),
+        (["fit", "--backbone", "trunk", "--grid", "0"], "grid must be an integer from 1 to 32"),
+    ]:
+        res = run_cli(*args, *cache)
+        assert res.returncode == 2, (args, res.stderr[-1000:])
+        lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr
