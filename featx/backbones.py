@@ -203,13 +203,12 @@ def build_extractor(spec: FeatureSpec, *, seed: int = 0, trunk_model=None):
     else:
         base = _load_base(spec.backbone, spec.size, spec.weights, seed)
         base.trainable = False
-        if spec.layers == (get_backbone(spec.backbone).output_layer,):
+        if spec.classic:
             maps = {spec.layers[0]: base(x)}  # the classic embedding: the whole base, as it comes
         else:
             taps = keras.Model(base.inputs, [base.get_layer(n).output for n in spec.layers], name=base.name)
             maps = dict(zip(spec.layers, taps(x)))
-    classic = spec.layers == (get_backbone(spec.backbone).output_layer,)
-    feats = [_pooled(spec, name, maps[name], classic) for name in spec.layers]
+    feats = [_pooled(spec, name, maps[name]) for name in spec.layers]
     out = feats[0] if len(feats) == 1 else keras.layers.Concatenate(name="concat")(feats)
     if spec.flip:
         out = L["MirrorMean"](name="mirror_mean")(out)
@@ -218,11 +217,12 @@ def build_extractor(spec: FeatureSpec, *, seed: int = 0, trunk_model=None):
     return model
 
 
-def _pooled(spec: FeatureSpec, name: str, t, classic: bool):
+def _pooled(spec: FeatureSpec, name: str, t):
     """One layer's output as a vector: pooled to the spec's grid, or flattened. The classic
     embedding keeps the layer names of featx 0.1; other layers' get ``feat_<layer>``."""
     import keras
 
+    classic = spec.classic
     if len(t.shape) == 2:
         return t if classic else keras.layers.Identity(name=f"feat_{name}")(t)
     tag = spec.pooling if classic else f"feat_{name}"
@@ -237,7 +237,7 @@ def _pooled(spec: FeatureSpec, name: str, t, classic: bool):
 def feature_names(spec: FeatureSpec, model) -> list[str]:
     """Names of the embedding's columns: ``<backbone><i>`` for the classic embedding,
     else ``<backbone>_<layer>_<i>`` so that each column says which layer it comes from."""
-    if spec.layers == (get_backbone(spec.backbone).output_layer,):
+    if spec.classic:
         return [f"{spec.backbone}{i}" for i in range(int(model.output.shape[-1]))]
     names = []
     for layer in spec.layers:

@@ -171,9 +171,24 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> FeatureSpec:
-        """The spec recorded by :meth:`to_dict` (unknown keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+        """The spec recorded by :meth:`to_dict` (unknown keys are ignored).
+
+        A record written before a later setting existed lacks it; that setting
+        takes its neutral value, the one that made those features.
+        """
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        backbone = values.get("backbone", cls.backbone)
+        for f in fields:
+            if f.name not in values and "neutral" in f.metadata:
+                values[f.name] = _neutral(f, backbone)
+        return cls(**values)
+
+    @property
+    def classic(self) -> bool:
+        """Whether this is the backbone's classic embedding: its last layer alone."""
+        return self.layers == (_output_layer(self.backbone),)
 
     def describe(self) -> str:
         """One line: backbone, input size, pooling, weights, and what is not at its default."""

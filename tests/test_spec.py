@@ -203,7 +203,9 @@ def test_entry_points_take_a_spec_or_its_settings(tmp_path):
 
 def test_a_head_saved_by_featx_0_1_still_predicts(tmp_path):
     tiny = make_class_folders(tmp_path / "ds", n_train=3, n_test=1)
-    _, path = fit_head("logreg", "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path / "c")
+    # featx 0.1 made the classic embedding; its records name no layers, grid or flip
+    _, path = fit_head("logreg", "vgg19", tiny, weights="none", size=32, layers=["block5_pool"],
+                       cache_dir=tmp_path / "c")  # fmt: skip
     saved = joblib.load(path)
     rec = saved["record"]
     for k in ("spec", "data", "seed"):
