@@ -3,8 +3,12 @@
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from .data import Dataset, load_dataset, make_task
-from .errors import CacheError, DataError, FeatxError, WeightsError
+from .runtime import quiet_backend_start
+
+quiet_backend_start()  # before anything imports TensorFlow
+
+from .data import Dataset, load_dataset, make_task  # noqa: E402
+from .errors import CacheError, DataError, FeatxError, WeightsError  # noqa: E402
 
 try:
     __version__ = version("featx")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import WeightsError
+from .errors import SettingsError, WeightsError
 from .layers import featx_layers
 
 if TYPE_CHECKING:  # the spec is built above this module, from its registry
@@ -141,7 +141,7 @@ def get_backbone(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except (KeyError, TypeError):
-        raise ValueError(
+        raise SettingsError(
             f"Unknown backbone. Known backbones: {', '.join(BACKBONES)}. Received: backbone={name!r}"
         ) from None
 

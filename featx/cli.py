@@ -8,13 +8,47 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+import traceback
 
-# TensorFlow's C++ start-up chatter hides what featx prints.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from .errors import FeatxError, HeadError
 
-from .errors import FeatxError
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line that points to --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32-1. Received: {text!r}")
+    return value
+
+
+def _n_jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, or -1 for every core. Received: {text!r}")
+    return value
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -25,7 +59,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--task", default="full", choices=["full", "source", "target"],
                    help="full: all classes; source: classes 0-4; target: classes 5-9 relabelled 0-4")
-    p.add_argument("--seed", type=int, default=0, help="seed of every split and random init (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of every split and random init (default 0)")
     p.add_argument("--cache-dir", default=None, help="cache folder (default ./cache or $FEATX_CACHE_DIR)")
 
 
@@ -44,9 +78,9 @@ def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -
 
     if backbone is not None:
         p.add_argument("--backbone", default=backbone, choices=list(BACKBONES), help=f"(default {backbone})")
-    p.add_argument("--weights", default=None,
-                   help="imagenet (vgg19/resnet50 default), trained (trunk default), none (seeded random "
-                   "init), or a weights file path")  # fmt: skip
+    p.add_argument("--weights", default="pretrained",
+                   help="pretrained (default: imagenet for vgg19/resnet50, trained for the trunk), imagenet, "
+                   "trained, none (a random init, seeded by --seed), or a weights file path")  # fmt: skip
     p.add_argument("--size", type=int, default=None, help="input side after upscaling (default 224; trunk 32)")
     p.add_argument("--pooling", choices=POOLINGS, default=None, help="default avg (trunk: max)")
     p.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear")
@@ -57,7 +91,7 @@ def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -
     p.add_argument("--grid", type=int, default=None, help="cells per side each layer is pooled to (trunk 4, others 1)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's embedding with its mirror image's (default: trunk yes, others no)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
 
 
 def _spec_settings(args: argparse.Namespace) -> dict:
@@ -92,8 +126,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .trunk import pretrain_trunk
 
-    if args.backbone != "trunk":
-        raise SystemExit(f"error: only the trunk is trained by featx; {args.backbone} uses --weights")
     pretrain_trunk(args.data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                    cache_dir=args.cache_dir)  # fmt: skip
     return 0
@@ -146,7 +178,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for item in args.param or []:
         head, _, rest = item.partition(":")
         if not rest:
-            raise SystemExit(f"error: compare's --param is HEAD:NAME=VALUE, e.g. logreg:C=0.1. Received: {item!r}")
+            raise HeadError(f"compare's --param is HEAD:NAME=VALUE, e.g. logreg:C=0.1. Received: {item!r}")
         params.setdefault(head, []).append(rest)
     from .heads import parse_params
     from .spec import specs_for
@@ -167,13 +199,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .compare import predict_files
 
     failed = 0
-    for f, label, score, err in predict_files(args.images, args.head, args.backbone, args.data, args.task,
-                                              cache_dir=args.cache_dir):  # fmt: skip
-        if err:
+    for i, p in enumerate(predict_files(args.images, args.head, args.backbone, args.data, args.task,
+                                        cache_dir=args.cache_dir)):  # fmt: skip
+        if i == 0:
+            print(f"file\tclass\t{p.score_name}")
+        if p.error:
             failed += 1
-            print(f"{f}\terror: {err}")
+            print(f"{p.file}\terror: {p.error}")
         else:
-            print(f"{f}\t{label}\t{score:.3f}")
+            print(f"{p.file}\t{p.label}\t{p.score:.3f}")
     return 1 if failed else 0
 
 
@@ -187,13 +221,13 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="featx",
         description="Extract frozen-backbone image embeddings once, cache them in HDF5, and "
         "train and compare scikit-learn heads on them.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser("data", help="show what a dataset holds: sizes, classes, image shape")
     _add_data_args(p)
@@ -209,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train the split-CIFAR trunk on the source classes (0-4)")
     _add_data_args(p)
     p.add_argument("--backbone", default="trunk", choices=["trunk"])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=100)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("fit", help="fit a head on cached features (extracting them first if missing)")
@@ -234,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also fit the heads on the split-CIFAR protocol's trunk features, as a reference row")
     _add_spec_args(p, backbone=None)  # each applies to the backbones that can take it
     p.add_argument("--reports-dir", default="reports", help="where the table and pictures go (default reports/)")
-    p.add_argument("--n-jobs", type=int, default=2, help="parallel fits of the scikit-learn heads")
+    p.add_argument("--n-jobs", type=_n_jobs, default=2, help="parallel fits of the scikit-learn heads")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", help="classify image files with a fitted head and its backbone")
@@ -257,9 +291,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except FeatxError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (FeatxError, ValueError, TypeError, OSError) as exc:
+        # Bad input (featx's own checks, argument checks of the libraries, scikit-learn's
+        # InvalidParameterError, a path that cannot be read or written): one line.
+        # -v shows the traceback too, for when it is a bug after all.
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.strerror}: '{exc.filename}'. Check the path and its permissions."
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, FeatxError):
+        text = f"{text} ({type(exc).__name__}; run with -v for the traceback)"
+    return text

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import joblib
 import numpy as np
 from sklearn.base import clone
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, f1_score
 
 from .config import cache_dir as resolve_cache_dir
 from .data import Dataset, load_dataset
-from .errors import CacheError, FeatxError
+from .errors import CacheError, FeatxError, HeadError, SettingsError
 from .extract import extract_features, make_extractor
-from .heads import make_head
+from .heads import HEADS, make_head
+from .report import feature_map, write_report
 from .spec import FeatureSpec, as_spec, specs_for
 
 
@@ -39,6 +40,7 @@ class FitResult:
     features: str = ""
     params: dict = field(default_factory=dict)
     cv_accuracy: float | None = None
+    extract_seconds: float | None = None
 
     def row(self) -> dict:
         return {
@@ -51,6 +53,7 @@ class FitResult:
             "predict_ms_per_image": round(self.predict_ms_per_image, 4),
             "params": json.dumps(self.params, sort_keys=True) if self.params else "",
             "cv_accuracy": "" if self.cv_accuracy is None else round(self.cv_accuracy, 4),
+            "extract_seconds": "" if self.extract_seconds is None else round(self.extract_seconds, 3),
             "note": self.note,
         }
 
@@ -112,7 +115,11 @@ def fit_head(
     of the feature cache it was trained on.
     """
     spec = as_spec(spec, **settings)
-    estimator = make_head(head, **(params or {}))
+    params = dict(params or {})
+    if save and "probability" in make_head(head).get_params():
+        params.setdefault("probability", True)  # `predict` prints a calibrated probability
+    estimator = make_head(head, **params)
+    _check_tune(head, params, tune)
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
     fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
     X_train, y_train, X_test, y_test = fs.load()
@@ -124,7 +131,7 @@ def fit_head(
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "head": head,
-            "params": {**(params or {}), **res.params},
+            "params": {**params, **res.params},
             "features": str(fs.path),
             "feature_settings": fs.settings,
             "spec": spec.to_dict(),
@@ -180,18 +187,28 @@ def compare(
     from joblib import Parallel, delayed
 
     specs = specs_for([specs] if isinstance(specs, (str, FeatureSpec)) else specs, **settings)
+    if not specs:
+        raise SettingsError("No backbones to compare: name at least one, e.g. trunk or vgg19.")
     protocol = [s.replace(layers=["flatten"], flip=False) for s in specs if s.backbone == "trunk"] if reference else []
     specs += [p for p in dict.fromkeys(protocol) if p not in specs]
     if task is None:
         task = "target" if any(s.backbone == "trunk" for s in specs) else "full"
     params = params or {}
+    if not heads:
+        raise HeadError(f"No heads to fit: name at least one of {', '.join(HEADS)}.")
     for h in heads:
         make_head(h, **params.get(h, {}))  # unknown heads and bad parameters fail before any work
+        _check_tune(h, params.get(h, {}), tune)
+    Path(reports_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the fits
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
     results: list[FitResult] = []
+    feature_sets = []
     for spec in specs:
         fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
         X_train, y_train, X_test, y_test = fs.load()
+        feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info,
+                             "path": str(fs.path), "map": feature_map(X_test, y_test, seed=seed)})  # fmt: skip
+        extract_s = sum(fs.info.get("seconds", {}).values()) or None
         jobs = [(h, make_head(h, **params.get(h, {}))) for h in heads]
         keras_jobs = [(h, e) for h, e in jobs if h == "dense"]
         other = [(h, e) for h, e in jobs if h != "dense"]
@@ -204,10 +221,25 @@ def compare(
         for r in ker + list(par):
             if spec in protocol:
                 r.note = " ".join(filter(None, ["reference: split-CIFAR protocol", r.note]))
+            r.extract_seconds = extract_s
             results.append(r)
     results.sort(key=lambda r: (-r.accuracy, -r.macro_f1, r.fit_seconds))
-    paths = write_report(results, ds, reports_dir)
+    paths = write_report(results, ds, reports_dir, feature_sets)
     return results, paths
+
+
+def _check_tune(head: str, params: dict, tune: bool) -> None:
+    """A parameter set by hand and searched by ``tune`` would be silently overridden: refuse."""
+    if not tune:
+        return
+    from .tune import SEARCHES
+
+    both = sorted(set(params) & set(SEARCHES.get(head, {})))
+    if both:
+        raise HeadError(
+            f"The {head} head's {', '.join(both)} is both given and tuned (its search: "
+            f"{SEARCHES[head]}). Drop the parameter or drop --tune."
+        )
 
 
 def format_table(results: list[FitResult]) -> str:
@@ -225,59 +257,14 @@ def format_table(results: list[FitResult]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: list[FitResult], ds: Dataset, reports_dir) -> dict[str, Path]:
-    """Write compare.csv, compare.json, accuracy.png and confusion.png; return their paths."""
-    import matplotlib
+class Prediction(NamedTuple):
+    """One image's class from :func:`predict_files`."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    out = Path(reports_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [r.row() for r in results]
-    paths = {"csv": out / "compare.csv", "json": out / "compare.json",
-             "accuracy": out / "accuracy.png", "confusion": out / "confusion.png"}  # fmt: skip
-    with open(paths["csv"], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    meta = {"data": ds.name, "task": ds.task, "classes": list(ds.class_names),
-            "n_train": len(ds.X_train), "n_test": len(ds.X_test), "results": rows}  # fmt: skip
-    paths["json"].write_text(json.dumps(meta, indent=1))
-
-    labels = [f"{r['features'] or r['backbone']} + {r['head']}" for r in rows][::-1]
-    # room for the longest label (about 0.075 inch a character at the default font size)
-    fig, ax = plt.subplots(figsize=(4.5 + 0.075 * max(map(len, labels)), 1.2 + 0.4 * len(rows)))
-    accs = [r["accuracy"] for r in rows][::-1]
-    ax.barh(labels, accs, color="tab:blue")
-    for i, a in enumerate(accs):
-        ax.text(a, i, f" {a:.1%}", va="center")
-    ax.set_xlim(0, 1.1)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.set_xlabel("held-out accuracy")
-    ax.set_title(f"{ds.name} / {ds.task}: {len(ds.X_test)} test images")
-    fig.tight_layout()
-    fig.savefig(paths["accuracy"], dpi=100)
-    plt.close(fig)
-
-    best = results[0]
-    cm = confusion_matrix(best.y_test, best.y_pred, labels=np.arange(len(best.class_names)))
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(cm), 1 + 0.6 * len(cm)))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(cm)), best.class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(cm)), best.class_names)
-    for i in range(len(cm)):
-        for j in range(len(cm)):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")  # fmt: skip
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"{best.features or best.backbone} + {best.head}: {best.accuracy:.1%}")
-    fig.tight_layout()
-    fig.savefig(paths["confusion"], dpi=100)
-    plt.close(fig)
-    return paths
+    file: str
+    label: str | None
+    score: float | None
+    error: str | None
+    score_name: str = "probability"
 
 
 def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19", data=None, task: str = "full",
@@ -289,9 +276,13 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     with it. Passing a full :class:`~featx.spec.FeatureSpec` also checks that
     the head was fitted on those features.
 
-    Yields ``(file, class_name, probability_or_score, error)`` per image;
-    a file that cannot be read gets its error and the others still run.
-    ``files`` may name folders: their images are classified.
+    Yields a :class:`Prediction` ``(file, label, score, error, score_name)``
+    per image: ``score`` is the head's probability of ``label``
+    (``score_name`` "probability"; the SVM heads fitted by :func:`fit_head`
+    carry a calibration for it), or, for a head saved without one, its
+    decision margin (``score_name`` "margin"). A file that cannot be read gets
+    its error and the others still run. ``files`` may name folders: their
+    images are classified.
     """
     from .images import decode_image, is_image_name, resize_image
 
@@ -327,14 +318,15 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
         except FeatxError as exc:
             decoded.append(exc)
     good = [im for im in decoded if isinstance(im, np.ndarray)]
-    predictions = iter(())
+    predictions, score_name = iter(()), "probability"
     if good:
         size = tuple(shape[:2]) if shape else (32, 32)
         X = np.stack([resize_image(im, size) for im in good])
         feats = np.asarray(model.predict(X, batch_size=batch_size, verbose=0))
         if hasattr(est, "predict_proba"):
             scores = est.predict_proba(feats)
-        else:  # margins of the SVMs
+        else:  # margins of SVMs saved without a calibration
+            score_name = "margin"
             scores = est.decision_function(feats)
             scores = scores if scores.ndim == 2 else np.stack([-scores, scores], 1)
         labels = np.asarray(est.predict(feats))
@@ -343,10 +335,10 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     classes = rec["class_names"]
     for p, im in zip(paths, decoded):
         if isinstance(im, Exception):
-            yield str(p), None, None, str(im)
+            yield Prediction(str(p), None, None, str(im), score_name)
         else:
             label, score = next(predictions)
-            yield str(p), str(classes[int(label)]), float(score), None
+            yield Prediction(str(p), str(classes[int(label)]), float(score), None, score_name)
 
 
 def _recorded_spec(record: dict) -> tuple[FeatureSpec, str, int]:

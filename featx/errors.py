@@ -23,3 +23,7 @@ class CacheError(FeatxError):
 
 class SettingsError(FeatxError, ValueError):
     """A feature setting (backbone option) is not valid."""
+
+
+class HeadError(FeatxError, ValueError):
+    """A head name or a head parameter is not valid."""

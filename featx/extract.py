@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from . import cache
 from .backbones import build_extractor
 from .data import Dataset, load_dataset
+from .errors import SettingsError
 from .spec import FeatureSpec, as_spec
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
 def check_batch_size(batch_size) -> None:
     """Check the batch size of ``extract_features`` and ``FeatureExtractor``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+        raise SettingsError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
 
 
 def extract_features(

@@ -12,16 +12,22 @@ from __future__ import annotations
 import ast
 import os
 import tempfile
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .errors import HeadError
 
 
 class DenseClassifier(ClassifierMixin, BaseEstimator):
@@ -73,6 +79,20 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints: dict = {
+        "hidden_units": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "patience": [Interval(Integral, 0, None, closed="left")],
+        "standardize": ["boolean"],
+        "random_state": [Interval(Integral, 0, None, closed="left"), None],
+        "verbose": ["verbose"],
+    }
+
     def __init__(
         self,
         hidden_units: int = 128,
@@ -102,6 +122,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         import keras
 
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
@@ -208,7 +229,38 @@ def _dense_forward(model, X: np.ndarray) -> np.ndarray:
     return x
 
 
-class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
+_PROBABILITY_DOC = """probability : bool, default=False
+        Also fit a probability calibration (scikit-learn's
+        :class:`~sklearn.calibration.CalibratedClassifierCV`, sigmoid, 3 folds
+        of the training rows), giving ``predict_proba``. The classifier that
+        ``predict`` uses is the same as without it.
+    """
+
+
+def _calibrated_fit(classifier, X, y, probability: bool):
+    """Fit ``classifier``; with ``probability``, also a sigmoid calibration on 3
+    cross-validation folds of the same rows. Returns (fitted classifier, calibrator or None)."""
+    if not probability:
+        return classifier.fit(X, y), None
+    # ensemble=False: out-of-fold decision values train the calibrator, and
+    # the classifier is fitted once more on every row, exactly as without it.
+    cal = CalibratedClassifierCV(classifier, method="sigmoid", cv=3, ensemble=False).fit(X, y)
+    return cal.calibrated_classifiers_[0].estimator, cal
+
+
+class _SVMBase(ClassifierMixin, BaseEstimator):
+    """Shared by the SVM heads: standardised input, margins, optional calibrated probabilities."""
+
+    def _has_probability(self):
+        return bool(getattr(self, "probability", False))
+
+    @available_if(_has_probability)
+    def predict_proba(self, X):
+        check_is_fitted(self, "calibrator_")
+        return self.calibrator_.predict_proba(self._transform(X))
+
+
+class RBFSVMClassifier(_SVMBase):
     """RBF-kernel SVM that stays usable on tens of thousands of rows.
 
     Up to ``max_exact_samples`` training rows it fits an exact
@@ -225,7 +277,7 @@ class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
     max_exact_samples : int, default=10000
     n_components : int, default=2000
     random_state : int or None, default=0
-
+    %s
     Attributes
     ----------
     classes_ : ndarray
@@ -233,58 +285,81 @@ class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
     solver_ : str
         "exact SVC" or "Nystroem(n) + LinearSVC".
     pipeline_ : Pipeline
+        The scaler and the rest (Nystroem map, then the classifier, when large).
+    calibrator_ : CalibratedClassifierCV
+        With ``probability=True`` only.
     """
 
+    _parameter_constraints: dict = {
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "gamma": [StrOptions({"scale"}), Interval(Real, 0, None, closed="neither")],
+        "max_exact_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "probability": ["boolean"],
+    }
+
     def __init__(self, C: float = 10.0, gamma="scale", max_exact_samples: int = 10000,
-                 n_components: int = 2000, random_state: int | None = 0):  # fmt: skip
+                 n_components: int = 2000, random_state: int | None = 0, probability: bool = False):  # fmt: skip
         self.C = C
         self.gamma = gamma
         self.max_exact_samples = max_exact_samples
         self.n_components = n_components
         self.random_state = random_state
+        self.probability = probability
 
     def fit(self, X, y):
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self.classes_ = np.unique(y)
         n, d = X.shape
+        scaler = StandardScaler().fit(X)
+        Xs = scaler.transform(X)
         if n <= self.max_exact_samples:
-            self.pipeline_ = make_pipeline(StandardScaler(), SVC(C=self.C, gamma=self.gamma))
+            steps = [SVC(C=self.C, gamma=self.gamma)]
             self.solver_ = "exact SVC"
         else:
             gamma = 1.0 / d if self.gamma == "scale" else self.gamma  # unit variance after scaling
             k = min(self.n_components, n)
-            self.pipeline_ = make_pipeline(
-                StandardScaler(),
-                Nystroem(gamma=gamma, n_components=k, random_state=self.random_state),
-                LinearSVC(C=self.C / 10, random_state=self.random_state),
-            )
+            nys = Nystroem(gamma=gamma, n_components=k, random_state=self.random_state)
+            Xs = nys.fit_transform(Xs)
+            steps = [nys, LinearSVC(C=self.C / 10, random_state=self.random_state)]
             self.solver_ = f"Nystroem({k}) + LinearSVC"
-        self.pipeline_.fit(X, y)
+        steps[-1], self.calibrator_ = _calibrated_fit(steps[-1], Xs, y, self.probability)
+        self.pipeline_ = make_pipeline(scaler, *steps)
         return self
 
-    def decision_function(self, X):
+    def _transform(self, X):
+        """The input of the classifier: scaled (and mapped, when large)."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self.pipeline_.decision_function(X)
+        return self.pipeline_[:-1].transform(X)
+
+    def decision_function(self, X):
+        return self.pipeline_[-1].decision_function(self._transform(X))
 
     def predict(self, X):
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self.pipeline_.predict(X)
+        return self.pipeline_[-1].predict(self._transform(X))
 
 
-class _ScaledLinear(ClassifierMixin, BaseEstimator):
+RBFSVMClassifier.__doc__ %= _PROBABILITY_DOC
+
+
+class _ScaledLinear(_SVMBase):
     """Standardise, then a linear classifier; the fitted parts end in ``_``."""
 
     def _classifier(self):
         raise NotImplementedError
 
     def fit(self, X, y):
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self.scaler_ = StandardScaler().fit(X)
-        self.classifier_ = self._classifier().fit(self.scaler_.transform(X), y)
+        Xs = self.scaler_.transform(X)
+        self.classifier_, self.calibrator_ = _calibrated_fit(self._classifier(), Xs, y,
+                                                             getattr(self, "probability", False))  # fmt: skip
         self.classes_ = self.classifier_.classes_
         self.n_iter_ = int(np.max(self.classifier_.n_iter_))
         return self
@@ -302,6 +377,13 @@ class _ScaledLinear(ClassifierMixin, BaseEstimator):
         return self.classifier_.predict(Xt)
 
 
+_LINEAR_CONSTRAINTS: dict = {
+    "C": [Interval(Real, 0, None, closed="neither")],
+    "max_iter": [Interval(Integral, 1, None, closed="left")],
+    "random_state": ["random_state"],
+}
+
+
 class LogisticRegressionHead(_ScaledLinear):
     """Standardisation + multinomial logistic regression (lbfgs).
 
@@ -316,6 +398,8 @@ class LogisticRegressionHead(_ScaledLinear):
     ----------
     classes_, n_features_in_, scaler_, classifier_
     """
+
+    _parameter_constraints: dict = dict(_LINEAR_CONSTRAINTS)
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000, random_state: int | None = None):
         self.C = C
@@ -339,19 +423,28 @@ class LinearSVMHead(_ScaledLinear):
         A small C suits thousands of dense, correlated embedding dimensions.
     max_iter : int, default=2000
     random_state : int or None, default=0
-
+    %s
     Attributes
     ----------
     classes_, n_features_in_, scaler_, classifier_
+    calibrator_ : CalibratedClassifierCV
+        With ``probability=True`` only.
     """
 
-    def __init__(self, C: float = 0.01, max_iter: int = 2000, random_state: int | None = 0):
+    _parameter_constraints: dict = {**_LINEAR_CONSTRAINTS, "probability": ["boolean"]}
+
+    def __init__(self, C: float = 0.01, max_iter: int = 2000, random_state: int | None = 0,
+                 probability: bool = False):  # fmt: skip
         self.C = C
         self.max_iter = max_iter
         self.random_state = random_state
+        self.probability = probability
 
     def _classifier(self):
         return LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+
+
+LinearSVMHead.__doc__ %= _PROBABILITY_DOC
 
 
 #: The head registry: name -> (factory, one-line description).
@@ -372,22 +465,25 @@ def make_head(name: str, **params) -> BaseEstimator:
     0.1
     """
     if name not in HEADS:
-        raise ValueError(f"Unknown head. Known heads: {', '.join(HEADS)}. Received: head={name!r}")
+        raise HeadError(f"Unknown head. Known heads: {', '.join(HEADS)}. Received: head={name!r}")
+    names = sorted(HEADS[name][0]().get_params())
+    unknown = [k for k in params if k not in names]
+    if unknown:
+        raise HeadError(f"Unknown parameter {unknown[0]!r} for head {name!r}. Its parameters: {', '.join(names)}.")
+    est = HEADS[name][0](**params)
     try:
-        return HEADS[name][0](**params)
-    except TypeError as exc:
-        raise ValueError(
-            f"Bad parameter for head {name!r} ({exc}). Its parameters: "
-            f"{', '.join(sorted(HEADS[name][0]().get_params()))}."
-        ) from None
+        est._validate_params()  # scikit-learn's own checks, before any work rather than at fit
+    except InvalidParameterError as exc:
+        raise HeadError(f"Bad parameter for head {name!r}: {exc}") from None
+    return est
 
 
 def parse_params(items: list[str] | None) -> dict:
     """Parse ``["C=0.1", "epochs=20"]`` into ``{"C": 0.1, "epochs": 20}`` (Python literals, else strings)."""
     params = {}
     for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"A head parameter looks like NAME=VALUE, e.g. C=0.1. Received: {item!r}")
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise HeadError(f"A head parameter looks like NAME=VALUE, e.g. C=0.1. Received: {item!r}")
         key, raw = item.split("=", 1)
         try:
             params[key.strip()] = ast.literal_eval(raw.strip())

@@ -54,10 +54,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     ----------
     backbone : {"vgg19", "resnet50", "trunk"}, default="vgg19"
     weights : str, path or None, default="pretrained"
-        "pretrained" is the backbone's own: "imagenet" for vgg19 and resnet50
-        (downloaded once by Keras), "trained" for the trunk (trained on the
-        source classes of ``trunk_data``). None or "none": random init seeded
-        by ``random_state``. Or the path of a weights file.
+        The same values as everywhere in featx (:class:`~featx.spec.FeatureSpec`):
+        "imagenet", None (a random init seeded by ``random_state``) or a weights
+        file, as in Keras; "trained" (the trunk, trained on the source classes
+        of ``trunk_data``), "pretrained" (the backbone's own) and "none".
     size : int, optional
         Side the images are resized to inside the model (default 224; the trunk runs at 32).
     pooling : {"avg", "max", "flatten"}, optional
@@ -184,10 +184,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return self
 
     def _make_spec(self) -> FeatureSpec:
-        """The spec of this extractor's parameters (``weights=None`` is a random init, as in Keras)."""
-        names = {f.name for f in dataclasses.fields(FeatureSpec)} - {"weights"}
-        weights = "none" if self.weights is None else self.weights
-        return FeatureSpec(weights=weights, **{k: v for k, v in self.get_params().items() if k in names})
+        """The spec of this extractor's parameters."""
+        names = {f.name for f in dataclasses.fields(FeatureSpec)}
+        return FeatureSpec(**{k: v for k, v in self.get_params().items() if k in names})
 
     @property
     def model_(self):

@@ -41,11 +41,13 @@ class FeatureSpec:
     Parameters
     ----------
     backbone : {"vgg19", "resnet50", "trunk"}, default="vgg19"
-    weights : str or path, optional
-        "imagenet" (default for vgg19/resnet50, downloaded once by Keras),
-        "trained" (default for the trunk: trained by featx on the source
-        classes), "none" (a random init seeded by the caller's ``seed``) or
-        the path of a weights file. None or "pretrained": the backbone's default.
+    weights : str, path or None, default="pretrained"
+        As in Keras: "imagenet" (vgg19/resnet50; downloaded once by Keras),
+        None (a random init, seeded by the caller's ``seed``) or the path of
+        a weights file. featx's own names: "trained" (the trunk's weights,
+        trained by featx on the source classes), "pretrained" (the
+        backbone's own: "imagenet", or "trained" for the trunk) and "none"
+        (None, spelled for the command line).
     size : int, optional
         Side the images are resized to inside the model (default 224; the trunk runs at 32).
     pooling : {"avg", "max", "flatten"}, optional
@@ -87,7 +89,7 @@ class FeatureSpec:
     """
 
     backbone: str = "vgg19"
-    weights: str | None = None
+    weights: str | None = "pretrained"
     size: int | None = None
     pooling: str | None = None
     interpolation: str = "bilinear"
@@ -232,7 +234,9 @@ def _check_layers(bb, layers) -> tuple[str, ...]:
 
 
 def _check_weights(backbone: str, weights, default: str) -> str:
-    if weights is None or weights == "pretrained":
+    if weights is None:
+        return "none"
+    if weights == "pretrained":
         return default
     if isinstance(weights, os.PathLike):
         weights = str(weights)
@@ -243,8 +247,8 @@ def _check_weights(backbone: str, weights, default: str) -> str:
     allowed = _NAMED_WEIGHTS[backbone]
     if weights not in allowed and not Path(weights).expanduser().is_file():
         raise WeightsError(
-            f"weights for {backbone} must be {' or '.join(repr(w) for w in allowed)} or the "
-            f"path of a weights file that exists. Received: weights={weights!r}"
+            f"weights for {backbone} must be {allowed[0]!r}, None (a random init; 'none' on the command line), "
+            f"'pretrained' (= {allowed[0]!r}) or the path of a weights file that exists. Received: weights={weights!r}"
         )
     return weights
 

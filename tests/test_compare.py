@@ -61,8 +61,8 @@ def test_predict_images_with_a_bad_file(tiny, tmp_path):
     by_file = {o[0]: o for o in out}
     assert "Cannot read" in by_file[str(bad)][3]
     for g in good:
-        _, label, proba, err = by_file[str(g)]
-        assert err is None and label in ("cat", "dog", "eel") and 0 < proba <= 1
+        _, label, proba, err, kind = by_file[str(g)]
+        assert err is None and kind == "probability" and label in ("cat", "dog", "eel") and 0 < proba <= 1
     # The training image is predicted as its class by a head that fits its training data.
     from featx.compare import head_path
 
@@ -70,6 +70,24 @@ def test_predict_images_with_a_bad_file(tiny, tmp_path):
     assert est.score  # fitted estimator loaded
     folder = list(predict_files([tiny / "test" / "cat"], "logreg", "vgg19", tiny, cache_dir=tmp_path))
     assert len(folder) == 4
+
+
+@pytest.mark.parametrize("head", ["svm", "svm-rbf"])
+def test_svm_heads_predict_a_calibrated_probability(head, tiny, tmp_path):
+    res, path = fit_head(head, "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path)
+    est = joblib.load(path)["estimator"]
+    assert est.probability and joblib.load(path)["record"]["params"]["probability"] is True
+    # the calibration does not change the classifier: same predictions as without it
+    plain, _ = fit_head(head, "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path, save=False)
+    assert np.array_equal(res.y_pred, plain.y_pred)
+    files = sorted((tiny / "test").rglob("*.png"))
+    out = list(predict_files(files, head, "vgg19", tiny, cache_dir=tmp_path))
+    assert {p.score_name for p in out} == {"probability"}
+    assert all(0 < p.score <= 1 for p in out)
+    # a head saved without a calibration says its column is a margin
+    fit_head(head, "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path, params={"probability": False})
+    out = list(predict_files(files, head, "vgg19", tiny, cache_dir=tmp_path))
+    assert {p.score_name for p in out} == {"margin"}
 
 
 def test_predict_without_a_fitted_head_says_what_to_run(tiny, tmp_path):

@@ -35,7 +35,8 @@ def test_defaults_are_filled_and_equal_specs_hash_alike():
     # the flatten output alone is a vector: nothing to pool, whatever pooling and grid were asked
     assert FeatureSpec("trunk", layers=["flatten"], pooling="avg", grid=8) == FeatureSpec("trunk", layers=["flatten"])
     assert (a.layers, a.grid, a.flip) == (("block3_pool", "block4_pool", "block5_pool"), 1, False)
-    assert FeatureSpec("resnet50", weights="pretrained") == FeatureSpec("resnet50", weights=None)
+    assert FeatureSpec("resnet50", weights="pretrained") == FeatureSpec("resnet50", weights="imagenet")
+    assert FeatureSpec("resnet50", weights=None) == FeatureSpec("resnet50", weights="none")  # Keras's None
     assert FeatureSpec("vgg19", weights="None").weights == "none"
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.size = 64
@@ -60,7 +61,7 @@ def test_defaults_are_filled_and_equal_specs_hash_alike():
         (dict(grid=33), ValueError, "grid must be an integer from 1 to 32"),
         (dict(flip="yes"), ValueError, "flip must be True or False. Received: flip='yes'"),
         (dict(interpolation="cubic"), ValueError, "interpolation must be one of bilinear"),
-        (dict(weights="trained"), WeightsError, "weights for vgg19 must be 'imagenet' or 'none'"),
+        (dict(weights="trained"), WeightsError, "weights for vgg19 must be 'imagenet', None (a random init"),
         (dict(weights="/no/such.h5"), WeightsError, "path of a weights file that exists"),
         (dict(weights=3), ValueError, "weights must be a name or a file path. Received: weights=3"),
         (dict(dtype="int8"), ValueError, "dtype must be one of float32, float16. Received: dtype='int8'"),

@@ -1,0 +1,129 @@
+"""Every bad input the CLI can be given ends in one line on stderr and exit code 2."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_class_folders
+
+from featx import cli
+from featx.runtime import STARTUP_NOISE, filtered_native_stderr
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_class_folders(tmp_path_factory.mktemp("tiny") / "ds", n_train=3, n_test=1)
+
+
+def run_main(capsys, *argv):
+    """``featx ARGV`` in this process: (exit code, stderr lines)."""
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:  # argparse's own errors exit
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+VGG = ["--backbone", "vgg19", "--weights", "none", "--size", "32"]
+
+# (arguments, what the one line says); TINY in the arguments is replaced by a tiny dataset's path.
+BAD_INPUTS = {
+    # wrong type / out of range, caught by the parser
+    "batch size 0": (["extract", *VGG, "--batch-size", "0"], "--batch-size: must be a positive integer"),
+    "batch size not a number": (["extract", "--batch-size", "many"], "--batch-size: must be a positive integer"),
+    "negative seed": (["data", "--seed", "-1"], "--seed: must be an integer from 0"),
+    "n-jobs 0": (["compare", "--n-jobs", "0"], "--n-jobs: must be a positive integer, or -1"),
+    "epochs 0": (["pretrain", "--epochs", "0"], "--epochs: must be a positive integer"),
+    "size not a number": (["extract", "--size", "big"], "--size: invalid int value"),
+    # unknown names
+    "unknown task": (["data", "--task", "all"], "--task: invalid choice: 'all'"),
+    "unknown backbone": (["extract", "--backbone", "vit"], "--backbone: invalid choice: 'vit'"),
+    "unknown backbone in a list": (["compare", "--backbones", "trunk,vit"], "Unknown backbone. Known backbones"),
+    "unknown pooling": (["extract", "--pooling", "median"], "--pooling: invalid choice"),
+    "unknown dtype": (["extract", "--dtype", "int8"], "--dtype: invalid choice"),
+    "unknown option": (["fit", "--heads", "logreg"], "unrecognized arguments: --heads"),
+    "unknown command": (["train"], "invalid choice: 'train'"),
+    "unknown head": (["fit", "--head", "knn"], "Unknown head. Known heads: dense, logreg"),
+    "unknown heads": (["compare", "--heads", "foo"], "Unknown head. Known heads"),
+    "unknown layer": (["extract", "--backbone", "trunk", "--layers", "conv9"], "Unknown layer 'conv9' for trunk"),
+    "unknown head parameter": (["fit", "--head", "logreg", "--param", "foo=1"], "Unknown parameter 'foo' for head 'logreg'"),
+    "named weights of another backbone": (["extract", "--weights", "trained"], "weights for vgg19 must be 'imagenet'"),
+    # bad values
+    "size too small": (["extract", "--backbone", "trunk", "--size", "16"], "size must be an integer of at least 32"),
+    "size of a fixed-size backbone": (["extract", "--backbone", "trunk", "--size", "64"], "only runs at 32x32"),
+    "grid 0": (["fit", "--backbone", "trunk", "--grid", "0"], "grid must be an integer from 1 to 32"),
+    "head parameter of the wrong type": (["fit", "--head", "svm", "--param", "C=abc"], "'C' parameter of LinearSVMHead must be a float"),
+    "head parameter out of range": (["fit", "--head", "dense", "--param", "epochs=0"], "'epochs' parameter of DenseClassifier"),
+    "head parameter without a value": (["fit", "--param", "C"], "looks like NAME=VALUE"),
+    "compare parameter without a head": (["compare", "--param", "C=1"], "compare's --param is HEAD:NAME=VALUE"),
+    # empty
+    "empty layers": (["extract", "--layers", ""], "layers must be a non-empty list"),
+    "no heads": (["compare", "--heads", ","], "No heads to fit"),
+    "no backbones": (["compare", "--backbones", ""], "No backbones to compare"),
+    # conflicting
+    "a tuned parameter given by hand": (["fit", "--head", "logreg", "--tune", "--param", "C=1"], "both given and tuned"),
+    "same in compare": (["compare", "--heads", "svm", "--tune", "--param", "svm:C=1"], "both given and tuned"),
+    # paths
+    "missing data": (["data", "--data", "/no/such/place"], "Dataset not found"),
+    "missing weights file": (["extract", "--weights", "/no/such.weights.h5"], "path of a weights file that exists"),
+    "predict before fit": (["predict", "--data", "TINY", "--head", "svm", "x.png"], "No svm head fitted"),
+    "reports folder under a file": (["compare", "--data", "TINY", "--reports-dir", "FILE/reports"], "Not a directory"),
+    "cache folder is a file": (["extract", *VGG, "--data", "TINY", "--cache-dir", "FILE"], "Not a directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2(case, capsys, tiny, tmp_path):
+    args, message = BAD_INPUTS[case]
+    (tmp_path / "file").write_text("not a folder")
+    args = [a.replace("TINY", str(tiny)).replace("FILE", str(tmp_path / "file")) for a in args]
+    if "--cache-dir" not in args:
+        args += ["--cache-dir", str(tmp_path / "cache")]
+    code, lines = run_main(capsys, *args)
+    errors = [line for line in lines if not line.startswith("WARNING ")]  # logged warnings may come before
+    assert code == 2, (case, lines)
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], (case, lines)
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_a_bug_still_shows_its_traceback(capsys, monkeypatch):
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_data", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["data"])
+    # a ValueError from a library is bad input as far as the CLI can tell: one line, and -v shows where it came from
+    monkeypatch.setattr(cli, "cmd_data", lambda args: np.zeros(2).reshape(3))
+    code, lines = run_main(capsys, "data")
+    assert code == 2 and len(lines) == 1 and "run with -v for the traceback" in lines[0]
+    code, lines = run_main(capsys, "-v", "data")
+    assert code == 2 and lines[0].startswith("Traceback") and lines[-1].startswith("error: cannot reshape")
+
+
+def test_cli_start_up_prints_featx_output_only():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "data"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("dataset      sample")
+    assert res.stderr == "", res.stderr  # no oneDNN notice, no "Could not find cuda drivers", no absl line
+    # and so for a program that imports featx, then TensorFlow through Keras, and runs an op
+    code = "import featx, keras; print(float(keras.ops.sum(keras.ops.ones(3))))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout == "3.0\n" and res.stderr == "", res.stderr
+
+
+def test_start_up_filter_keeps_real_errors(capfd):
+    with filtered_native_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.\n")
+        os.write(2, b"E0000 something real went wrong\n")
+        print("from python", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert sorted(err.splitlines()) == ["E0000 something real went wrong", "from python"]
+    assert STARTUP_NOISE.search("cpu_feature_guard.cc:227] This TensorFlow binary is optimized")
