@@ -182,6 +182,20 @@ def build_extractor(spec: FeatureSpec, *, seed: int = 0, trunk_model=None):
     """
     import keras
 
+    from .runtime import dtype_policy
+
+    with dtype_policy(spec.precision):  # float32, or Keras's mixed policy: float32 weights
+        out, inputs = _extractor_graph(spec, seed, trunk_model)
+    if spec.precision != "float32":
+        out = keras.layers.Activation("linear", dtype="float32", name="to_float32")(out)
+    model = keras.Model(inputs, out, name=f"featx_{spec.backbone}")
+    model.trainable = False
+    return model
+
+
+def _extractor_graph(spec: FeatureSpec, seed: int, trunk_model):
+    import keras
+
     L = featx_layers()
     inputs = keras.Input(shape=(None, None, 3), dtype="uint8", name="images")
     x = L["ToFloat"](name="to_float")(inputs)
@@ -212,9 +226,7 @@ def build_extractor(spec: FeatureSpec, *, seed: int = 0, trunk_model=None):
     out = feats[0] if len(feats) == 1 else keras.layers.Concatenate(name="concat")(feats)
     if spec.flip:
         out = L["MirrorMean"](name="mirror_mean")(out)
-    model = keras.Model(inputs, out, name=f"featx_{spec.backbone}")
-    model.trainable = False
-    return model
+    return out, inputs
 
 
 def _pooled(spec: FeatureSpec, name: str, t):

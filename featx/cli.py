@@ -31,6 +31,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str):
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto. Received: {text!r}") from None
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -74,6 +83,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -> None:
     """The options that make the features: one per field of featx.spec.FeatureSpec."""
     from .backbones import BACKBONES, INTERPOLATIONS, POOLINGS
+    from .runtime import PRECISIONS
     from .spec import DTYPES
 
     if backbone is not None:
@@ -91,7 +101,11 @@ def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -
     p.add_argument("--grid", type=int, default=None, help="cells per side each layer is pooled to (trunk 4, others 1)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's embedding with its mirror image's (default: trunk yes, others no)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--batch-size", type=_batch_size, default="auto",
+                   help="images per forward pass: a number, or auto (default: 32 on a CPU, by memory on a GPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="what the backbone computes in (default auto: bfloat16 where the hardware computes in it "
+                   "natively, else float32; the trunk always float32)")
 
 
 def _spec_settings(args: argparse.Namespace) -> dict:

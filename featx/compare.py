@@ -16,7 +16,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from .config import cache_dir as resolve_cache_dir
 from .data import Dataset, load_dataset
 from .errors import CacheError, FeatxError, HeadError, SettingsError
-from .extract import extract_features, make_extractor
+from .extract import embed, extract_features, make_extractor, resolve_batch_size
 from .heads import HEADS, make_head
 from .report import feature_map, write_report
 from .spec import FeatureSpec, as_spec, specs_for
@@ -99,7 +99,7 @@ def fit_head(
     *,
     params: dict | None = None,
     tune: bool = False,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
     seed: int = 0,
     cache_dir=None,
     save: bool = True,
@@ -158,7 +158,7 @@ def compare(
     params: dict | None = None,
     tune: bool = False,
     reference: bool = True,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
     seed: int = 0,
     cache_dir=None,
     reports_dir="reports",
@@ -268,7 +268,7 @@ class Prediction(NamedTuple):
 
 
 def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19", data=None, task: str = "full",
-                  *, cache_dir=None, batch_size: int = 32):  # fmt: skip
+                  *, cache_dir=None, batch_size: int | str = "auto"):  # fmt: skip
     """Classify image files with a saved head and its backbone.
 
     The head is the one last fitted by :func:`fit_head` on ``spec``'s backbone
@@ -322,7 +322,7 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     if good:
         size = tuple(shape[:2]) if shape else (32, 32)
         X = np.stack([resize_image(im, size) for im in good])
-        feats = np.asarray(model.predict(X, batch_size=batch_size, verbose=0))
+        feats = np.concatenate([f for _, f in embed(model, X, batch_size=resolve_batch_size(batch_size, fitted_spec))])
         if hasattr(est, "predict_proba"):
             scores = est.predict_proba(feats)
         else:  # margins of SVMs saved without a calibration

@@ -50,28 +50,69 @@ def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None):
     return load_trunk_file(weights)
 
 
-def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: str = "embedding"):
-    """Yield ``(start, features)`` for consecutive batches of ``X`` (uint8 images).
-
-    The last batch is padded to ``batch_size`` so that compiled backends see one
-    shape only. ``progress`` is a tqdm bar to update, or None.
-    """
-    n = len(X)
-    for start in range(0, n, batch_size):
-        batch = np.ascontiguousarray(X[start : start + batch_size])
+def _padded_batches(X: np.ndarray, start: int, batch_size: int):
+    """``(start, batch, m)``: consecutive slices of ``X`` from ``start``, read into memory and
+    padded to ``batch_size`` rows (``m`` of them real), so compiled backends see one shape."""
+    for s in range(start, len(X), batch_size):
+        batch = np.ascontiguousarray(X[s : s + batch_size])
         m = len(batch)
         if m < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - m, *batch.shape[1:]), batch.dtype)])
-        out = np.asarray(model.predict_on_batch(batch))[:m]
-        if progress is not None:
-            progress.update(m)
-        yield start, out
+        yield s, batch, m
+
+
+def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: str = "embedding",
+          adaptive: bool = False):  # fmt: skip
+    """Yield ``(start, features)`` for consecutive batches of ``X`` (uint8 images).
+
+    The next batch is read and padded in a background thread while the model runs
+    this one (:func:`featx.overlap.prefetch`). The last batch is padded to
+    ``batch_size`` so that compiled backends see one shape only. ``progress``
+    is a tqdm bar to update, or None. With ``adaptive`` (batch size "auto"), a
+    batch that does not fit in the device's memory is run again at half the
+    size, and so on, saying so.
+    """
+    from .overlap import prefetch
+    from .runtime import is_out_of_memory
+
+    start, n = 0, len(X)
+    while start < n:
+        batches = prefetch(_padded_batches(X, start, batch_size))
+        try:
+            for s, batch, m in batches:
+                try:
+                    out = np.asarray(model.predict_on_batch(batch))[:m]
+                except Exception as exc:
+                    if not (adaptive and batch_size > 1 and is_out_of_memory(exc)):
+                        raise
+                    print(f"a batch of {batch_size} images did not fit in device memory: going on with "
+                          f"{batch_size // 2}", file=sys.stderr, flush=True)  # fmt: skip
+                    batch_size //= 2
+                    start = s
+                    break
+                if progress is not None:
+                    progress.update(m)
+                yield s, out
+            else:
+                start = n
+        finally:
+            batches.close()
 
 
 def check_batch_size(batch_size) -> None:
-    """Check the batch size of ``extract_features`` and ``FeatureExtractor``."""
+    """Check the batch size of ``extract_features`` and ``FeatureExtractor``: a positive integer or "auto"."""
+    if batch_size == "auto":
+        return
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise SettingsError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+        raise SettingsError(f"batch_size must be a positive integer or 'auto'. Received: batch_size={batch_size!r}")
+
+
+def resolve_batch_size(batch_size, spec: FeatureSpec) -> int:
+    """The images per forward pass for ``batch_size`` ("auto": :func:`featx.runtime.auto_batch_size`)."""
+    from .runtime import auto_batch_size
+
+    check_batch_size(batch_size)
+    return auto_batch_size(spec.size) if batch_size == "auto" else int(batch_size)
 
 
 def extract_features(
@@ -79,7 +120,7 @@ def extract_features(
     data=None,
     task: str = "full",
     *,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
     seed: int = 0,
     cache_dir=None,
     force: bool = False,
@@ -101,8 +142,9 @@ def extract_features(
     data : str, path or Dataset
         See :func:`featx.data.load_dataset` ("sample" by default).
     task : {"full", "source", "target"}
-    batch_size : int
-        Images per forward pass.
+    batch_size : int or "auto", default="auto"
+        Images per forward pass. "auto": 32 on a CPU, on a GPU by its memory;
+        a batch that does not fit is halved (saying so) and the run goes on.
     seed : int
         Seed of the data splits, of random weights and of the trunk's training.
     cache_dir : path, optional
@@ -116,8 +158,8 @@ def extract_features(
         (default: wait until it is done).
     **settings
         Feature settings that build the spec or change it: ``weights``,
-        ``size``, ``pooling``, ``interpolation``, ``dtype`` (see
-        :class:`~featx.spec.FeatureSpec`).
+        ``size``, ``pooling``, ``interpolation``, ``dtype``, ``layers``,
+        ``grid``, ``flip``, ``precision`` (see :class:`~featx.spec.FeatureSpec`).
 
     Returns
     -------
@@ -155,10 +197,18 @@ def extract_features(
         return _run(model, ds, spec, settings, path, batch_size, progress)
 
 
-def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size: int, progress) -> cache.FeatureSet:
+def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size, progress) -> cache.FeatureSet:
     import h5py
     import keras
     import sklearn
+
+    from .overlap import BackgroundWriter
+    from .runtime import describe_device
+
+    adaptive = batch_size == "auto"
+    batch_size = resolve_batch_size(batch_size, spec)
+    print(f"{spec.backbone} on {describe_device()} ({keras.backend.backend()}): precision {spec.precision}, "
+          f"batch {batch_size}{' (auto)' if adaptive else ''}", flush=True)  # fmt: skip
 
     dim = int(model.output.shape[-1])
     info = {
@@ -166,6 +216,7 @@ def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size
         "image_shape": list(ds.image_shape),
         "data_info": ds.info,
         "batch_size": batch_size,
+        "device": describe_device(),
         "spec": spec.to_dict(),
         "versions": {"featx": _featx_version(), "keras": keras.__version__, "numpy": np.__version__,
                      "h5py": h5py.__version__, "scikit-learn": sklearn.__version__,
@@ -186,9 +237,11 @@ def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size
             t0 = time.perf_counter()
             disable = None if progress is None else not progress
             with tqdm(total=len(X), initial=done, desc=f"{settings['backbone']} {split}", unit="img",
-                      disable=disable, file=sys.stderr, dynamic_ncols=True) as bar:  # fmt: skip
-                for start, feats in embed(model, X[done:], batch_size=batch_size, progress=bar):
-                    writer.append(split, feats, y[done + start : done + start + len(feats)])
+                      disable=disable, file=sys.stderr, dynamic_ncols=True) as bar, \
+                    BackgroundWriter(writer.append) as background:  # fmt: skip
+                # the model runs here; the next batch is read, and the last one written, in the background
+                for start, feats in embed(model, X[done:], batch_size=batch_size, progress=bar, adaptive=adaptive):
+                    background.put(split, feats, y[done + start : done + start + len(feats)])
             seconds[split] = round(time.perf_counter() - t0, 3)
         fs = writer.finalize({"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     finally:

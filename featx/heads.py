@@ -337,10 +337,12 @@ class RBFSVMClassifier(_SVMBase):
         return self.pipeline_[:-1].transform(X)
 
     def decision_function(self, X):
-        return self.pipeline_[-1].decision_function(self._transform(X))
+        Xt = self._transform(X)
+        return self.pipeline_[-1].decision_function(Xt)
 
     def predict(self, X):
-        return self.pipeline_[-1].predict(self._transform(X))
+        Xt = self._transform(X)
+        return self.pipeline_[-1].predict(Xt)
 
 
 RBFSVMClassifier.__doc__ %= _PROBABILITY_DOC

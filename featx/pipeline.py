@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from . import cache
 from .backbones import build_extractor, feature_names
 from .errors import WeightsError
-from .extract import check_batch_size, embed, load_trunk
+from .extract import check_batch_size, embed, load_trunk, resolve_batch_size
 from .images import decode_image, image_digest
+from .overlap import decode_pool, prefetch
 from .spec import FeatureSpec
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,11 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         Cells per side each layer is pooled to (default: trunk 4, others 1).
     flip : bool, optional
         Average with the mirror image's embedding (default: trunk True, others False).
-    batch_size : int, default=32
-        Images per forward pass.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        What the backbone computes in (see :class:`featx.FeatureSpec`).
+    batch_size : int or "auto", default="auto"
+        Images per forward pass ("auto": 32 on a CPU, by memory on a GPU, halved
+        when a batch does not fit).
     dtype : {"float32", "float16"}, default="float32"
         Precision the embeddings are kept at (in the cache too); ``transform``
         always returns float32.
@@ -125,7 +129,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         layers=None,
         grid: int | None = None,
         flip: bool | None = None,
-        batch_size: int = 32,
+        precision: str = "auto",
+        batch_size: int | str = "auto",
         dtype: str = "float32",
         cache_dir: str | os.PathLike | None = None,
         trunk_data="sample",
@@ -140,6 +145,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.layers = layers
         self.grid = grid
         self.flip = flip
+        self.precision = precision
         self.batch_size = batch_size
         self.dtype = dtype
         self.cache_dir = cache_dir
@@ -238,7 +244,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         disable = None if self.progress is None else not self.progress
         with tqdm(total=n, desc=self.settings_["backbone"], unit="img", disable=disable, file=sys.stderr,
                   dynamic_ncols=True, leave=False) as bar:  # fmt: skip
-            for start, chunk in images.chunks(max(1024, 8 * self.batch_size)):
+            batch = resolve_batch_size(self.batch_size, self.spec_)
+            # the next chunk is decoded (on a pool of threads) while this one is embedded
+            for start, chunk in prefetch(images.chunks(max(1024, 8 * batch)), depth=1):
                 todo = np.arange(len(chunk))
                 if store is not None:
                     digests = [image_digest(im) for im in chunk]
@@ -269,7 +277,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                 by_shape.setdefault(chunk[i].shape, []).append(k)
             groups = [(np.array(ks), np.stack([chunk[todo[k]] for k in ks])) for ks in by_shape.values()]
         for ks, batch in groups:
-            for s, f in embed(model, batch, batch_size=self.batch_size, progress=bar):
+            size = resolve_batch_size(self.batch_size, self.spec_)
+            for s, f in embed(model, batch, batch_size=size, progress=bar, adaptive=self.batch_size == "auto"):
                 # Rounded to the storage dtype, so that a cache hit later returns exactly this.
                 feats[ks[s : s + len(f)]] = f.astype(self.settings_["dtype"]).astype(np.float32)
         return feats
@@ -383,17 +392,17 @@ class _Images:
         return len(self.array) if self.array is not None else len(self.items)
 
     def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray | list[np.ndarray]]]:
-        for start in range(0, len(self), size):
-            if self.array is not None:
+        if self.array is not None:
+            for start in range(0, len(self), size):
                 yield start, _to_uint8(self.array[start : start + size])
-            else:
-                yield (
-                    start,
-                    [
-                        _to_uint8(item) if isinstance(item, np.ndarray) else decode_image(item)
-                        for item in self.items[start : start + size]
-                    ],
-                )
+            return
+        with decode_pool() as pool:
+            for start in range(0, len(self), size):
+                yield start, list(pool.map(_decoded, self.items[start : start + size]))
+
+
+def _decoded(item) -> np.ndarray:
+    return _to_uint8(item) if isinstance(item, np.ndarray) else decode_image(item)
 
 
 def _describe(x) -> str:

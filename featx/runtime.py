@@ -19,6 +19,8 @@ import re
 import sys
 import tempfile
 
+import numpy as np
+
 #: Lines TensorFlow prints at start-up that say nothing about the user's work.
 STARTUP_NOISE = re.compile(
     r"All log messages before absl::InitializeLog\(\)"
@@ -92,8 +94,153 @@ def quiet_backend_start() -> None:
     starts, through ``TF_CPP_MIN_LOG_LEVEL``), if TensorFlow is not imported yet.
 
     Warnings and errors that are not start-up notices still reach stderr.
+    ``FEATX_QUIET_START=0`` in the environment leaves TensorFlow's output as it is.
     """
+    if os.environ.get("FEATX_QUIET_START", "1") == "0":
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules or any(isinstance(f, _QuietFinder) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _QuietFinder())
+
+
+# ---------------------------------------------------------------------------
+# What the hardware offers: the device, its precision, the batch size it takes.
+
+#: The precisions a backbone can run in; "auto" picks one by the hardware.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+#: CPU flags that mean native bfloat16 arithmetic (x86 AVX-512 BF16 / AMX, Arm BF16).
+_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as the kernel reports them (empty where there is no /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def hardware_report() -> dict:
+    """What the Keras backend runs on: ``{"device": "gpu"|"cpu", "name", "compute_capability",
+    "memory_bytes", "cpu_flags"}`` (GPU fields None on a CPU)."""
+    import keras
+
+    report = {"device": "cpu", "name": None, "compute_capability": None, "memory_bytes": None,
+              "cpu_flags": sorted(cpu_flags() & {"avx2", "fma", "avx512f", *_CPU_BF16_FLAGS})}  # fmt: skip
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            dev = jax.devices()[0]
+            if dev.platform == "gpu":
+                stats = dev.memory_stats() or {}
+                report.update(device="gpu", name=dev.device_kind, memory_bytes=stats.get("bytes_limit"),
+                              compute_capability=_cc(getattr(dev, "compute_capability", None)))  # fmt: skip
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                props = torch.cuda.get_device_properties(0)
+                report.update(device="gpu", name=props.name, memory_bytes=props.total_memory,
+                              compute_capability=(props.major, props.minor))  # fmt: skip
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                report.update(device="gpu", name=details.get("device_name"),
+                              compute_capability=_cc(details.get("compute_capability")))  # fmt: skip
+    except Exception:  # noqa: BLE001 - a probe that fails means: run as on a CPU
+        pass
+    return report
+
+
+def _cc(value):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return tuple(int(p) for p in value.split("."))
+    return tuple(value)
+
+
+def auto_precision(report: dict) -> tuple[str, str]:
+    """The precision "auto" means on the hardware of ``report`` (:func:`hardware_report`),
+    and why: bfloat16 on GPUs that compute in it natively (compute capability 8.0 and up)
+    and on CPUs with native bfloat16 instructions, float32 otherwise."""
+    if report.get("device") == "gpu":
+        cc = report.get("compute_capability")
+        if cc is not None and tuple(cc) >= (8, 0):
+            return "bfloat16", f"{report.get('name') or 'GPU'} computes in bfloat16 natively"
+        return "float32", f"{report.get('name') or 'this GPU'} has no native bfloat16"
+    flags = set(report.get("cpu_flags") or ())
+    if flags & _CPU_BF16_FLAGS:
+        return "bfloat16", f"this CPU has native bfloat16 ({', '.join(sorted(flags & _CPU_BF16_FLAGS))})"
+    return "float32", "this CPU has no native bfloat16"
+
+
+_REPORT: dict | None = None
+
+
+def this_machine() -> dict:
+    """:func:`hardware_report` of this process, probed once."""
+    global _REPORT
+    if _REPORT is None:
+        _REPORT = hardware_report()
+    return _REPORT
+
+
+def describe_device(report: dict | None = None) -> str:
+    r = this_machine() if report is None else report
+    if r["device"] == "gpu":
+        mem = f", {r['memory_bytes'] / 2**30:.0f} GiB" if r.get("memory_bytes") else ""
+        return f"GPU {r.get('name') or '?'}{mem}"
+    return f"CPU ({' '.join(r.get('cpu_flags') or []) or 'no avx2'})"
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Build Keras layers under ``precision``: float32, or the mixed policy of bfloat16/float16
+    (variables stay float32, the arithmetic runs in the lower precision)."""
+    import keras
+
+    if precision == "float32":
+        yield
+        return
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(f"mixed_{precision}")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+#: Batch size "auto" on a CPU: past this, larger batches only add memory.
+CPU_BATCH = 32
+
+
+def auto_batch_size(size: int, report: dict | None = None) -> int:
+    """Images per forward pass for "auto": 32 on a CPU; on a GPU, by its memory and the
+    input side (256 images of 224x224 per 16 GiB, more for smaller inputs), at most 4096."""
+    r = this_machine() if report is None else report
+    if r["device"] != "gpu":
+        return CPU_BATCH
+    gib = (r.get("memory_bytes") or 16 * 2**30) / 2**30
+    n = 256 * (gib / 16) * (224 / max(size, 32)) ** 2
+    return int(min(4096, max(32, 2 ** int(np.log2(n)))))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a backend's out-of-memory error (TensorFlow's ResourceExhaustedError,
+    XLA's RESOURCE_EXHAUSTED, PyTorch's OutOfMemoryError)."""
+    name = type(exc).__name__
+    text = str(exc)[:2000]
+    return (name in ("ResourceExhaustedError", "OutOfMemoryError")
+            or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())  # fmt: skip

@@ -71,6 +71,12 @@ class FeatureSpec:
     flip : bool, optional
         Average each image's embedding with its horizontal mirror image's, both
         run in the same batch (default: trunk True, vgg19 and resnet50 False).
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        What the backbone computes in (Keras's mixed dtype policies: weights stay
+        float32), apart from the storage ``dtype``. "auto" is resolved here, by
+        the hardware (:func:`featx.runtime.auto_precision`): bfloat16 on GPUs and
+        CPUs that compute in it natively, float32 otherwise. The trunk always
+        runs in float32: it is bounded by per-batch overhead, not by arithmetic.
 
     Examples
     --------
@@ -97,6 +103,7 @@ class FeatureSpec:
     layers: tuple[str, ...] | None = field(default=None, metadata={"neutral": lambda b: (_output_layer(b),)})
     grid: int | None = field(default=None, metadata={"neutral": 1})
     flip: bool | None = field(default=None, metadata={"neutral": False})
+    precision: str = field(default="auto", metadata={"neutral": "float32"})
 
     def __post_init__(self):
         bb = get_backbone(self.backbone)
@@ -125,12 +132,13 @@ class FeatureSpec:
         flip = bb.default_flip if self.flip is None else self.flip
         if not isinstance(flip, (bool, np.bool_)):
             raise SettingsError(f"flip must be True or False. Received: flip={flip!r}")
+        precision = _check_precision(bb.name, self.precision)
         if all(name in bb.flat_layers for name in layers):
             pooling = "flatten"  # vectors already: nothing to pool
         if pooling == "flatten":
             grid = 1
         values = {"size": int(size), "pooling": pooling, "weights": weights, "layers": layers, "grid": int(grid),
-                  "flip": bool(flip)}  # fmt: skip
+                  "flip": bool(flip), "precision": precision}  # fmt: skip
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -253,6 +261,21 @@ def _check_weights(backbone: str, weights, default: str) -> str:
     return weights
 
 
+def _check_precision(backbone: str, precision) -> str:
+    from .runtime import PRECISIONS, auto_precision, this_machine
+
+    if precision not in PRECISIONS:
+        raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
+    if backbone == "trunk":
+        if precision not in ("auto", "float32"):
+            raise SettingsError(
+                f"The trunk runs in float32 only: it is bounded by per-batch overhead, not arithmetic, so "
+                f"{precision} would change its features without making it faster. Leave precision at auto."
+            )
+        return "float32"
+    return auto_precision(this_machine())[0] if precision == "auto" else precision
+
+
 def _check_names(fields: Mapping) -> None:
     names = [f.name for f in dataclasses.fields(FeatureSpec)]
     unknown = [k for k in fields if k not in names]
@@ -308,6 +331,8 @@ def specs_for(backbones: Iterable[FeatureSpec | str], **fields) -> list[FeatureS
         own = dict(fields)
         if bb.fixed_size:
             own.pop("size", None)
+        if bb.name == "trunk":
+            own.pop("precision", None)  # float32 only
         w = own.get("weights")
         w = str(w) if isinstance(w, os.PathLike) else w
         if isinstance(w, str) and w.lower() not in ("none", "pretrained"):

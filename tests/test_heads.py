@@ -99,8 +99,10 @@ def test_params_from_strings():
     assert make_head("dense", epochs=3).epochs == 3
     with pytest.raises(ValueError, match="Known heads: dense, logreg, svm, svm-rbf. Received: head='knn'"):
         make_head("knn")
-    with pytest.raises(ValueError, match="Bad parameter for head 'logreg'.*Its parameters:.*C"):
+    with pytest.raises(ValueError, match="Unknown parameter 'epochs' for head 'logreg'. Its parameters: C"):
         make_head("logreg", epochs=3)
+    with pytest.raises(ValueError, match="'C' parameter of LogisticRegressionHead must be a float"):
+        make_head("logreg", C=-1)  # checked by scikit-learn's rules when made, not at fit
 
 
 def test_dense_needs_two_classes():
