@@ -62,7 +62,7 @@ def _padded_batches(X: np.ndarray, start: int, batch_size: int):
 
 
 def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: str = "embedding",
-          adaptive: bool = False):  # fmt: skip
+          adaptive: bool = False, on_resize=None):  # fmt: skip
     """Yield ``(start, features)`` for consecutive batches of ``X`` (uint8 images).
 
     The next batch is read and padded in a background thread while the model runs
@@ -70,7 +70,8 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
     ``batch_size`` so that compiled backends see one shape only. ``progress``
     is a tqdm bar to update, or None. With ``adaptive`` (batch size "auto"), a
     batch that does not fit in the device's memory is run again at half the
-    size, and so on, saying so.
+    size, and so on, saying so; ``on_resize(new_size)`` is called each time,
+    so that later calls can start at the size that fits.
     """
     from .overlap import prefetch
     from .runtime import is_out_of_memory
@@ -89,6 +90,8 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
                           f"{batch_size // 2}", file=sys.stderr, flush=True)  # fmt: skip
                     batch_size //= 2
                     start = s
+                    if on_resize is not None:
+                        on_resize(batch_size)
                     break
                 if progress is not None:
                     progress.update(m)
@@ -224,6 +227,7 @@ def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     sizes = {"train": len(ds.X_train), "test": len(ds.X_test)}
+    fits = [batch_size]  # halved on out-of-memory ("auto"), for the rest of the run
     writer = cache.PartialWriter(path, settings, info, sizes, dim, spec.dtype)
     seconds = {}
     try:
@@ -240,7 +244,8 @@ def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size
                       disable=disable, file=sys.stderr, dynamic_ncols=True) as bar, \
                     BackgroundWriter(writer.append) as background:  # fmt: skip
                 # the model runs here; the next batch is read, and the last one written, in the background
-                for start, feats in embed(model, X[done:], batch_size=batch_size, progress=bar, adaptive=adaptive):
+                for start, feats in embed(model, X[done:], batch_size=fits[0], progress=bar, adaptive=adaptive,
+                                          on_resize=lambda n: fits.__setitem__(0, n)):  # fmt: skip
                     background.put(split, feats, y[done + start : done + start + len(feats)])
             seconds[split] = round(time.perf_counter() - t0, 3)
         fs = writer.finalize({"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
