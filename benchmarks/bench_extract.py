@@ -1,14 +1,17 @@
 """Extraction throughput, peak memory and efficiency against the machine's matmul ceiling.
 
-Run:  python benchmarks/bench_extract.py [--quick]
+Run:  python benchmarks/bench_extract.py [--quick] [--precisions float32,bfloat16]
+      (any Keras backend: KERAS_BACKEND=jax on a machine without TensorFlow)
 
-For each backbone, size and batch size it builds the featx extraction model
-(random weights: the arithmetic is the same as with ImageNet weights), runs
-uint8 CIFAR-sized images through it, and prints images/s and achieved GFLOP/s
-as a fraction of the single-precision matmul GFLOP/s that numpy reaches on
-this machine in the same run. It then runs the whole `extract_features` path
-on 1x and 4x the images in fresh processes and prints peak RSS for each
-(memory must not grow with the number of images).
+For each backbone, size, batch size and precision it builds the featx extraction
+model (random weights: the arithmetic is the same as with ImageNet weights) and
+prints two rates: model-only (the compiled model, warm, batches already on the
+host) and end-to-end (`extract_features`: dataset in, HDF5 file out, with the
+overlapped prefetch and writer), their ratio, and the achieved GFLOP/s as a
+fraction of the single-precision matmul GFLOP/s that numpy reaches on this
+machine in the same run. It then runs `extract_features` on 2k, 8k and 32k
+images in fresh processes and prints peak RSS for each (memory must not grow
+with the number of images).
 """
 
 from __future__ import annotations
@@ -21,9 +24,7 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def sgemm_ceiling(n: int = 2048, reps: int = 10) -> float:
@@ -52,7 +53,8 @@ def flops_per_image(model) -> float:
     return total
 
 
-def measure(backbone: str, size: int, batch: int, n_images: int) -> tuple[float, float]:
+def measure(backbone: str, size: int, batch: int, n_images: int, precision: str = "float32"):
+    """(model-only img/s, end-to-end img/s, FLOP per image)."""
     import keras
 
     from featx.backbones import build_extractor
@@ -60,7 +62,8 @@ def measure(backbone: str, size: int, batch: int, n_images: int) -> tuple[float,
     from featx.trunk import build_trunk_classifier
 
     trunk = build_trunk_classifier(5) if backbone == "trunk" else None
-    model = build_extractor(FeatureSpec(backbone, weights="none", size=size), trunk_model=trunk)
+    spec = FeatureSpec(backbone, weights="none", size=size, precision=precision)
+    model = build_extractor(spec, trunk_model=trunk)
     base = model if backbone == "trunk" else model.get_layer(backbone if backbone == "vgg19" else "resnet50")
     if backbone == "trunk":
         flops = flops_per_image(trunk) - 2 * 800 * 128 - 2 * 128 * 5  # embedding layers only
@@ -74,13 +77,32 @@ def measure(backbone: str, size: int, batch: int, n_images: int) -> tuple[float,
     for _ in range(n_batches):
         model.predict_on_batch(x)
     dt = time.perf_counter() - t0
+    model_rate = n_batches * batch / dt
     keras.backend.clear_session()
-    return n_batches * batch / dt, flops
+    return model_rate, end_to_end(spec, batch, n_batches * batch), flops
+
+
+def end_to_end(spec, batch: int, n: int) -> float:
+    """img/s of extract_features over n in-memory images (train) + one batch (test), HDF5 out."""
+    import tempfile
+
+    from featx import extract
+    from featx.data import Dataset
+
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(n) % 5
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = Dataset("synthetic", X[:batch], y[:batch], X[:batch], y[:batch], tuple("abcde"), f"warm{n}")
+        extract.extract_features(spec, ds, batch_size=batch, cache_dir=tmp, progress=False)  # build + compile
+        ds = Dataset("synthetic", X, y, X[:batch], y[:batch], tuple("abcde"), f"bench{n}")
+        t0 = time.perf_counter()
+        extract.extract_features(spec, ds, batch_size=batch, cache_dir=tmp, progress=False)
+        return (n + batch) / (time.perf_counter() - t0)
 
 
 RSS_CHILD = """
 import os, resource, sys, numpy as np
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from featx.data import Dataset
 from featx.extract import extract_features
 n = int(sys.argv[1])
@@ -112,27 +134,41 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer configurations")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-RSS runs")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs")
+    parser.add_argument("--precisions", default="float32,bfloat16", help="comma-separated (trunk: float32 only)")
     args = parser.parse_args()
+    import contextlib
+    import io
+
     import keras
-    import tensorflow as tf
+
+    from featx.runtime import auto_precision, describe_device, this_machine
 
     ceiling = sgemm_ceiling()
     print(f"# {time.strftime('%Y-%m-%d')}  {platform.node()}  {platform.processor() or platform.machine()}  "
-          f"{os.cpu_count()} cpus  keras {keras.__version__} ({keras.backend.backend()}) tf {tf.__version__}")
+          f"{os.cpu_count()} cpus  keras {keras.__version__} ({keras.backend.backend()})")
+    auto, why = auto_precision(this_machine())
+    print(f"device: {describe_device()}; precision auto here: {auto} ({why})")
     print(f"numpy sgemm ceiling: {ceiling:.1f} GFLOP/s (2048x2048 float32 matmul)")
     configs = [("trunk", 32, 256, 8192), ("vgg19", 224, 32, 64), ("resnet50", 224, 32, 192)]
     if not args.quick:
         configs += [("vgg19", 224, 16, 64), ("vgg19", 224, 64, 128), ("vgg19", 112, 32, 256),
                     ("vgg19", 64, 64, 1024), ("resnet50", 224, 16, 192), ("resnet50", 224, 64, 256),
                     ("resnet50", 112, 32, 512), ("resnet50", 64, 64, 1024)]  # fmt: skip
-    print(f"{'backbone':<9} {'size':>4} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'GFLOP/s':>8} {'of ceiling':>10}")
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    print(f"{'backbone':<9} {'size':>4} {'batch':>5} {'precision':>9} {'model img/s':>11} {'e2e img/s':>9} "
+          f"{'e2e/model':>9} {'GFLOP/img':>9} {'GFLOP/s':>8} {'of ceiling':>10} {'vs float32':>10}")  # fmt: skip
     for backbone, size, batch, n in [] if args.memory_only else configs:
-        ips, flops = measure(backbone, size, batch, n)
-        gf = ips * flops / 1e9
-        print(f"{backbone:<9} {size:>4} {batch:>5} {ips:>9.1f} {flops / 1e9:>9.3f} {gf:>8.1f} {gf / ceiling:>10.0%}",
-              flush=True)
+        base = None
+        for precision in precisions if backbone != "trunk" else ["float32"]:
+            with contextlib.redirect_stdout(io.StringIO()):  # extract's own lines
+                ips, e2e, flops = measure(backbone, size, batch, n, precision)
+            base = ips if base is None else base
+            gf = ips * flops / 1e9
+            print(f"{backbone:<9} {size:>4} {batch:>5} {precision:>9} {ips:>11.1f} {e2e:>9.1f} {e2e / ips:>9.0%} "
+                  f"{flops / 1e9:>9.3f} {gf:>8.1f} {gf / ceiling:>10.0%} {ips / base:>9.2f}x", flush=True)  # fmt: skip
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    for n in (2000, 8000, 32000):
+    for n in () if args.no_memory else (2000, 8000, 32000):
         print(f"extract_features resnet50@64, {n} images: peak RSS {peak_rss(n):.0f} MiB", flush=True)
 
 

@@ -420,7 +420,7 @@ def test_not_fitted_and_bad_params(data):
         FeatureExtractor("vgg16").fit(X)
     with pytest.raises(ValueError, match="dtype must be one of float32, float16. Received: dtype='int8'"):
         tiny(dtype="int8").fit(X)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer. Received: batch_size=0"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer or 'auto'. Received: batch_size=0"):
         tiny(batch_size=0).fit(X)
     with pytest.raises(ValueError, match="only runs at 32x32"):
         tiny(size=64).fit(X)
