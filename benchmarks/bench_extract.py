@@ -140,6 +140,7 @@ def main() -> None:
     import contextlib
     import io
 
+    import featx  # noqa: F401  (before Keras: its backend's start-up lines stay quiet)
     import keras
 
     from featx.runtime import auto_precision, describe_device, this_machine

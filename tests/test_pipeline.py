@@ -426,7 +426,7 @@ def test_not_fitted_and_bad_params(data):
         tiny(size=64).fit(X)
     from featx import WeightsError
 
-    with pytest.raises(WeightsError, match="weights for trunk must be 'trained' or 'none'"):
+    with pytest.raises(WeightsError, match="weights for trunk must be 'trained', None"):
         FeatureExtractor("trunk", weights="imagenet").fit(X)
 
 
