@@ -140,8 +140,11 @@ def main() -> None:
     import contextlib
     import io
 
+    # isort: off
     import featx  # noqa: F401  (before Keras: its backend's start-up lines stay quiet)
     import keras
+
+    # isort: on
 
     from featx.runtime import auto_precision, describe_device, this_machine
 
