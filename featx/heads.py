@@ -248,8 +248,8 @@ def _calibrated_fit(classifier, X, y, probability: bool):
     return cal.calibrated_classifiers_[0].estimator, cal
 
 
-class _SVMBase(ClassifierMixin, BaseEstimator):
-    """Shared by the SVM heads: standardised input, margins, optional calibrated probabilities."""
+class _OptionalProbability(ClassifierMixin, BaseEstimator):
+    """A head with a ``probability`` parameter gets ``predict_proba`` from its calibrator."""
 
     def _has_probability(self):
         return bool(getattr(self, "probability", False))
@@ -260,7 +260,7 @@ class _SVMBase(ClassifierMixin, BaseEstimator):
         return self.calibrator_.predict_proba(self._transform(X))
 
 
-class RBFSVMClassifier(_SVMBase):
+class RBFSVMClassifier(_OptionalProbability):
     """RBF-kernel SVM that stays usable on tens of thousands of rows.
 
     Up to ``max_exact_samples`` training rows it fits an exact
@@ -348,7 +348,7 @@ class RBFSVMClassifier(_SVMBase):
 RBFSVMClassifier.__doc__ %= _PROBABILITY_DOC
 
 
-class _ScaledLinear(_SVMBase):
+class _ScaledLinear(_OptionalProbability):
     """Standardise, then a linear classifier; the fitted parts end in ``_``."""
 
     def _classifier(self):

@@ -257,7 +257,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                     todo = np.setdiff1d(todo, found, assume_unique=True)
                 if not len(todo):
                     continue
-                feats = self._embed(model, chunk, todo, bar)
+                feats = self._embed(model, chunk, todo, bar, batch)
                 out[start + todo] = feats
                 if store is not None:
                     store.put([digests[i] for i in todo], feats)
@@ -266,7 +266,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                          self.settings_["backbone"], n, hits, n - hits, store.path)  # fmt: skip
         return out
 
-    def _embed(self, model, chunk, todo: np.ndarray, bar) -> np.ndarray:
+    def _embed(self, model, chunk, todo: np.ndarray, bar, batch_size: int) -> np.ndarray:
         """Embeddings of ``chunk[todo]``, in groups of equal image size, at the storage precision."""
         feats = np.empty((len(todo), self.n_features_out_), np.float32)
         if isinstance(chunk, np.ndarray):  # one array: one size
@@ -277,8 +277,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                 by_shape.setdefault(chunk[i].shape, []).append(k)
             groups = [(np.array(ks), np.stack([chunk[todo[k]] for k in ks])) for ks in by_shape.values()]
         for ks, batch in groups:
-            size = resolve_batch_size(self.batch_size, self.spec_)
-            for s, f in embed(model, batch, batch_size=size, progress=bar, adaptive=self.batch_size == "auto"):
+            for s, f in embed(model, batch, batch_size=batch_size, progress=bar, adaptive=self.batch_size == "auto"):
                 # Rounded to the storage dtype, so that a cache hit later returns exactly this.
                 feats[ks[s : s + len(f)]] = f.astype(self.settings_["dtype"]).astype(np.float32)
         return feats
