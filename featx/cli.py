@@ -108,6 +108,27 @@ def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -
                    "natively, else float32; the trunk always float32)")
 
 
+def _shard_size(text: str):
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto. Received: {text!r}") from None
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("on a Dask cluster (pip install 'featx[dask]')")
+    g.add_argument("--cluster", default=None, metavar="local|ADDRESS",
+                   help="embed in shards on Dask workers (and fit heads there): 'local' starts a cluster on this "
+                   "machine (one worker per GPU where there are GPUs), tcp://host:8786 uses a running scheduler. "
+                   "Workers must see --cache-dir at the same path")  # fmt: skip
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="worker processes of --cluster local (default: one per core)")
+    g.add_argument("--shard-size", type=_shard_size, default="auto",
+                   help="images per task (default auto: about 4 shards per worker, 256 to 10,000)")
+
+
 def _spec_settings(args: argparse.Namespace) -> dict:
     """The feature settings given on the command line, by FeatureSpec field name."""
     import dataclasses
@@ -125,7 +146,8 @@ def _spec(args: argparse.Namespace):
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict:
-    return dict(batch_size=args.batch_size, seed=args.seed, cache_dir=args.cache_dir)
+    return dict(batch_size=args.batch_size, seed=args.seed, cache_dir=args.cache_dir, cluster=args.cluster,
+                workers=args.workers, shard_size=args.shard_size)  # fmt: skip
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -252,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--force", action="store_true", help="recompute even if cached")
     p.add_argument("--list", action="store_true", help="list cached feature sets and exit")
+    _add_cluster_args(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("pretrain", help="train the split-CIFAR trunk on the source classes (0-4)")
@@ -268,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="head parameter, e.g. C=0.1 (repeatable)")
     p.add_argument("--tune", action="store_true",
                    help="choose the head's parameters by 3-fold cross-validation on the train split first")
+    _add_cluster_args(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("compare", help="fit every head on every backbone's features; print and save a table")
@@ -283,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p, backbone=None)  # each applies to the backbones that can take it
     p.add_argument("--reports-dir", default="reports", help="where the table and pictures go (default reports/)")
     p.add_argument("--n-jobs", type=_n_jobs, default=2, help="parallel fits of the scikit-learn heads")
+    _add_cluster_args(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", help="classify image files with a fitted head and its backbone")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -103,6 +104,9 @@ def fit_head(
     seed: int = 0,
     cache_dir=None,
     save: bool = True,
+    cluster=None,
+    workers: int | None = None,
+    shard_size: int | str = "auto",
     **settings,
 ) -> tuple[FitResult, Path | None]:
     """Fit one head on cached features (extracting them first when missing) and save it.
@@ -113,6 +117,10 @@ def fit_head(
     first (see :mod:`featx.tune`). Returns the result (accuracy, macro-F1, times, fitted estimator) and the
     path of the saved head: a joblib file holding the estimator and a record
     of the feature cache it was trained on.
+
+    With ``cluster`` (see :func:`featx.extract.extract_features`), the features
+    are extracted in shards on the Dask cluster and the head is fitted on one of
+    its workers, through joblib's dask backend.
     """
     spec = as_spec(spec, **settings)
     params = dict(params or {})
@@ -120,11 +128,14 @@ def fit_head(
         params.setdefault("probability", True)  # `predict` prints a calibrated probability
     estimator = make_head(head, **params)
     _check_tune(head, params, tune)
-    ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
-    fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
-    X_train, y_train, X_test, y_test = fs.load()
-    res = evaluate_head(estimator, X_train, y_train, X_test, y_test, backbone=spec.backbone, head=head,
-                        class_names=fs.class_names, features=spec.describe(), tune=tune)  # fmt: skip
+    _check_cluster(cluster, workers, shard_size)
+    with _cluster(cluster, workers) as client:
+        ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
+        fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir, cluster=client,
+                              shard_size=shard_size)  # fmt: skip
+        X_train, y_train, X_test, y_test = fs.load()
+        [res] = _evaluate([(head, estimator)], (X_train, y_train, X_test, y_test), client, n_jobs=1,
+                          backbone=spec.backbone, class_names=fs.class_names, features=spec.describe(), tune=tune)  # fmt: skip
     path = None
     if save:
         path = head_path(head, spec.backbone, ds.name, ds.task, cache_dir)
@@ -163,6 +174,9 @@ def compare(
     cache_dir=None,
     reports_dir="reports",
     n_jobs: int = 2,
+    cluster=None,
+    workers: int | None = None,
+    shard_size: int | str = "auto",
     **settings,
 ) -> tuple[list[FitResult], dict[str, Path]]:
     """Fit every head on every backbone's cached features; write a table and pictures.
@@ -181,11 +195,13 @@ def compare(
     protocol's (its 800-d flatten output, no mirror) as a reference row, so the
     table shows what the feature settings add. Scikit-learn heads run in
     parallel (``n_jobs`` processes); the Keras head runs in this process.
+    With ``cluster`` (see :func:`featx.extract.extract_features`), features are
+    extracted in shards on the Dask cluster and every head, the Keras one and
+    any parameter search included, is fitted on its workers through joblib's
+    dask backend.
 
     Returns the results, best first, and the paths of the report files.
     """
-    from joblib import Parallel, delayed
-
     specs = specs_for([specs] if isinstance(specs, (str, FeatureSpec)) else specs, **settings)
     if not specs:
         raise SettingsError("No backbones to compare: name at least one, e.g. trunk or vgg19.")
@@ -199,33 +215,68 @@ def compare(
     for h in heads:
         make_head(h, **params.get(h, {}))  # unknown heads and bad parameters fail before any work
         _check_tune(h, params.get(h, {}), tune)
+    _check_cluster(cluster, workers, shard_size)
     Path(reports_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the fits
-    ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
     results: list[FitResult] = []
     feature_sets = []
-    for spec in specs:
-        fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
-        X_train, y_train, X_test, y_test = fs.load()
-        feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info,
-                             "path": str(fs.path), "map": feature_map(X_test, y_test, seed=seed)})  # fmt: skip
-        extract_s = sum(fs.info.get("seconds", {}).values()) or None
-        jobs = [(h, make_head(h, **params.get(h, {}))) for h in heads]
-        keras_jobs = [(h, e) for h, e in jobs if h == "dense"]
-        other = [(h, e) for h, e in jobs if h != "dense"]
-        common = dict(backbone=spec.backbone, class_names=fs.class_names, features=spec.describe(), tune=tune)
-        # Keras keeps its own thread pools: its head runs here, the sklearn heads in worker processes.
-        par = Parallel(n_jobs=min(n_jobs, max(1, len(other))))(
-            delayed(evaluate_head)(e, X_train, y_train, X_test, y_test, head=h, **common) for h, e in other
-        )
-        ker = [evaluate_head(e, X_train, y_train, X_test, y_test, head=h, **common) for h, e in keras_jobs]
-        for r in ker + list(par):
-            if spec in protocol:
-                r.note = " ".join(filter(None, ["reference: split-CIFAR protocol", r.note]))
-            r.extract_seconds = extract_s
-            results.append(r)
+    with _cluster(cluster, workers) as client:
+        ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
+        for spec in specs:
+            fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir, cluster=client,
+                                  shard_size=shard_size)  # fmt: skip
+            X_train, y_train, X_test, y_test = fs.load()
+            feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info,
+                                 "path": str(fs.path), "map": feature_map(X_test, y_test, seed=seed)})  # fmt: skip
+            extract_s = sum(fs.info.get("seconds", {}).values()) or None
+            jobs = [(h, make_head(h, **params.get(h, {}))) for h in heads]
+            for r in _evaluate(jobs, (X_train, y_train, X_test, y_test), client, n_jobs=n_jobs,
+                               backbone=spec.backbone, class_names=fs.class_names, features=spec.describe(),
+                               tune=tune):  # fmt: skip
+                if spec in protocol:
+                    r.note = " ".join(filter(None, ["reference: split-CIFAR protocol", r.note]))
+                r.extract_seconds = extract_s
+                results.append(r)
     results.sort(key=lambda r: (-r.accuracy, -r.macro_f1, r.fit_seconds))
     paths = write_report(results, ds, reports_dir, feature_sets)
     return results, paths
+
+
+def _evaluate(jobs, data, client, *, n_jobs: int, **common) -> list[FitResult]:
+    """:func:`evaluate_head` for each ``(head name, estimator)`` of ``jobs`` on ``data`` (the four arrays).
+
+    On a Dask cluster (``client``), every fit is a task on its workers, through
+    joblib's dask backend. Else the scikit-learn heads run in ``n_jobs``
+    processes and the Keras head here (it keeps thread pools of its own).
+    """
+    from joblib import Parallel, delayed, parallel_config
+
+    if client is not None:
+        with parallel_config(backend="dask", client=client):
+            return list(Parallel(n_jobs=-1)(delayed(evaluate_head)(e, *data, head=h, **common) for h, e in jobs))
+    keras_jobs = [(h, e) for h, e in jobs if h == "dense"]
+    other = [(h, e) for h, e in jobs if h != "dense"]
+    par = Parallel(n_jobs=min(n_jobs, max(1, len(other))))(
+        delayed(evaluate_head)(e, *data, head=h, **common) for h, e in other
+    )
+    return [evaluate_head(e, *data, head=h, **common) for h, e in keras_jobs] + list(par)
+
+
+def _check_cluster(cluster, workers, shard_size) -> None:
+    from .extract import check_run_options
+
+    check_run_options(cluster, workers, shard_size)
+
+
+@contextmanager
+def _cluster(cluster, workers):
+    """A Dask client for ``cluster`` for the length of the block (None without one)."""
+    if cluster is None:
+        yield None
+        return
+    from .cluster import connect
+
+    with connect(cluster, workers) as client:
+        yield client
 
 
 def _check_tune(head: str, params: dict, tune: bool) -> None:

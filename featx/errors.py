@@ -27,3 +27,7 @@ class SettingsError(FeatxError, ValueError):
 
 class HeadError(FeatxError, ValueError):
     """A head name or a head parameter is not valid."""
+
+
+class ClusterError(FeatxError):
+    """A Dask cluster could not be reached, or a task on it failed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import sys
 import time
 
@@ -12,8 +13,9 @@ from tqdm.auto import tqdm
 
 from . import cache
 from .backbones import build_extractor
+from .cluster import is_client
 from .data import Dataset, load_dataset
-from .errors import SettingsError
+from .embed import check_batch_size, embed, resolve_batch_size  # noqa: F401 (embed: featx.extract.embed)
 from .spec import FeatureSpec, as_spec
 
 logger = logging.getLogger(__name__)
@@ -26,12 +28,20 @@ def make_extractor(spec: FeatureSpec, *, seed: int = 0, data=None, cache_dir=Non
     ``weights="trained"``, the trunk trained on ``data``'s source classes is
     loaded, or trained first.
     """
+    settings, trunk_model = extractor_settings(spec, seed=seed, data=data, cache_dir=cache_dir)
+    return build_extractor(spec, seed=seed, trunk_model=trunk_model), settings
+
+
+def extractor_settings(spec: FeatureSpec, *, seed: int = 0, data=None, cache_dir=None):
+    """The cache-key settings of ``spec``, without building its model: ``(settings, trunk_model)``.
+
+    ``trunk_model`` is the trunk classifier whose layers make the trunk's
+    features (None for the other backbones); see :func:`make_extractor`.
+    """
     trunk_model = None
     if spec.backbone == "trunk":
         trunk_model = load_trunk(spec.weights, data=data, seed=seed, cache_dir=cache_dir)
-    wid = spec.weights_identity(seed, trunk_model)
-    model = build_extractor(spec, seed=seed, trunk_model=trunk_model)
-    return model, spec.key_settings(wid)
+    return spec.key_settings(spec.weights_identity(seed, trunk_model)), trunk_model
 
 
 def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None):
@@ -50,74 +60,6 @@ def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None):
     return load_trunk_file(weights)
 
 
-def _padded_batches(X: np.ndarray, start: int, batch_size: int):
-    """``(start, batch, m)``: consecutive slices of ``X`` from ``start``, read into memory and
-    padded to ``batch_size`` rows (``m`` of them real), so compiled backends see one shape."""
-    for s in range(start, len(X), batch_size):
-        batch = np.ascontiguousarray(X[s : s + batch_size])
-        m = len(batch)
-        if m < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - m, *batch.shape[1:]), batch.dtype)])
-        yield s, batch, m
-
-
-def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: str = "embedding",
-          adaptive: bool = False, on_resize=None):  # fmt: skip
-    """Yield ``(start, features)`` for consecutive batches of ``X`` (uint8 images).
-
-    The next batch is read and padded in a background thread while the model runs
-    this one (:func:`featx.overlap.prefetch`). The last batch is padded to
-    ``batch_size`` so that compiled backends see one shape only. ``progress``
-    is a tqdm bar to update, or None. With ``adaptive`` (batch size "auto"), a
-    batch that does not fit in the device's memory is run again at half the
-    size, and so on, saying so; ``on_resize(new_size)`` is called each time,
-    so that later calls can start at the size that fits.
-    """
-    from .overlap import prefetch
-    from .runtime import is_out_of_memory
-
-    start, n = 0, len(X)
-    while start < n:
-        batches = prefetch(_padded_batches(X, start, batch_size))
-        try:
-            for s, batch, m in batches:
-                try:
-                    out = np.asarray(model.predict_on_batch(batch))[:m]
-                except Exception as exc:
-                    if not (adaptive and batch_size > 1 and is_out_of_memory(exc)):
-                        raise
-                    print(f"a batch of {batch_size} images did not fit in device memory: going on with "
-                          f"{batch_size // 2}", file=sys.stderr, flush=True)  # fmt: skip
-                    batch_size //= 2
-                    start = s
-                    if on_resize is not None:
-                        on_resize(batch_size)
-                    break
-                if progress is not None:
-                    progress.update(m)
-                yield s, out
-            else:
-                start = n
-        finally:
-            batches.close()
-
-
-def check_batch_size(batch_size) -> None:
-    """Check the batch size of ``extract_features`` and ``FeatureExtractor``: a positive integer or "auto"."""
-    if batch_size == "auto":
-        return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise SettingsError(f"batch_size must be a positive integer or 'auto'. Received: batch_size={batch_size!r}")
-
-
-def resolve_batch_size(batch_size, spec: FeatureSpec) -> int:
-    """The images per forward pass for ``batch_size`` ("auto": :func:`featx.runtime.auto_batch_size`)."""
-    from .runtime import auto_batch_size
-
-    check_batch_size(batch_size)
-    return auto_batch_size(spec.size) if batch_size == "auto" else int(batch_size)
-
-
 def extract_features(
     spec: FeatureSpec | str | None = None,
     data=None,
@@ -129,6 +71,9 @@ def extract_features(
     force: bool = False,
     progress: bool | None = None,
     lock_timeout: float | None = None,
+    cluster=None,
+    workers: int | None = None,
+    shard_size: int | str = "auto",
     **settings,
 ) -> cache.FeatureSet:
     """Embed the train and test images of a dataset with a frozen backbone, cached in HDF5.
@@ -159,6 +104,17 @@ def extract_features(
     lock_timeout : float, optional
         Seconds to wait for another process extracting the same settings
         (default: wait until it is done).
+    cluster : "local", str or distributed.Client, optional
+        Run on a Dask cluster (:mod:`featx.cluster`): "local" starts one here
+        (``workers`` processes; one per GPU where there are GPUs), an address
+        such as "tcp://host:8786" connects to a running scheduler. The rows are
+        embedded in shards on the workers and assembled into the same file a
+        single process writes (:mod:`featx.shards`). Workers must see
+        ``cache_dir`` at the same path.
+    workers : int, optional
+        Worker processes of ``cluster="local"`` (default: one per core).
+    shard_size : int or "auto", default="auto"
+        Images per Dask task ("auto": about 4 shards per worker, 256 to 10,000).
     **settings
         Feature settings that build the spec or change it: ``weights``,
         ``size``, ``pooling``, ``interpolation``, ``dtype``, ``layers``,
@@ -178,8 +134,16 @@ def extract_features(
 
     spec = as_spec(spec, **settings)
     check_batch_size(batch_size)
+    check_run_options(cluster, workers, shard_size)
+    if cluster is not None and not is_client(cluster):
+        from .cluster import connect
+
+        with connect(cluster, workers) as client:  # before any work: a bad address fails at once
+            return extract_features(spec, data, task, batch_size=batch_size, seed=seed, cache_dir=cache_dir,
+                                    force=force, progress=progress, lock_timeout=lock_timeout, cluster=client,
+                                    shard_size=shard_size)  # fmt: skip
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
-    model, settings = make_extractor(spec, seed=seed, data=ds, cache_dir=cache_dir)
+    settings, trunk_model = extractor_settings(spec, seed=seed, data=ds, cache_dir=cache_dir)
     settings.update(data=ds.name, task=ds.task, data_fingerprint=ds.fingerprint,
                     backend=keras.backend.backend(), format=cache.FORMAT_VERSION)  # fmt: skip
     path = cache.feature_path(settings, cache_dir)
@@ -197,13 +161,53 @@ def extract_features(
             if found is not None:
                 print(f"features already cached: {found.path}", flush=True)
                 return found
-        return _run(model, ds, spec, settings, path, batch_size, progress)
+        if cluster is None:
+            model = build_extractor(spec, seed=seed, trunk_model=trunk_model)
+            return _run(model, ds, spec, settings, path, batch_size, progress)
+        from .config import cache_dir as resolve_cache_dir
+        from .shards import run_sharded, shard_dir
+
+        if force:
+            shutil.rmtree(shard_dir(path), ignore_errors=True)
+        return run_sharded(cluster, ds=ds, spec=spec, settings=settings, path=path, seed=seed,
+                           info=run_info(ds, spec, batch_size, "cluster"), trunk_model=trunk_model,
+                           cache_dir=resolve_cache_dir(cache_dir).resolve(), batch_size=batch_size,
+                           shard_size=shard_size, progress=progress)  # fmt: skip
 
 
-def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size, progress) -> cache.FeatureSet:
+def check_run_options(cluster, workers, shard_size) -> None:
+    """Check the cluster options of a run (without importing dask when there is no cluster)."""
+    if cluster is None and workers is None:
+        return
+    from .cluster import check_cluster
+    from .shards import check_shard_size
+
+    check_cluster(cluster, workers)
+    check_shard_size(shard_size)
+
+
+def run_info(ds: Dataset, spec: FeatureSpec, batch_size, device: str) -> dict:
+    """What a feature file records besides its settings: classes, shapes, spec, device, versions."""
     import h5py
     import keras
     import sklearn
+
+    return {
+        "class_names": list(ds.class_names),
+        "image_shape": list(ds.image_shape),
+        "data_info": ds.info,
+        "batch_size": batch_size,
+        "device": device,
+        "spec": spec.to_dict(),
+        "versions": {"featx": _featx_version(), "keras": keras.__version__, "numpy": np.__version__,
+                     "h5py": h5py.__version__, "scikit-learn": sklearn.__version__,
+                     "python": platform.python_version()},  # fmt: skip
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size, progress) -> cache.FeatureSet:
+    import keras
 
     from .overlap import BackgroundWriter
     from .runtime import describe_device
@@ -214,18 +218,7 @@ def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size
           f"batch {batch_size}{' (auto)' if adaptive else ''}", flush=True)  # fmt: skip
 
     dim = int(model.output.shape[-1])
-    info = {
-        "class_names": list(ds.class_names),
-        "image_shape": list(ds.image_shape),
-        "data_info": ds.info,
-        "batch_size": batch_size,
-        "device": describe_device(),
-        "spec": spec.to_dict(),
-        "versions": {"featx": _featx_version(), "keras": keras.__version__, "numpy": np.__version__,
-                     "h5py": h5py.__version__, "scikit-learn": sklearn.__version__,
-                     "python": platform.python_version()},  # fmt: skip
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    info = run_info(ds, spec, batch_size, describe_device())
     sizes = {"train": len(ds.X_train), "test": len(ds.X_test)}
     fits = [batch_size]  # halved on out-of-memory ("auto"), for the rest of the run
     writer = cache.PartialWriter(path, settings, info, sizes, dim, spec.dtype)

@@ -1,0 +1,169 @@
+"""Dask clusters: start a local one, or connect to a running scheduler.
+
+``cluster`` is a run option of ``extract``, ``fit`` and ``compare``:
+
+- ``"local"`` starts a :class:`distributed.LocalCluster` of worker processes,
+  one thread each (``workers`` of them; by default one per CPU core), or, on a
+  machine with GPUs, one worker per GPU (``dask-cuda``'s ``LocalCUDACluster``
+  when it is installed, else one worker process per GPU with
+  ``CUDA_VISIBLE_DEVICES`` set to it);
+- an address such as ``"tcp://10.0.0.5:8786"`` connects to a running scheduler;
+- a :class:`distributed.Client` is used as it is.
+
+This module imports dask only inside :func:`connect`: featx without a cluster
+never loads it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+
+from .errors import ClusterError, SettingsError
+
+#: Seconds to wait for a scheduler before giving up.
+CONNECT_TIMEOUT = 10
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})/?$")
+_HELP = "Pass 'local', a scheduler address such as tcp://host:8786, or a distributed.Client"
+
+
+def is_client(obj) -> bool:
+    """Whether ``obj`` is a :class:`distributed.Client` (checked without importing dask)."""
+    return any(c.__name__ == "Client" and c.__module__.startswith("distributed") for c in type(obj).__mro__)
+
+
+def check_cluster(cluster, workers=None) -> None:
+    """Check ``cluster`` and ``workers`` without connecting to anything; raises :class:`SettingsError`."""
+    if cluster is None and workers is not None:
+        raise SettingsError("workers is the size of cluster='local': pass cluster='local' (--cluster local) too.")
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise SettingsError(f"workers must be a positive integer. Received: workers={workers!r}")
+        if cluster != "local":
+            raise SettingsError(
+                "workers applies to cluster='local' only: a running cluster has the workers it was started "
+                f"with. Received: cluster={cluster!r}, workers={workers}"
+            )
+    if cluster is None or cluster == "local" or is_client(cluster):
+        return
+    if not isinstance(cluster, str):
+        raise SettingsError(f"cluster must be a string or a distributed.Client. {_HELP}. Received: {cluster!r}")
+    m = _ADDRESS.match(cluster.strip())
+    if m is None or not 0 < int(m.group(2)) < 65536:
+        raise SettingsError(f"Not a Dask scheduler address: {cluster!r}. {_HELP}.")
+
+
+def visible_gpus() -> list[str]:
+    """The NVIDIA GPUs this machine shows (``CUDA_VISIBLE_DEVICES`` when set, else ``nvidia-smi -L``)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, _ in enumerate(x for x in out.splitlines() if x.startswith("GPU "))]
+
+
+def worker_env(n_workers: int) -> dict[str, str]:
+    """Environment of local worker processes: this process's backend and quiet start-up, and the
+    machine's cores shared out so that N workers do not each start a thread per core."""
+    import keras
+
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, n_workers)))
+    return {
+        "KERAS_BACKEND": keras.backend.backend(),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        "TF_NUM_INTRAOP_THREADS": threads,
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": threads,
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",  # JAX workers share a GPU with nothing else
+    }
+
+
+def gpu_cluster(gpus: list[str], **kwargs):
+    """A local cluster of one worker process per GPU, each seeing only its own GPU."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    env = worker_env(len(gpus))
+    env.update(TF_NUM_INTRAOP_THREADS="", OMP_NUM_THREADS="")  # a GPU worker feeds its device; no CPU split
+    env = {k: v for k, v in env.items() if v}
+    workers = {f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "env": {**env, "CUDA_VISIBLE_DEVICES": g},
+                                                     "name": f"gpu-{g}"}} for g in gpus}  # fmt: skip
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=40, **kwargs)
+
+
+def _local_cluster(workers: int | None):
+    import logging
+
+    gpus = visible_gpus()
+    if gpus:
+        gpus = gpus[: workers or len(gpus)]
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            return gpu_cluster(gpus), f"{len(gpus)} GPU workers"
+        return (LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus), threads_per_worker=1, dashboard_address=":0",
+                                 silence_logs=logging.ERROR), f"{len(gpus)} GPU workers (dask-cuda)")  # fmt: skip
+    from distributed import LocalCluster
+
+    n = workers or os.cpu_count() or 1
+    lc = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR, env=worker_env(n))  # fmt: skip
+    return lc, f"{n} CPU worker{'s' if n > 1 else ''}"
+
+
+@contextmanager
+def connect(cluster, workers: int | None = None):
+    """A :class:`distributed.Client` for ``cluster`` (see the module's doc); what this
+    started (a local cluster, a connection) is closed on exit. Prints where the
+    cluster is and its dashboard."""
+    check_cluster(cluster, workers)
+    if is_client(cluster):
+        yield cluster
+        return
+    try:
+        import distributed
+    except ImportError:
+        raise ClusterError("A cluster needs Dask: pip install 'featx[dask]'.") from None
+    if cluster == "local":
+        lc, what = _local_cluster(workers)
+        with lc, distributed.Client(lc) as client:
+            _announce(client, f"local Dask cluster, {what}")
+            yield client
+        return
+    address = cluster.strip().rstrip("/")
+    try:
+        client = distributed.Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(
+            f"No Dask scheduler answered at {address} within {CONNECT_TIMEOUT} s ({exc.__class__.__name__}). "
+            "Check the address and that `dask scheduler` runs there, or use --cluster local."
+        ) from None
+    with client:
+        n = len(client.scheduler_info().get("workers", {}))
+        if n == 0:
+            print(f"the scheduler at {address} has no workers yet: tasks wait for one", file=sys.stderr, flush=True)
+        _announce(client, f"Dask scheduler {address}, {n} worker{'s' if n != 1 else ''}")
+        yield client
+
+
+def _announce(client, what: str) -> None:
+    try:
+        import bokeh  # noqa: F401
+
+        dash = f"dashboard {client.dashboard_link}"
+    except ImportError:
+        dash = "dashboard: pip install bokeh to see one"
+    print(f"{what}; {dash}", flush=True)
+
+
+def n_workers(client) -> int:
+    return max(1, len(client.scheduler_info().get("workers", {})))
