@@ -259,12 +259,13 @@ def feature_names(spec: FeatureSpec, model) -> list[str]:
 
 
 def _load_base(backbone: str, size: int, weights: str, seed: int):
-    import keras
 
     spec = get_backbone(backbone)
     if weights == "none":
-        keras.utils.set_random_seed(seed)
-        return spec.build_base(size, None)
+        from .runtime import seeded_build
+
+        with seeded_build(seed):
+            return spec.build_base(size, None)
     if weights == "imagenet":
         fname = _IMAGENET_FILES[backbone][0]
         try:

@@ -134,8 +134,9 @@ def connect(cluster, workers: int | None = None):
     except ImportError:
         raise ClusterError("A cluster needs Dask: pip install 'featx[dask]'.") from None
     if cluster == "local":
-        lc, what = _local_cluster(workers)
-        with lc, distributed.Client(lc) as client:
+        with _kept_environ():  # dask sets OMP_NUM_THREADS=1 and more in this process to start its workers
+            lc, what = _local_cluster(workers)
+        with lc, distributed.Client(lc) as client, _kept_environ():
             _announce(client, f"local Dask cluster, {what}")
             yield client
         return
@@ -153,6 +154,17 @@ def connect(cluster, workers: int | None = None):
             print(f"the scheduler at {address} has no workers yet: tasks wait for one", file=sys.stderr, flush=True)
         _announce(client, f"Dask scheduler {address}, {n} worker{'s' if n != 1 else ''}")
         yield client
+
+
+@contextmanager
+def _kept_environ():
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for k in set(os.environ) - set(saved):
+            del os.environ[k]
+        os.environ.update(saved)
 
 
 def _announce(client, what: str) -> None:

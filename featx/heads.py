@@ -133,15 +133,17 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         self.scaler_ = StandardScaler().fit(X) if self.standardize else None
         Xs = self._scale(X)
         seed = self.random_state if self.random_state is not None else int(np.random.randint(2**31 - 1))
-        keras.utils.set_random_seed(seed)
-        model = keras.Sequential(
-            [
-                keras.Input(shape=(X.shape[1],)),
-                keras.layers.Dense(self.hidden_units, activation="relu"),
-                keras.layers.Dropout(self.dropout),
-                keras.layers.Dense(len(self.classes_), activation="softmax"),
-            ]
-        )
+        from .runtime import seeded_build
+
+        with seeded_build(seed):
+            model = keras.Sequential(
+                [
+                    keras.Input(shape=(X.shape[1],)),
+                    keras.layers.Dense(self.hidden_units, activation="relu"),
+                    keras.layers.Dropout(self.dropout),
+                    keras.layers.Dense(len(self.classes_), activation="softmax"),
+                ]
+            )
         model.compile(
             optimizer=keras.optimizers.Adam(self.learning_rate),
             loss="sparse_categorical_crossentropy",

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
@@ -224,6 +225,40 @@ def dtype_policy(precision: str):
 
 #: Batch size "auto" on a CPU: past this, larger batches only add memory.
 CPU_BATCH = 32
+
+
+_SEEDED = threading.Lock()
+
+
+@contextlib.contextmanager
+def seeded_build(seed: int):
+    """Build Keras layers reproducibly from ``seed``, also with other threads in the process.
+
+    ``keras.utils.set_random_seed`` seeds Python's global ``random``, from which
+    Keras draws the seed of every initializer not given one. Other threads that
+    use ``random`` meanwhile (a Dask worker's event loop does) would shift those
+    draws and so the weights. Inside this block Keras draws them from a private
+    generator seeded alike: the same weights as in a quiet process, whatever
+    the other threads do. Builds take turns.
+    """
+    import random
+
+    import keras
+
+    try:
+        from keras.src.random import seed_generator as _sg
+    except ImportError:  # another Keras layout: seed as usual
+        _sg = None
+    with _SEEDED:
+        saved = getattr(_sg, "python_random", None)
+        keras.utils.set_random_seed(seed)
+        if saved is not None:
+            _sg.python_random = random.Random(seed)
+        try:
+            yield
+        finally:
+            if saved is not None:
+                _sg.python_random = saved
 
 
 def auto_batch_size(size: int, report: dict | None = None) -> int:

@@ -146,7 +146,7 @@ def _embed_shard(job: dict, split: str, start: int, stop: int, rows) -> dict:
             Xd = f.create_dataset("X", shape=(len(X), dim), dtype=np.dtype(spec.dtype))
             for s, feats in embed(model, X, batch_size=batch, adaptive=adaptive,
                                   on_resize=lambda n: _BATCH.__setitem__(settings_key, n)):  # fmt: skip
-                Xd[s : s + len(feats)] = feats
+                Xd[s : s + len(feats)] = feats.astype(Xd.dtype, copy=False)  # as numpy rounds, like a single process
             f.create_dataset("y", data=np.asarray(y, dtype=np.int64))
             attrs = {"key": job["key"], "split": split, "start": start, "stop": stop, "worker": where(),
                      "host": socket.gethostname(), "device": describe_device(),
@@ -256,14 +256,12 @@ def run_sharded(client, *, ds, spec, settings: dict, path: Path, info: dict, tru
     print(f"{spec.backbone}: {len(shards)} shards of up to {size} images on {workers} worker"
           f"{'s' if workers > 1 else ''}" + (f"; {reused} already done" if reused else ""), flush=True)  # fmt: skip
     t0 = time.perf_counter()
-    [job_future] = client.scatter([job], broadcast=False, hash=False)
     futures = []
     for split, a, b in todo:
-        rows = None
-        if ref is None:
-            X, y = ds.split(split)
-            [rows] = client.scatter([(X[a:b], y[a:b])], hash=False)
-        futures.append(client.submit(embed_shard, job_future, split, a, b, rows, pure=False,
+        # the images travel inside the task (not scattered to one worker), so a lost worker loses nothing
+        X, y = ds.split(split)
+        rows = None if ref is not None else (np.ascontiguousarray(X[a:b]), np.asarray(y[a:b]))
+        futures.append(client.submit(embed_shard, job, split, a, b, rows, pure=False,
                                      key=f"featx-shard-{key}-{split}-{a}-{uuid.uuid4().hex[:6]}"))  # fmt: skip
     ran, devices = 0, set()
     disable = None if progress is None else not progress
@@ -292,7 +290,7 @@ def run_sharded(client, *, ds, spec, settings: dict, path: Path, info: dict, tru
     info = {**info, "device": ", ".join(sorted(devices)) or info.get("device")}
     fs = assemble(path, settings, info, sizes, folder, shards, key, spec.dtype, extra)
     assemble_s = fs.info["seconds"]["assemble"]
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_shards(folder)
     print(f"features cached: {fs.path} (train {sizes['train']}, test {sizes['test']}; {ran} shards run, "
           f"{len(shards) - ran} reused; assembled in {assemble_s:.2f} s)", flush=True)  # fmt: skip
     return fs
@@ -321,6 +319,11 @@ def assemble(path: Path, settings: dict, info: dict, sizes: dict, folder: Path, 
         return writer.finalize({**extra, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     finally:
         writer.close()
+
+
+def remove_shards(folder: Path) -> None:
+    """Delete the shard files once the feature file holds their rows."""
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _trunk_weights(trunk_model):

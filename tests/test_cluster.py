@@ -1,0 +1,334 @@
+"""Scale-out on Dask: a real LocalCluster of 2 worker processes, on the shipped sample or tiny data."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import make_class_folders
+
+distributed = pytest.importorskip("distributed")
+
+from featx import cluster as cluster_mod  # noqa: E402
+from featx import shards as shards_mod  # noqa: E402
+from featx.compare import compare  # noqa: E402
+from featx.data import Dataset, _fingerprint, load_dataset  # noqa: E402
+from featx.errors import ClusterError, SettingsError  # noqa: E402
+from featx.extract import extract_features  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TRUNK = dict(weights="none", progress=False)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with cluster_mod.connect("local", 2) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    # 3 classes x (10 train + 4 test) PNG files: workers load them from the shared cache folder
+    return make_class_folders(tmp_path_factory.mktemp("tiny") / "ds", n_train=10, n_test=4)
+
+
+def subset(n_train: int, n_test: int, task: str = "target") -> Dataset:
+    """A seeded part of the shipped sample, every class in it, as an in-memory Dataset (the driver
+    sends its rows)."""
+    ds = load_dataset("sample", task)
+    rng = np.random.default_rng(0)
+    tr = np.sort(rng.permutation(len(ds.X_train))[:n_train])
+    te = np.sort(rng.permutation(len(ds.X_test))[:n_test])
+    parts = ds.X_train[tr], ds.y_train[tr], ds.X_test[te], ds.y_test[te]
+    return Dataset(f"sample-part-{n_train}-{n_test}", *parts, class_names=ds.class_names, task=task,
+                   fingerprint=_fingerprint(*parts, ds.class_names))  # fmt: skip
+
+
+def assert_same_file(a, b):
+    """A sharded feature file is the single-process one: name, key, settings, layout, rows."""
+    assert a.path.name == b.path.name and a.settings == b.settings
+    for x, y in zip(a.load(), b.load()):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        # workers run one thread each: float32 sums in another order, at most an ulp of float16 storage apart
+        tol = 2e-3 if x.dtype == np.float16 else 1e-5
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
+    with h5py.File(a.path) as fa, h5py.File(b.path) as fb:
+        skip = {"info"}
+        assert {k: v for k, v in fa.attrs.items() if k not in skip} == {k: v for k, v in fb.attrs.items() if k not in skip}
+        for s in ("train", "test"):
+            assert dict(fa[s].attrs) == dict(fb[s].attrs)
+            assert fa[f"{s}/X"].chunks == fb[f"{s}/X"].chunks and fa[f"{s}/X"].maxshape == fb[f"{s}/X"].maxshape
+    ia, ib = dict(a.info), dict(b.info)
+    for k in ("class_names", "image_shape", "spec", "data_info"):
+        assert ia[k] == ib[k]
+
+
+@pytest.mark.parametrize("data", ["folder", "memory"])
+def test_sharded_extract_equals_single_process(client, tiny, tmp_path, data, capsys):
+    ds = load_dataset(tiny) if data == "folder" else subset(90, 30)
+    one = extract_features("trunk", ds, cache_dir=tmp_path / "one", **TRUNK)
+    many = extract_features("trunk", ds, cache_dir=tmp_path / "many", cluster=client, shard_size=8, **TRUNK)
+    assert_same_file(one, many)
+    n = len(ds.X_train) + len(ds.X_test)
+    run = many.info["cluster"]
+    assert run["shards"] == run["shards_run"] == -(-len(ds.X_train) // 8) + -(-len(ds.X_test) // 8)
+    assert run["shards_reused"] == 0 and run["shard_size"] == 8 and run["workers"] == 2
+    assert run["data_from"] == ("workers" if data == "folder" else "driver")
+    assert set(many.info["seconds"]) == {"shards", "assemble"}
+    assert not shards_mod.shard_dir(many.path).exists()  # shards removed once assembled
+    assert n == sum(x.shape[0] for x in many.load()[::2])
+    # a second run finds the complete file, with or without the cluster
+    assert extract_features("trunk", ds, cache_dir=tmp_path / "many", cluster=client, **TRUNK).path == many.path
+    assert "already cached" in capsys.readouterr().out
+
+
+def test_sharded_vgg19_and_float16_storage(client, tiny, tmp_path):
+    kw = dict(weights="none", size=32, dtype="float16", progress=False)
+    one = extract_features("vgg19", tiny, cache_dir=tmp_path / "one", **kw)
+    many = extract_features("vgg19", tiny, cache_dir=tmp_path / "many", cluster=client, shard_size=16, **kw)
+    assert_same_file(one, many)
+    assert many.load()[0].dtype == np.float16
+
+
+def test_killed_worker_mid_run_same_result(client, tmp_path):
+    ds = subset(3000, 600)
+    reference = extract_features("trunk", ds, cache_dir=tmp_path / "one", **TRUNK)
+    out, killed = {}, []
+
+    def run():
+        try:
+            out["fs"] = extract_features("trunk", ds, cache_dir=tmp_path / "many", cluster=client, shard_size=300,
+                                         **TRUNK)  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            out["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.time() + 120
+    while not killed and time.time() < deadline and t.is_alive():
+        busy = [w for w, tasks in client.processing().items() if any("featx-shard" in k for k in tasks)]
+        folder = next((tmp_path / "many" / "features").glob("*.shards"), None)
+        if busy and folder is not None and list(folder.glob("*-*-*.h5")):  # some shards done, one running
+            pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(busy[0])
+        time.sleep(0.05)
+    t.join(300)
+    assert killed, "no worker was busy with a shard to kill"
+    assert "error" not in out, out.get("error")
+    assert_same_file(reference, out["fs"])
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts it
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, featx
+    from featx.extract import extract_features
+    sys.path.insert(0, sys.argv[3])
+    from test_cluster import subset
+    extract_features("trunk", subset(3000, 600), cache_dir=sys.argv[2], cluster=sys.argv[1], shard_size=300,
+                     weights="none", progress=False)
+    """
+)
+
+
+def test_killed_driver_reuses_complete_shards(client, tmp_path):
+    cache_dir = tmp_path / "c"
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, client.scheduler.address, str(cache_dir),
+                             str(ROOT / "tests")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    seen, deadline = [], time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        folder = next((cache_dir / "features").glob("*.shards"), None)
+        seen = sorted(folder.glob("*-*-*.h5")) if folder else []
+        seen = [p for p in seen if ".partial" not in p.name]
+        if len(seen) >= 3:
+            proc.kill()
+            break
+        time.sleep(0.05)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read()[-3000:]
+    assert 3 <= len(seen) < 14 and not list((cache_dir / "features").glob("*-????????????????.h5"))
+    done_before = len([p for p in folder.glob("*-*-*.h5") if ".partial" not in p.name])
+    fs = extract_features("trunk", subset(3000, 600), cache_dir=cache_dir, cluster=client, shard_size=300, **TRUNK)
+    run = fs.info["cluster"]
+    assert run["shards"] == 12 and run["shards_run"] + run["shards_reused"] == 12
+    # every shard complete when the driver died was reused, not run again
+    assert run["shards_reused"] >= done_before >= 3 and run["shards_run"] <= 12 - done_before
+    assert_same_file(extract_features("trunk", subset(3000, 600), cache_dir=tmp_path / "one", **TRUNK), fs)
+
+
+def test_other_settings_never_reuse_shards(client, tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(shards_mod, "remove_shards", lambda folder: None)  # keep A's shard files
+    a = extract_features("trunk", tiny, cache_dir=tmp_path, cluster=client, shard_size=8, **TRUNK)
+    b_kw = dict(TRUNK, grid=2)
+    b_ref = extract_features("trunk", tiny, cache_dir=tmp_path / "ref", **b_kw)
+    folder_b = shards_mod.shard_dir(tmp_path / "features" / b_ref.path.name)
+    folder_b.mkdir(parents=True)
+    copied = 0
+    for p in shards_mod.shard_dir(a.path).glob("*-*-*.h5"):  # A's complete shards under B's names
+        (folder_b / p.name).write_bytes(p.read_bytes())
+        copied += 1
+    assert copied >= 6
+    b = extract_features("trunk", tiny, cache_dir=tmp_path, cluster=client, shard_size=8, **b_kw)
+    assert b.info["cluster"]["shards_reused"] == 0 and b.info["cluster"]["shards_run"] == copied
+    assert_same_file(b_ref, b)
+
+
+def test_compare_on_the_cluster_gives_the_local_table(client, tmp_path):
+    ds = subset(400, 150)
+    kw = dict(heads=["logreg", "svm", "dense"], reference=False, weights="none", params={"dense": {"epochs": 3}})
+    local, _ = compare(["trunk"], data=ds, cache_dir=tmp_path / "a", reports_dir=tmp_path / "ra", **kw)
+    remote, paths = compare(["trunk"], data=ds, cache_dir=tmp_path / "b", reports_dir=tmp_path / "rb",
+                            cluster=client, **kw)  # fmt: skip
+
+    def table(results):
+        return sorted((r.features, r.head, round(r.accuracy, 6), round(r.macro_f1, 6)) for r in results)
+
+    assert table(local) == table(remote) and len(remote) == 3
+    assert paths["html"].exists()
+
+
+def test_heads_are_fitted_on_the_workers(client, tmp_path, monkeypatch):
+    from featx import compare as compare_mod
+
+    where = []
+    real = compare_mod.evaluate_head
+
+    def spy(*a, **k):  # runs where joblib sends it: records the process
+        r = real(*a, **k)
+        r.note = f"pid {os.getpid()}"
+        return r
+
+    monkeypatch.setattr(compare_mod, "evaluate_head", spy)
+    res, _ = compare(["trunk"], ["logreg", "dense"], data=subset(200, 60), reference=False, weights="none",
+                     params={"dense": {"epochs": 2}}, cache_dir=tmp_path, reports_dir=tmp_path / "r", cluster=client)  # fmt: skip
+    worker_pids = set(client.run(os.getpid).values())
+    where = {int(r.note.split()[1]) for r in res}
+    assert where <= worker_pids and os.getpid() not in where
+
+
+def test_worker_that_cannot_see_the_cache_folder(client, tmp_path):
+    folder = tmp_path / "x.shards"
+    folder.mkdir()
+    (folder / shards_mod._PROBE).write_text("another driver's token")
+    job = {"shard_dir": str(folder), "cache_dir": str(tmp_path), "token": "ours", "key": "k"}
+    fut = client.submit(shards_mod.embed_shard, job, "train", 0, 8, pure=False)
+    with pytest.raises(ClusterError, match=r"on worker tcp://.*cannot see the cache folder"):
+        fut.result(timeout=60)
+
+
+def test_worker_that_cannot_build_the_model(client, tiny, tmp_path):
+    # the weights file is on the driver's disk when it names it, gone when the worker builds the model
+    from featx.spec import FeatureSpec
+
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"not weights")
+    spec = FeatureSpec("vgg19", weights=str(weights), size=32)
+    folder = tmp_path / "s.shards"
+    folder.mkdir()
+    (folder / shards_mod._PROBE).write_text("t")
+    job = {"shard_dir": str(folder), "cache_dir": str(tmp_path), "token": "t", "key": "k", "spec": spec.to_dict(),
+           "seed": 0, "batch_size": 8, "trunk_weights": None, "data": None,
+           "settings": {"backend": "tensorflow", "weights": "sha256:..."}}  # fmt: skip
+    weights.unlink()
+    rows = (np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64))
+    t0 = time.time()
+    with pytest.raises(ClusterError, match=r"on worker tcp://\S+ \(.*\): .*w\.weights\.h5"):
+        client.submit(shards_mod.embed_shard, job, "train", 0, 4, rows, pure=False).result(timeout=120)
+    assert time.time() - t0 < 120
+
+
+@pytest.mark.parametrize("bad", ["foo", "tcp://", "tcp://host", "host:99999", "http//x:1", 8786, ["local"]])
+def test_bad_cluster_names(bad):
+    with pytest.raises(SettingsError, match="scheduler address|cluster must be"):
+        cluster_mod.check_cluster(bad)
+
+
+@pytest.mark.parametrize("kw", [dict(workers=2), dict(cluster="tcp://h:8786", workers=2),
+                                dict(cluster="local", workers=0), dict(cluster="local", shard_size=0)])  # fmt: skip
+def test_bad_run_options_fail_before_any_work(kw, tmp_path):
+    with pytest.raises(SettingsError):
+        extract_features("trunk", "no/such/data", cache_dir=tmp_path, **kw)
+
+
+def test_unreachable_scheduler_fails_fast(monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(cluster_mod, "CONNECT_TIMEOUT", 2)
+    t0 = time.time()
+    with pytest.raises(ClusterError, match=f"No Dask scheduler answered at tcp://127.0.0.1:{port} within 2 s"):
+        extract_features("trunk", "no/such/data", cluster=f"tcp://127.0.0.1:{port}")
+    assert time.time() - t0 < 30
+
+
+def test_connect_to_a_scheduler_by_address(client, tiny, tmp_path, capsys):
+    fs = extract_features("trunk", tiny, cache_dir=tmp_path, cluster=client.scheduler.address, **TRUNK)
+    out = capsys.readouterr().out
+    assert f"Dask scheduler {client.scheduler.address}, 2 workers" in out and fs.info["cluster"]["workers"] == 2
+
+
+def test_pipeline_predicts_over_a_dask_array(client, tmp_path):
+    import dask.array as da
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from featx import FeatureExtractor
+    from featx.cache import EmbeddingCache
+
+    ds = subset(300, 120)
+    pipe = make_pipeline(FeatureExtractor("trunk", weights="none", cache_dir=tmp_path, progress=False),
+                         LogisticRegression(max_iter=300))  # fmt: skip
+    pipe.fit(ds.X_train, ds.y_train)
+    images = da.from_array(ds.X_test, chunks=(30, 32, 32, 3))
+    labels = images.map_blocks(pipe.predict, drop_axis=[1, 2, 3], dtype=np.int64)
+    got = labels.compute()  # on the cluster: each worker embeds its blocks
+    np.testing.assert_array_equal(got, pipe.predict(ds.X_test))
+    # the workers wrote their blocks to the shared per-image cache
+    ext = pipe[0]
+    cache = EmbeddingCache(ext.settings_, ext.n_features_out_, cache_dir=tmp_path)
+    assert len(cache) == 300 + 120
+
+
+def test_gpu_workers_each_see_one_gpu():
+    # one worker process per GPU id, each with CUDA_VISIBLE_DEVICES set to it (runs on a CPU too)
+    with cluster_mod.gpu_cluster(["0", "1"]) as lc, distributed.Client(lc) as c:
+        c.wait_for_workers(2, timeout=60)
+        seen = c.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    assert sorted(seen.values()) == ["0", "1"]
+
+
+def test_without_a_cluster_dask_is_never_imported(tiny, tmp_path):
+    code = textwrap.dedent(
+        """
+        import sys
+        from featx.cli import main
+        rc = main(["extract", "--backbone", "trunk", "--weights", "none", "--data", sys.argv[1],
+                   "--cache-dir", sys.argv[2]])
+        print("rc", rc, "dask" in sys.modules, "distributed" in sys.modules)
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(tiny), str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)  # fmt: skip
+    assert res.stdout.strip().splitlines()[-1] == "rc 0 False False", res.stderr[-2000:]
+
+
+def test_cli_cluster_local(tiny, tmp_path):
+    res = subprocess.run([sys.executable, "cli.py", "extract", "--backbone", "trunk", "--weights", "none", "--data",
+                          str(tiny), "--cache-dir", str(tmp_path), "--cluster", "local", "--workers", "1",
+                          "--shard-size", "16"], capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "local Dask cluster, 1 CPU worker; dashboard" in res.stdout
+    assert "3 shards of up to 16 images on 1 worker" in res.stdout
+    [path] = (tmp_path / "features").glob("trunk-*.h5")
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs["info"])["cluster"]["shards_run"] == 3
