@@ -40,6 +40,8 @@ BAD_INPUTS = {
     "n-jobs 0": (["compare", "--n-jobs", "0"], "--n-jobs: must be a positive integer, or -1"),
     "epochs 0": (["pretrain", "--epochs", "0"], "--epochs: must be a positive integer"),
     "size not a number": (["extract", "--size", "big"], "--size: invalid int value"),
+    "shard size 0": (["extract", "--cluster", "local", "--shard-size", "0"], "--shard-size: must be a positive integer or auto"),
+    "workers 0": (["fit", "--cluster", "local", "--workers", "0"], "--workers: must be a positive integer"),
     # unknown names
     "unknown task": (["data", "--task", "all"], "--task: invalid choice: 'all'"),
     "unknown backbone": (["extract", "--backbone", "vit"], "--backbone: invalid choice: 'vit'"),
@@ -52,6 +54,7 @@ BAD_INPUTS = {
     "unknown heads": (["compare", "--heads", "foo"], "Unknown head. Known heads"),
     "unknown layer": (["extract", "--backbone", "trunk", "--layers", "conv9"], "Unknown layer 'conv9' for trunk"),
     "unknown head parameter": (["fit", "--head", "logreg", "--param", "foo=1"], "Unknown parameter 'foo' for head 'logreg'"),
+    "not a scheduler address": (["fit", "--cluster", "my-cluster"], "Not a Dask scheduler address: 'my-cluster'"),
     "named weights of another backbone": (["extract", "--weights", "trained"], "weights for vgg19 must be 'imagenet'"),
     # bad values
     "size too small": (["extract", "--backbone", "trunk", "--size", "16"], "size must be an integer of at least 32"),
@@ -68,6 +71,8 @@ BAD_INPUTS = {
     # conflicting
     "a tuned parameter given by hand": (["fit", "--head", "logreg", "--tune", "--param", "C=1"], "both given and tuned"),
     "same in compare": (["compare", "--heads", "svm", "--tune", "--param", "svm:C=1"], "both given and tuned"),
+    "workers without a cluster": (["compare", "--workers", "4"], "pass cluster='local' (--cluster local) too"),
+    "workers of a running cluster": (["extract", "--cluster", "tcp://h:8786", "--workers", "2"], "cluster='local' only"),
     # paths
     "missing data": (["data", "--data", "/no/such/place"], "Dataset not found"),
     "missing weights file": (["extract", "--weights", "/no/such.weights.h5"], "path of a weights file that exists"),
