@@ -40,7 +40,11 @@ def main() -> None:
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     p.add_argument("--shard-size", default="auto")
     p.add_argument("--repeat", type=int, default=1, help="runs per configuration; the fastest is kept")
+    p.add_argument("--assembly", default=None, metavar="ROWSxDIM",
+                   help="only time the assembly of ROWS rows of DIM float32 from shard files, e.g. 200000x2048")
     args = p.parse_args()
+    if args.assembly:
+        return assembly_rate(*(int(x) for x in args.assembly.lower().split("x")))
 
     # isort: off
     import featx  # noqa: F401  (before Keras: its backend's start-up lines stay quiet)
@@ -100,6 +104,35 @@ def main() -> None:
         extra = (f"{shards:>7} {asm:>11.2f} {asm / wall:>8.1%} {start:>16.1f}" if asm is not None
                  else f"{'':>7} {'':>11} {'':>8} {'':>16}")  # fmt: skip
         print(f"{name:<12} {wall:>8.2f} {n / wall:>8.1f} {single / wall:>8.2f}x {extra}")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def assembly_rate(rows: int, dim: int, shard: int = 10_000) -> None:
+    """Time :func:`featx.shards.assemble` alone: shard files of random float32 in, one feature file out."""
+    import h5py
+
+    from featx import cache, shards
+
+    root = Path(tempfile.mkdtemp(prefix="bench-assembly-"))
+    settings = {"backbone": "bench", "rows": rows, "dim": dim}
+    path = cache.feature_path(settings, root)
+    folder = shards.shard_dir(path)
+    folder.mkdir(parents=True)
+    key = cache.feature_key(settings)
+    sizes = {"train": rows - rows // 6, "test": rows // 6}
+    plan = shards.plan(sizes, shard)
+    rng = np.random.default_rng(0)
+    block = rng.standard_normal((shard, dim), dtype=np.float32)
+    for split, a, b in plan:
+        with h5py.File(shards.shard_path(folder, split, a, b), "w") as f:
+            f["X"], f["y"] = block[: b - a], np.zeros(b - a, np.int64)
+            f.attrs.update(key=key, complete=True)
+    t0 = time.perf_counter()
+    shards.assemble(path, settings, {}, sizes, folder, plan, key, "float32")
+    sec = time.perf_counter() - t0
+    gb = rows * dim * 4 / 1e9
+    print(f"assembly of {rows} rows x {dim} float32 ({gb:.2f} GB) from {len(plan)} shard files: {sec:.2f} s, "
+          f"{gb / sec:.2f} GB/s, {rows / sec:,.0f} rows/s")  # fmt: skip
     shutil.rmtree(root, ignore_errors=True)
 
 
