@@ -219,12 +219,20 @@ def test_trunk_architecture():
 
 
 def test_trunk_is_pretrained_on_source_then_frozen(tmp_path, capsys):
-    from featx.data import load_dataset, make_task
+    from PIL import Image
 
+    from featx.data import load_dataset
+
+    # a small folder of real sample images (every 50th train, 20th test image), so the trunk
+    # trains on its source classes in seconds
     ds = load_dataset("sample")
-    small = type(ds)("sample", ds.X_train[::50], ds.y_train[::50], ds.X_test[::20], ds.y_test[::20],
-                     ds.class_names, "smallsample")
-    fs = extract_features("trunk", make_task(small, "target"), cache_dir=tmp_path, batch_size=16)
+    root = tmp_path / "small"
+    for split, X, y, step in (("train", ds.X_train, ds.y_train, 50), ("test", ds.X_test, ds.y_test, 20)):
+        for i in range(0, len(X), step):
+            path = root / split / ds.class_names[y[i]] / f"{i:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(X[i]).save(path)
+    fs = extract_features("trunk", root, "target", cache_dir=tmp_path, batch_size=16)
     out = capsys.readouterr().out
     assert "training it now" in out and "validation accuracy" in out
     # conv1 and pool max-pooled to 4x4 (16 x 32 + 16 x 16) and the 800-d flatten output
@@ -232,7 +240,7 @@ def test_trunk_is_pretrained_on_source_then_frozen(tmp_path, capsys):
     saved = list((tmp_path / "trunk").glob("*.keras"))
     assert len(saved) == 1 and saved[0].with_suffix(".json").exists()
     # The second use loads the saved trunk instead of training again.
-    extract_features("trunk", make_task(small, "target"), cache_dir=tmp_path, batch_size=16, force=True)
+    extract_features("trunk", root, "target", cache_dir=tmp_path, batch_size=16, force=True)
     assert "training it now" not in capsys.readouterr().out
 
 
