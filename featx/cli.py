@@ -31,7 +31,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _batch_size(text: str):
+def _int_or_auto(text: str):
+    """A positive integer, or "auto" (``--batch-size``, ``--shard-size``)."""
     if text == "auto":
         return text
     try:
@@ -101,20 +102,11 @@ def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -
     p.add_argument("--grid", type=int, default=None, help="cells per side each layer is pooled to (trunk 4, others 1)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's embedding with its mirror image's (default: trunk yes, others no)")
-    p.add_argument("--batch-size", type=_batch_size, default="auto",
+    p.add_argument("--batch-size", type=_int_or_auto, default="auto",
                    help="images per forward pass: a number, or auto (default: 32 on a CPU, by memory on a GPU)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="what the backbone computes in (default auto: bfloat16 where the hardware computes in it "
                    "natively, else float32; the trunk always float32)")
-
-
-def _shard_size(text: str):
-    if text == "auto":
-        return text
-    try:
-        return _positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or auto. Received: {text!r}") from None
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -125,7 +117,7 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
                    "Workers must see --cache-dir at the same path")  # fmt: skip
     g.add_argument("--workers", type=_positive_int, default=None,
                    help="worker processes of --cluster local (default: one per core)")
-    g.add_argument("--shard-size", type=_shard_size, default="auto",
+    g.add_argument("--shard-size", type=_int_or_auto, default="auto",
                    help="images per task (default auto: about 4 shards per worker, 256 to 10,000)")
 
 
