@@ -177,11 +177,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         trunk, trunk_weights = None, None
         with _kept_global_rng():
             if self.spec_.backbone == "trunk":
-                from .trunk import trunk_embedding_layers
+                from .trunk import embedding_weights
 
                 trunk = load_trunk(self.spec_.weights, data=self.trunk_data, seed=seed, cache_dir=self.cache_dir)
-                trunk_weights = [[np.asarray(w) for w in layer.get_weights()]
-                                 for layer in trunk_embedding_layers(trunk)]  # fmt: skip
+                trunk_weights = embedding_weights(trunk)
             wid = self.spec_.weights_identity(seed, trunk)
         self.settings_ = {**self.spec_.key_settings(wid), "backend": keras.backend.backend(),
                           "format": cache.FORMAT_VERSION}  # fmt: skip
@@ -326,11 +325,9 @@ def _build_model(settings: dict, rebuild: dict):
     with _kept_global_rng():
         trunk = None
         if spec.backbone == "trunk":
-            from .trunk import build_trunk_classifier, trunk_embedding_layers
+            from .trunk import trunk_from_weights
 
-            trunk = build_trunk_classifier(5, seed)
-            for layer, w in zip(trunk_embedding_layers(trunk), rebuild["trunk_weights"]):
-                layer.set_weights(w)
+            trunk = trunk_from_weights(rebuild["trunk_weights"], seed)
         elif spec.weights_identity(seed) != settings["weights"]:
             raise WeightsError(
                 f"The weights file '{spec.weights}' changed since this FeatureExtractor was fitted; "

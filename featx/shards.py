@@ -176,11 +176,9 @@ def _model(job: dict, spec):
     if key not in _MODELS:
         trunk = None
         if spec.backbone == "trunk":
-            from .trunk import build_trunk_classifier, trunk_embedding_layers
+            from .trunk import trunk_from_weights
 
-            trunk = build_trunk_classifier(5, job["seed"])
-            for layer, w in zip(trunk_embedding_layers(trunk), job["trunk_weights"]):
-                layer.set_weights(w)
+            trunk = trunk_from_weights(job["trunk_weights"], job["seed"])
         elif spec.weights_identity(job["seed"]) != settings["weights"]:
             raise WeightsError(f"the weights {spec.weights!r} on this worker are not those the driver named "
                                "(another file, or another version of it): give every worker the same file.")  # fmt: skip
@@ -237,6 +235,7 @@ def run_sharded(client, *, ds, spec, settings: dict, path: Path, info: dict, tru
     from distributed.client import FutureCancelledError
 
     from .cluster import n_workers
+    from .trunk import embedding_weights
 
     sizes = {"train": len(ds.X_train), "test": len(ds.X_test)}
     workers = n_workers(client)
@@ -251,7 +250,7 @@ def run_sharded(client, *, ds, spec, settings: dict, path: Path, info: dict, tru
     ref = data_reference(ds, cache_dir, seed)
     job = {"settings": settings, "key": key, "spec": spec.to_dict(), "seed": seed, "batch_size": batch_size,
            "shard_dir": str(folder), "cache_dir": str(cache_dir), "token": token, "data": ref,
-           "trunk_weights": _trunk_weights(trunk_model)}  # fmt: skip
+           "trunk_weights": None if trunk_model is None else embedding_weights(trunk_model)}  # fmt: skip
     reused = len(shards) - len(todo)
     print(f"{spec.backbone}: {len(shards)} shards of up to {size} images on {workers} worker"
           f"{'s' if workers > 1 else ''}" + (f"; {reused} already done" if reused else ""), flush=True)  # fmt: skip
@@ -324,11 +323,3 @@ def assemble(path: Path, settings: dict, info: dict, sizes: dict, folder: Path, 
 def remove_shards(folder: Path) -> None:
     """Delete the shard files once the feature file holds their rows."""
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def _trunk_weights(trunk_model):
-    if trunk_model is None:
-        return None
-    from .trunk import trunk_embedding_layers
-
-    return [layer.get_weights() for layer in trunk_embedding_layers(trunk_model)]

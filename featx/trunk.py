@@ -73,6 +73,22 @@ def trunk_embedding_layers(model) -> list:
     return layers
 
 
+def embedding_weights(model) -> list:
+    """The weights of a trunk classifier's embedding layers, as numpy arrays (small: ~16k floats),
+    so that :func:`trunk_from_weights` rebuilds the same embedding in another process."""
+    import numpy as np
+
+    return [[np.asarray(w) for w in layer.get_weights()] for layer in trunk_embedding_layers(model)]
+
+
+def trunk_from_weights(weights: list, seed: int = 0):
+    """A trunk classifier whose embedding layers hold ``weights`` (from :func:`embedding_weights`)."""
+    model = build_trunk_classifier(5, seed)
+    for layer, w in zip(trunk_embedding_layers(model), weights):
+        layer.set_weights(w)
+    return model
+
+
 def trunk_path(ds: Dataset, seed: int, cache_dir=None) -> Path:
     """Where the trunk trained on ``ds`` (a source task) with ``seed`` is saved."""
     return resolve_cache_dir(cache_dir) / "trunk" / f"trunk-{_slug(ds.name)}-{ds.fingerprint}-seed{seed}.keras"
