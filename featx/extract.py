@@ -210,15 +210,16 @@ def _run(model, ds: Dataset, spec: FeatureSpec, settings: dict, path, batch_size
     import keras
 
     from .overlap import BackgroundWriter
-    from .runtime import describe_device
+    from .runtime import compilation, describe_device
 
     adaptive = batch_size == "auto"
     batch_size = resolve_batch_size(batch_size, spec)
-    print(f"{spec.backbone} on {describe_device()} ({keras.backend.backend()}): precision {spec.precision}, "
-          f"batch {batch_size}{' (auto)' if adaptive else ''}", flush=True)  # fmt: skip
+    compiled = compilation(model)
+    print(f"{spec.backbone} on {describe_device()} ({keras.backend.backend()}, {compiled}): precision "
+          f"{spec.precision}, batch {batch_size}{' (auto)' if adaptive else ''}", flush=True)  # fmt: skip
 
     dim = int(model.output.shape[-1])
-    info = run_info(ds, spec, batch_size, describe_device())
+    info = {**run_info(ds, spec, batch_size, describe_device()), "compiled": compiled}
     sizes = {"train": len(ds.X_train), "test": len(ds.X_test)}
     fits = [batch_size]  # halved on out-of-memory ("auto"), for the rest of the run
     writer = cache.PartialWriter(path, settings, info, sizes, dim, spec.dtype)

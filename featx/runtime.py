@@ -206,6 +206,26 @@ def describe_device(report: dict | None = None) -> str:
     return f"CPU ({' '.join(r.get('cpu_flags') or []) or 'no avx2'})"
 
 
+def compilation(model) -> str:
+    """How the backend runs ``model.predict_on_batch``: "XLA" or "graph" (TensorFlow),
+    "jit" (JAX), "torch.compile" or "eager" (PyTorch).
+
+    featx keeps Keras's own choice (``jit_compile="auto"``): XLA on TensorFlow only where
+    there is a GPU, always jit on JAX, eager on PyTorch. On a CPU, XLA is not worth it for
+    TensorFlow: ``benchmarks/bench_extract.py --compile`` measured it 1.04-1.09x for
+    VGG19/ResNet50 at 224 but 0.9x for the trunk and 0.12x for ResNet50 at 64 (BENCHMARKS.md).
+    """
+    import keras
+
+    jit = bool(getattr(model, "jit_compile", False))
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return "XLA" if jit else "graph"
+    if backend == "torch":
+        return "torch.compile" if jit else "eager"
+    return "jit" if jit else "eager"
+
+
 @contextlib.contextmanager
 def dtype_policy(precision: str):
     """Build Keras layers under ``precision``: float32, or the mixed policy of bfloat16/float16

@@ -114,7 +114,7 @@ def embed_shard(job: dict, split: str, start: int, stop: int, rows=None) -> dict
 
 def _embed_shard(job: dict, split: str, start: int, stop: int, rows) -> dict:
     from .embed import embed, resolve_batch_size
-    from .runtime import describe_device
+    from .runtime import compilation, describe_device
     from .spec import FeatureSpec
 
     folder = Path(job["shard_dir"])
@@ -150,6 +150,7 @@ def _embed_shard(job: dict, split: str, start: int, stop: int, rows) -> dict:
             f.create_dataset("y", data=np.asarray(y, dtype=np.int64))
             attrs = {"key": job["key"], "split": split, "start": start, "stop": stop, "worker": where(),
                      "host": socket.gethostname(), "device": describe_device(),
+                     "compiled": compilation(model),
                      "batch_size": _BATCH.get(settings_key, batch), "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
             f.attrs.update(attrs)
             f.flush()
@@ -262,7 +263,7 @@ def run_sharded(client, *, ds, spec, settings: dict, path: Path, info: dict, tru
         rows = None if ref is not None else (np.ascontiguousarray(X[a:b]), np.asarray(y[a:b]))
         futures.append(client.submit(embed_shard, job, split, a, b, rows, pure=False,
                                      key=f"featx-shard-{key}-{split}-{a}-{uuid.uuid4().hex[:6]}"))  # fmt: skip
-    ran, devices = 0, set()
+    ran, devices, compiled = 0, set(), set()
     disable = None if progress is None else not progress
     try:
         with tqdm(total=sum(b - a for _, a, b in todo), desc=f"{spec.backbone} shards", unit="img",
@@ -280,13 +281,15 @@ def run_sharded(client, *, ds, spec, settings: dict, path: Path, info: dict, tru
                                        "The complete shards are kept; run again to go on.") from None  # fmt: skip
                 ran += not done.get("reused")
                 devices.add(str(done.get("device")))
+                compiled.add(str(done.get("compiled")))
                 bar.update(int(done["stop"]) - int(done["start"]))
     finally:
         client.cancel(futures)
     extra = {"seconds": {"shards": round(time.perf_counter() - t0, 3)},
              "cluster": {"workers": workers, "shard_size": size, "shards": len(shards), "shards_run": ran,
                          "shards_reused": len(shards) - ran, "data_from": "workers" if ref else "driver"}}  # fmt: skip
-    info = {**info, "device": ", ".join(sorted(devices)) or info.get("device")}
+    info = {**info, "device": ", ".join(sorted(devices)) or info.get("device"),
+            "compiled": ", ".join(sorted(compiled - {"None"})) or None}  # fmt: skip
     fs = assemble(path, settings, info, sizes, folder, shards, key, spec.dtype, extra)
     assemble_s = fs.info["seconds"]["assemble"]
     remove_shards(folder)

@@ -68,7 +68,7 @@ def assert_same_file(a, b):
             assert dict(fa[s].attrs) == dict(fb[s].attrs)
             assert fa[f"{s}/X"].chunks == fb[f"{s}/X"].chunks and fa[f"{s}/X"].maxshape == fb[f"{s}/X"].maxshape
     ia, ib = dict(a.info), dict(b.info)
-    for k in ("class_names", "image_shape", "spec", "data_info"):
+    for k in ("class_names", "image_shape", "spec", "data_info", "compiled"):
         assert ia[k] == ib[k]
 
 

@@ -72,7 +72,14 @@ def test_a_batch_that_does_not_fit_is_halved_and_the_run_goes_on(tmp_path, capsy
         pytest.skip("simulates TensorFlow's out-of-memory error")
     tiny = make_class_folders(tmp_path / "ds", n_train=12, n_test=4)
     spec = FeatureSpec("vgg19", weights="none", size=32, layers=["block5_pool"])
-    fresh = extract_features(spec, tiny, cache_dir=tmp_path / "a", batch_size=8).load()
+    first = extract_features(spec, tiny, cache_dir=tmp_path / "a", batch_size=8)
+    fresh = first.load()
+    # Keras's compilation choice on a CPU-only TensorFlow: a graph, not XLA; said and recorded
+    assert first.info["compiled"] == "graph" and "(tensorflow, graph): precision" in capsys.readouterr().out
+    model = build_extractor(spec, seed=0)
+    assert runtime.compilation(model) == "graph"
+    model.jit_compile = True
+    assert runtime.compilation(model) == "XLA"
     real = keras.Model.predict_on_batch
     seen = []
 
