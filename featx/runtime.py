@@ -212,8 +212,8 @@ def compilation(model) -> str:
 
     featx keeps Keras's own choice (``jit_compile="auto"``): XLA on TensorFlow only where
     there is a GPU, always jit on JAX, eager on PyTorch. On a CPU, XLA is not worth it for
-    TensorFlow: ``benchmarks/bench_extract.py --compile`` measured it 1.04-1.09x for
-    VGG19/ResNet50 at 224 but 0.9x for the trunk and 0.12x for ResNet50 at 64 (BENCHMARKS.md).
+    TensorFlow: ``benchmarks/bench_extract.py --compile`` measured it 1.07-1.12x for
+    VGG19/ResNet50 at 224 but 0.86x for the trunk and 0.13x for ResNet50 at 64 (BENCHMARKS.md).
     """
     import keras
 
