@@ -186,6 +186,7 @@ def main() -> None:
     for backbone, size, batch, n in [] if args.memory_only else configs:
         base = None
         for precision in precisions if backbone != "trunk" else ["float32"]:
+            keras_choice, keras_compiled = 1.0, ""  # the row without XLA, run first
             for with_xla in (False, True) if xla else (False,):
                 with contextlib.redirect_stdout(io.StringIO()):  # extract's own lines
                     ips, compiled, e2e, flops = measure(backbone, size, batch, n, precision,

@@ -130,22 +130,24 @@ def extract_features(
     >>> fs = extract_features("vgg19", "sample", weights="none", size=32)  # doctest: +SKIP
     >>> X_train, y_train, X_test, y_test = fs.load()  # doctest: +SKIP
     """
-    import keras
-
     spec = as_spec(spec, **settings)
     check_batch_size(batch_size)
     check_run_options(cluster, workers, shard_size)
     if cluster is not None and not is_client(cluster):
         from .cluster import connect
 
-        with connect(cluster, workers) as client:  # before any work: a bad address fails at once
+        if cluster == "local" and not force:  # a cached result needs no cluster started (5-6 s)
+            data = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
+            found = cache.find_features(_settings(spec, data, seed, cache_dir)[0], cache_dir)
+            if found is not None:
+                print(f"features already cached: {found.path}", flush=True)
+                return found
+        with connect(cluster, workers) as client:  # an address is tried before any work: a bad one fails at once
             return extract_features(spec, data, task, batch_size=batch_size, seed=seed, cache_dir=cache_dir,
                                     force=force, progress=progress, lock_timeout=lock_timeout, cluster=client,
                                     shard_size=shard_size)  # fmt: skip
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
-    settings, trunk_model = extractor_settings(spec, seed=seed, data=ds, cache_dir=cache_dir)
-    settings.update(data=ds.name, task=ds.task, data_fingerprint=ds.fingerprint,
-                    backend=keras.backend.backend(), format=cache.FORMAT_VERSION)  # fmt: skip
+    settings, trunk_model = _settings(spec, ds, seed, cache_dir)
     path = cache.feature_path(settings, cache_dir)
     if not force:
         found = cache.find_features(settings, cache_dir)
@@ -173,6 +175,16 @@ def extract_features(
                            info=run_info(ds, spec, batch_size, "cluster"), trunk_model=trunk_model,
                            cache_dir=resolve_cache_dir(cache_dir).resolve(), batch_size=batch_size,
                            shard_size=shard_size, progress=progress)  # fmt: skip
+
+
+def _settings(spec: FeatureSpec, ds: Dataset, seed: int, cache_dir):
+    """``(settings, trunk_model)``: the cache key of ``spec``'s features of ``ds`` on this backend."""
+    import keras
+
+    settings, trunk_model = extractor_settings(spec, seed=seed, data=ds, cache_dir=cache_dir)
+    settings.update(data=ds.name, task=ds.task, data_fingerprint=ds.fingerprint,
+                    backend=keras.backend.backend(), format=cache.FORMAT_VERSION)  # fmt: skip
+    return settings, trunk_model
 
 
 def check_run_options(cluster, workers, shard_size) -> None:

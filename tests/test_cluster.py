@@ -91,6 +91,19 @@ def test_sharded_extract_equals_single_process(client, tiny, tmp_path, data, cap
     assert "already cached" in capsys.readouterr().out
 
 
+def test_a_cached_result_starts_no_local_cluster(tiny, tmp_path, monkeypatch, capsys):
+    fs = extract_features("trunk", tiny, cache_dir=tmp_path, **TRUNK)
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started for a cached result")
+
+    monkeypatch.setattr(cluster_mod, "connect", no_cluster)
+    again = extract_features("trunk", tiny, cache_dir=tmp_path, cluster="local", workers=2, **TRUNK)
+    assert again.path == fs.path and "features already cached" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="a cluster was started"):  # force: the cluster does the work
+        extract_features("trunk", tiny, cache_dir=tmp_path, cluster="local", force=True, **TRUNK)
+
+
 def test_sharded_vgg19_and_float16_storage(client, tiny, tmp_path):
     kw = dict(weights="none", size=32, dtype="float16", progress=False)
     one = extract_features("vgg19", tiny, cache_dir=tmp_path / "one", **kw)
