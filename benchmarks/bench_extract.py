@@ -60,7 +60,7 @@ def flops_per_image(model) -> float:
 
 def measure(backbone: str, size: int, batch: int, n_images: int, precision: str = "float32",
             n_e2e: int = 0, xla: bool = False):  # fmt: skip
-    """(model-only img/s, how it was compiled, (end-to-end img/s, seconds) or None, FLOP per image).
+    """(model-only img/s, how it was compiled, (end-to-end img/s, seconds, images) or None, FLOP per image).
     ``xla``: run the model with ``jit_compile=True`` (TensorFlow's XLA) instead of Keras's choice."""
     import keras
 
@@ -94,8 +94,9 @@ def measure(backbone: str, size: int, batch: int, n_images: int, precision: str 
     return model_rate, compiled, e2e, flops
 
 
-def end_to_end(spec, batch: int, n: int) -> tuple[float, float]:
-    """(img/s, seconds) of extract_features over n in-memory images (train) + one batch (test), HDF5 out."""
+def end_to_end(spec, batch: int, n: int) -> tuple[float, float, int]:
+    """(img/s, seconds, images) of extract_features over n in-memory images (train) + one batch
+    (test), HDF5 out."""
     import tempfile
 
     from featx import extract
@@ -111,7 +112,7 @@ def end_to_end(spec, batch: int, n: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         extract.extract_features(spec, ds, batch_size=batch, cache_dir=tmp, progress=False)
         total = time.perf_counter() - t0
-        return (n + batch) / total, total
+        return (n + batch) / total, total, n + batch
 
 
 RSS_CHILD = """
@@ -197,8 +198,8 @@ def main() -> None:
                 else:
                     base = ips if base is None else base
                     keras_choice, keras_compiled = ips, compiled
-                    rate, seconds = e2e
-                    extra = seconds - (n * args.e2e_scale + batch) / ips
+                    rate, seconds, images = e2e
+                    extra = seconds - images / ips
                     vs, e2e_cols = f"{ips / base:.2f}x f32", f"{rate:>9.1f} {rate / ips:>9.0%} {extra:>7.1f}"
                 print(f"{backbone:<9} {size:>4} {batch:>5} {precision:>9} {compiled:>8} {ips:>11.1f} {e2e_cols} "
                       f"{flops / 1e9:>9.3f} {gf:>8.1f} {gf / ceiling:>10.0%} {vs:>12}", flush=True)  # fmt: skip
