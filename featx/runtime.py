@@ -67,6 +67,8 @@ class _QuietLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        for finder in [f for f in sys.meta_path if isinstance(f, _QuietFinder)]:
+            sys.meta_path.remove(finder)  # the first import only
         with filtered_native_stderr():
             self._loader.exec_module(module)
             # The CUDA probe of the first device query prints too: do it here, once.
@@ -78,14 +80,21 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 class _QuietFinder(importlib.abc.MetaPathFinder):
-    """Finds ``tensorflow`` once, through the other finders, and wraps its loader."""
+    """Finds ``tensorflow`` through the other finders and wraps its loader, until it is
+    imported. A look-up that imports nothing (``importlib.util.find_spec``, as PyTorch's
+    compiler does for many modules) leaves it in place for the real import."""
+
+    _looking = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self._looking:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
+        self._looking = True  # the other finders, not this one again
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._looking = False
+        if spec is not None and spec.loader is not None and not isinstance(spec.loader, _QuietLoader):
             spec.loader = _QuietLoader(spec.loader)
         return spec
 

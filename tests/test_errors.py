@@ -121,6 +121,10 @@ def test_cli_start_up_prints_featx_output_only():
     code = "import featx, keras; print(float(keras.ops.sum(keras.ops.ones(3))))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert res.returncode == 0 and res.stdout == "3.0\n" and res.stderr == "", res.stderr
+    # a look-up before the import (PyTorch's compiler probes modules so) leaves the import quiet
+    code = "import featx, importlib.util as u; assert u.find_spec('tensorflow'); import tensorflow; print('ok')"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout == "ok\n" and res.stderr == "", res.stderr
 
 
 def test_start_up_filter_keeps_real_errors(capfd):
