@@ -259,7 +259,6 @@ def feature_names(spec: FeatureSpec, model) -> list[str]:
 
 
 def _load_base(backbone: str, size: int, weights: str, seed: int):
-
     spec = get_backbone(backbone)
     if weights == "none":
         from .runtime import seeded_build

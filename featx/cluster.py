@@ -136,11 +136,11 @@ def _local_cluster(workers: int | None):
 
 @contextmanager
 def connect(cluster, workers: int | None = None):
-    """A :class:`distributed.Client` for ``cluster`` (see the module's doc); what this
-    started (a local cluster, a connection) is closed on exit. Prints where the
-    cluster is and its dashboard."""
+    """A :class:`distributed.Client` for ``cluster`` (see the module's doc), or None for
+    no cluster; what this started (a local cluster, a connection) is closed on exit.
+    Prints where the cluster is and its dashboard."""
     check_cluster(cluster, workers)
-    if is_client(cluster):
+    if cluster is None or is_client(cluster):
         yield cluster
         return
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -14,10 +13,11 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.metrics import accuracy_score, f1_score
 
+from .cluster import connect
 from .config import cache_dir as resolve_cache_dir
 from .data import Dataset, load_dataset
 from .errors import CacheError, FeatxError, HeadError, SettingsError
-from .extract import embed, extract_features, make_extractor, resolve_batch_size
+from .extract import check_run_options, embed, extract_features, make_extractor, resolve_batch_size
 from .heads import HEADS, make_head
 from .report import feature_map, write_report
 from .spec import FeatureSpec, as_spec, specs_for
@@ -128,8 +128,8 @@ def fit_head(
         params.setdefault("probability", True)  # `predict` prints a calibrated probability
     estimator = make_head(head, **params)
     _check_tune(head, params, tune)
-    _check_cluster(cluster, workers, shard_size)
-    with _cluster(cluster, workers) as client:
+    check_run_options(cluster, workers, shard_size)
+    with connect(cluster, workers) as client:
         ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
         fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir, cluster=client,
                               shard_size=shard_size)  # fmt: skip
@@ -215,11 +215,11 @@ def compare(
     for h in heads:
         make_head(h, **params.get(h, {}))  # unknown heads and bad parameters fail before any work
         _check_tune(h, params.get(h, {}), tune)
-    _check_cluster(cluster, workers, shard_size)
+    check_run_options(cluster, workers, shard_size)
     Path(reports_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the fits
     results: list[FitResult] = []
     feature_sets = []
-    with _cluster(cluster, workers) as client:
+    with connect(cluster, workers) as client:
         ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
         for spec in specs:
             fs = extract_features(spec, ds, batch_size=batch_size, seed=seed, cache_dir=cache_dir, cluster=client,
@@ -259,24 +259,6 @@ def _evaluate(jobs, data, client, *, n_jobs: int, **common) -> list[FitResult]:
         delayed(evaluate_head)(e, *data, head=h, **common) for h, e in other
     )
     return [evaluate_head(e, *data, head=h, **common) for h, e in keras_jobs] + list(par)
-
-
-def _check_cluster(cluster, workers, shard_size) -> None:
-    from .extract import check_run_options
-
-    check_run_options(cluster, workers, shard_size)
-
-
-@contextmanager
-def _cluster(cluster, workers):
-    """A Dask client for ``cluster`` for the length of the block (None without one)."""
-    if cluster is None:
-        yield None
-        return
-    from .cluster import connect
-
-    with connect(cluster, workers) as client:
-        yield client
 
 
 def _check_tune(head: str, params: dict, tune: bool) -> None:

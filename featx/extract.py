@@ -130,18 +130,12 @@ def extract_features(
     >>> fs = extract_features("vgg19", "sample", weights="none", size=32)  # doctest: +SKIP
     >>> X_train, y_train, X_test, y_test = fs.load()  # doctest: +SKIP
     """
+    from .cluster import connect
+
     spec = as_spec(spec, **settings)
     check_batch_size(batch_size)
     check_run_options(cluster, workers, shard_size)
-    if cluster is not None and not is_client(cluster):
-        from .cluster import connect
-
-        if cluster == "local" and not force:  # a cached result needs no cluster started (5-6 s)
-            data = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
-            found = cache.find_features(_settings(spec, data, seed, cache_dir)[0], cache_dir)
-            if found is not None:
-                print(f"features already cached: {found.path}", flush=True)
-                return found
+    if cluster is not None and cluster != "local" and not is_client(cluster):
         with connect(cluster, workers) as client:  # an address is tried before any work: a bad one fails at once
             return extract_features(spec, data, task, batch_size=batch_size, seed=seed, cache_dir=cache_dir,
                                     force=force, progress=progress, lock_timeout=lock_timeout, cluster=client,
@@ -149,21 +143,16 @@ def extract_features(
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=cache_dir, seed=seed)
     settings, trunk_model = _settings(spec, ds, seed, cache_dir)
     path = cache.feature_path(settings, cache_dir)
-    if not force:
-        found = cache.find_features(settings, cache_dir)
-        if found is not None:
-            print(f"features already cached: {found.path}", flush=True)
-            return found
-    with cache.locked(path, lock_timeout):
+    if not force and (found := _cached(settings, cache_dir)) is not None:
+        return found
+    # "local" starts its cluster only now that there is work (5-6 s)
+    with connect(cluster, workers) as client, cache.locked(path, lock_timeout):
         if force:
             path.unlink(missing_ok=True)
             cache.partial_path(path).unlink(missing_ok=True)
-        else:  # another process may have finished it while we waited
-            found = cache.find_features(settings, cache_dir)
-            if found is not None:
-                print(f"features already cached: {found.path}", flush=True)
-                return found
-        if cluster is None:
+        elif (found := _cached(settings, cache_dir)) is not None:  # another process finished it while we waited
+            return found
+        if client is None:
             model = build_extractor(spec, seed=seed, trunk_model=trunk_model)
             return _run(model, ds, spec, settings, path, batch_size, progress)
         from .config import cache_dir as resolve_cache_dir
@@ -171,10 +160,18 @@ def extract_features(
 
         if force:
             shutil.rmtree(shard_dir(path), ignore_errors=True)
-        return run_sharded(cluster, ds=ds, spec=spec, settings=settings, path=path, seed=seed,
+        return run_sharded(client, ds=ds, spec=spec, settings=settings, path=path, seed=seed,
                            info=run_info(ds, spec, batch_size, "cluster"), trunk_model=trunk_model,
                            cache_dir=resolve_cache_dir(cache_dir).resolve(), batch_size=batch_size,
                            shard_size=shard_size, progress=progress)  # fmt: skip
+
+
+def _cached(settings: dict, cache_dir) -> cache.FeatureSet | None:
+    """The complete feature file of ``settings``, saying so, or None."""
+    found = cache.find_features(settings, cache_dir)
+    if found is not None:
+        print(f"features already cached: {found.path}", flush=True)
+    return found
 
 
 def _settings(spec: FeatureSpec, ds: Dataset, seed: int, cache_dir):

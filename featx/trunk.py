@@ -37,7 +37,6 @@ EMBEDDING_LAYER_NAMES = ("conv1", "conv2", "pool", "conv3", "flatten")
 
 def build_trunk_classifier(n_classes: int = 5, seed: int = 0):
     """The trunk with its training head; takes uint8 32x32 RGB images."""
-
     from .runtime import seeded_build
 
     with seeded_build(seed):
