@@ -64,15 +64,15 @@ def measure(backbone: str, size: int, batch: int, n_images: int, precision: str 
     ``xla``: run the model with ``jit_compile=True`` (TensorFlow's XLA) instead of Keras's choice."""
     import keras
 
-    from featx.backbones import build_extractor
+    from featx.backbones.trunk import build_trunk_classifier, embedding_weights
+    from featx.extractor import build_extractor
     from featx.runtime import compilation
     from featx.spec import FeatureSpec
-    from featx.trunk import build_trunk_classifier
 
     trunk = build_trunk_classifier(5) if backbone == "trunk" else None
     spec = FeatureSpec(backbone, weights="none", size=size, precision=precision)
-    model = build_extractor(spec, trunk_model=trunk)
-    base = model if backbone == "trunk" else model.get_layer(backbone if backbone == "vgg19" else "resnet50")
+    model = build_extractor(spec, state={"trunk_weights": embedding_weights(trunk)} if trunk else None)
+    base = model if backbone == "trunk" else next(la for la in model.layers if isinstance(la, keras.Model))
     if backbone == "trunk":
         flops = flops_per_image(trunk) - 2 * 800 * 128 - 2 * 128 * 5  # embedding layers only
     else:

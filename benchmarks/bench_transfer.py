@@ -42,7 +42,7 @@ def recipe(trunk_path, ds, epochs: int, seed: int) -> tuple[float, float]:
     """The seeds' transfer step on a fresh copy of the trunk: (accuracy, train seconds)."""
     import keras
 
-    from featx.trunk import trunk_embedding_layers
+    from featx.backbones.trunk import trunk_embedding_layers
 
     trunk = keras.saving.load_model(trunk_path)
     keras.utils.set_random_seed(seed)
@@ -73,7 +73,7 @@ def main() -> None:
     from featx.extract import extract_features
     from featx.heads import make_head
     from featx.spec import FeatureSpec
-    from featx.trunk import load_or_train_trunk
+    from featx.backbones.trunk import load_or_train_trunk
 
     ds = load_dataset(args.data, "target", cache_dir=args.cache_dir, seed=args.seed)
     source = load_dataset(args.data, "source", cache_dir=args.cache_dir, seed=args.seed)

@@ -83,30 +83,35 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -> None:
     """The options that make the features: one per field of featx.spec.FeatureSpec."""
-    from .backbones import BACKBONES, INTERPOLATIONS, POOLINGS
+    from .backbones import INTERPOLATIONS, POOLINGS
     from .runtime import PRECISIONS
     from .spec import DTYPES
 
     if backbone is not None:
-        p.add_argument("--backbone", default=backbone, choices=list(BACKBONES), help=f"(default {backbone})")
+        p.add_argument("--backbone", default=backbone, metavar="NAME|PATH",
+                       help=f"trunk, a keras.applications model by lower-case name (`featx backbones` lists them), "
+                       f"or a .keras model file (default {backbone})")  # fmt: skip
     p.add_argument("--weights", default="pretrained",
-                   help="pretrained (default: imagenet for vgg19/resnet50, trained for the trunk), imagenet, "
-                   "trained, none (a random init, seeded by --seed), or a weights file path")  # fmt: skip
-    p.add_argument("--size", type=int, default=None, help="input side after upscaling (default 224; trunk 32)")
+                   help="pretrained (default: imagenet for keras.applications models, trained for the trunk, saved "
+                   "for a model file), imagenet, trained, none (a random init, seeded by --seed), or a weights "
+                   "file path")  # fmt: skip
+    p.add_argument("--size", type=int, default=None,
+                   help="input side after upscaling (default: the backbone's, 224 for most; trunk 32)")
     p.add_argument("--pooling", choices=POOLINGS, default=None, help="default avg (trunk: max)")
     p.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage type of the features")
     p.add_argument("--layers", default=None, metavar="NAME,NAME",
-                   help="layers whose pooled outputs make the embedding (default: the backbone's set; "
-                   "trunk: conv1,pool,flatten; --layers flatten is the split-CIFAR protocol's 800-d embedding)")
+                   help="layers whose pooled outputs make the embedding (default: a pretrained network's last "
+                   "layer; trunk: conv1,pool,flatten; --layers flatten is the split-CIFAR protocol's 800-d "
+                   "embedding; `featx layers --backbone NAME` lists them)")
     p.add_argument("--grid", type=int, default=None, help="cells per side each layer is pooled to (trunk 4, others 1)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's embedding with its mirror image's (default: trunk yes, others no)")
     p.add_argument("--batch-size", type=_int_or_auto, default="auto",
                    help="images per forward pass: a number, or auto (default: 32 on a CPU, by memory on a GPU)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="what the backbone computes in (default auto: bfloat16 where the hardware computes in it "
-                   "natively, else float32; the trunk always float32)")
+                   help="what the backbone computes in (default auto: bfloat16 on GPUs that compute in it natively, "
+                   "float32 on CPUs; the trunk and model files always float32)")
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -137,9 +142,13 @@ def _spec(args: argparse.Namespace):
     return as_spec(args.backbone, **_spec_settings(args))
 
 
-def _run_kwargs(args: argparse.Namespace) -> dict:
-    return dict(batch_size=args.batch_size, seed=args.seed, cache_dir=args.cache_dir, cluster=args.cluster,
-                workers=args.workers, shard_size=args.shard_size)  # fmt: skip
+def _options(args: argparse.Namespace):
+    """The run options given on the command line."""
+    import dataclasses
+
+    from .options import RunOptions
+
+    return RunOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions) if hasattr(args, f.name)})
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -147,7 +156,35 @@ def cmd_extract(args: argparse.Namespace) -> int:
         return cmd_cache(args)
     from .extract import extract_features
 
-    extract_features(_spec(args), args.data, args.task, force=args.force, **_run_kwargs(args))
+    extract_features(_spec(args), args.data, args.task, options=_options(args))
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from .backbones import backbone_names, get_backbone
+
+    rows = []
+    for name in backbone_names():
+        bb = get_backbone(name)
+        row = bb.row()
+        if args.widths:
+            row["width"] = bb.embedding_width()
+        rows.append(row)
+    _print_table(rows)
+    if not args.widths:
+        print("\n(--widths adds the width of each default embedding: it builds every architecture, about a minute)")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .backbones import get_backbone
+
+    bb = get_backbone(args.backbone)
+    default = set(bb.default_layers)
+    print(f"{bb.label}: layers --layers takes, with their outputs at {bb.default_size}x{bb.default_size} "
+          f"(* the default embedding)")  # fmt: skip
+    _print_table([{"layer": name, "output shape": "x".join(str(d) for d in shape), "default": "*" if name in default
+                   else ""} for name, shape in bb.layer_shapes()])  # fmt: skip
     return 0
 
 
@@ -188,10 +225,11 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .compare import fit_head, format_table
+    from .compare import format_table
+    from .fit import fit_head
 
     res, path = fit_head(args.head, _spec(args), args.data, args.task, params=_params(args), tune=args.tune,
-                         **_run_kwargs(args))  # fmt: skip
+                         options=_options(args))  # fmt: skip
     print(format_table([res]))
     print(f"saved {args.head} head to {path}")
     return 0
@@ -214,7 +252,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     results, paths = compare(specs_for(backbones, **_spec_settings(args)), heads, args.data, args.task,
                              params={h: parse_params(v) for h, v in params.items()}, tune=args.tune,
                              reference=args.reference, reports_dir=args.reports_dir, n_jobs=args.n_jobs,
-                             **_run_kwargs(args))  # fmt: skip
+                             options=_options(args))  # fmt: skip
     print()
     print(format_table(results))
     print()
@@ -224,11 +262,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .compare import predict_files
+    from .predict import predict_files
 
     failed = 0
     for i, p in enumerate(predict_files(args.images, args.head, args.backbone, args.data, args.task,
-                                        cache_dir=args.cache_dir)):  # fmt: skip
+                                        options=_options(args))):  # fmt: skip
         if i == 0:
             print(f"file\tclass\t{p.score_name}")
         if p.error:
@@ -304,10 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files with a fitted head and its backbone")
     _add_data_args(p)
-    p.add_argument("--backbone", default="vgg19")
+    p.add_argument("--backbone", default="vgg19", metavar="NAME|PATH")
     p.add_argument("--head", default="logreg")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("backbones", help="list the backbones: name, input size, preprocessing, weights")
+    p.add_argument("--widths", action="store_true", help="also the width of each default embedding (slow)")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("layers", help="list the layers of a backbone that --layers takes, with their output shapes")
+    p.add_argument("--backbone", default="vgg19", metavar="NAME|PATH", help="(default vgg19)")
+    p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("cache", help="list cached feature sets with their settings, sizes and dates")
     p.add_argument("--cache-dir", default=None)

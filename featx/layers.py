@@ -1,6 +1,6 @@
 """The Keras layers featx puts around a frozen backbone.
 
-Preprocessing (uint8 to float, the "caffe" ImageNet preprocessing), pooling a
+Preprocessing (uint8 to float, the ImageNet preprocessing of keras.applications), pooling a
 feature map to a fixed spatial grid, and the horizontal mirror: the batch and
 its mirror image run through the backbone together and their embeddings are
 averaged. Only ``keras`` and ``keras.ops``: they run on every Keras 3 backend.
@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 _LAYERS: dict | None = None
+
+#: The preprocessing modes of keras.applications (see :class:`Preprocess`).
+PREPROCESSING = ("caffe", "tf", "torch", "none")
 
 
 def _register() -> dict:
@@ -26,13 +29,34 @@ def _register() -> dict:
             return ops.cast(x, self.compute_dtype)
 
     @keras.saving.register_keras_serializable(package="featx")
-    class CaffePreprocess(keras.layers.Layer):
-        """VGG/ResNet ``preprocess_input`` ("caffe" mode): RGB to BGR, minus the ImageNet mean."""
+    class Preprocess(keras.layers.Layer):
+        """The ``preprocess_input`` of a ``keras.applications`` model, as a layer (0-255 RGB in).
+
+        ``mode``: "caffe" (RGB to BGR, minus the ImageNet mean; VGG, ResNet), "tf" (to -1..1;
+        Inception, MobileNet, the v2 ResNets), "torch" (to 0-1, minus the ImageNet mean, over its
+        standard deviation; DenseNet), or "none" (the model preprocesses inside).
+        """
+
+        def __init__(self, mode: str = "caffe", **kwargs):
+            super().__init__(**kwargs)
+            if mode not in PREPROCESSING:
+                raise ValueError(f"mode must be one of {', '.join(PREPROCESSING)}. Received: mode={mode!r}")
+            self.mode = mode
 
         def call(self, x):
-            x = ops.flip(x, axis=-1)
-            mean = ops.convert_to_tensor(np.array([103.939, 116.779, 123.68]), dtype=x.dtype)
-            return x - mean
+            if self.mode == "caffe":
+                x = ops.flip(x, axis=-1)
+                return x - ops.convert_to_tensor(np.array([103.939, 116.779, 123.68]), dtype=x.dtype)
+            if self.mode == "tf":
+                return x / 127.5 - 1.0
+            if self.mode == "torch":
+                mean = ops.convert_to_tensor(np.array([0.485, 0.456, 0.406]), dtype=x.dtype)
+                std = ops.convert_to_tensor(np.array([0.229, 0.224, 0.225]), dtype=x.dtype)
+                return (x / 255.0 - mean) / std
+            return x
+
+        def get_config(self):
+            return {**super().get_config(), "mode": self.mode}
 
     @keras.saving.register_keras_serializable(package="featx")
     class WithMirror(keras.layers.Layer):
@@ -91,7 +115,7 @@ def _register() -> dict:
         def get_config(self):
             return {**super().get_config(), "grid": self.grid, "mode": self.mode}
 
-    return {c.__name__: c for c in (ToFloat, CaffePreprocess, WithMirror, MirrorMean, GridPooling)}
+    return {c.__name__: c for c in (ToFloat, Preprocess, WithMirror, MirrorMean, GridPooling)}
 
 
 def featx_layers() -> dict:

@@ -14,13 +14,9 @@ settings, so the clones of a grid search build it once per process.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import random
 import sys
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
@@ -30,19 +26,13 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from . import cache
-from .backbones import build_extractor, feature_names
-from .errors import WeightsError
-from .extract import check_batch_size, embed, load_trunk, resolve_batch_size
+from .embed import check_batch_size, embed, resolve_batch_size
+from .extractor import Extractor
 from .images import decode_image, image_digest
 from .overlap import decode_pool, prefetch
 from .spec import FeatureSpec
 
 logger = logging.getLogger(__name__)
-
-_MODELS: OrderedDict = OrderedDict()  # settings JSON -> live Keras model, most recent last
-_MODELS_LOCK = threading.Lock()
-_MAX_MODELS = 3
-
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):
     """Embed images with a frozen backbone: a scikit-learn transformer.
@@ -53,14 +43,20 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    backbone : {"vgg19", "resnet50", "trunk"}, default="vgg19"
+    backbone : str, path or keras.Model, default="vgg19"
+        "trunk", any ``keras.applications`` model by its lower-case name
+        ("resnet50", "efficientnetv2b0", ...), the path of a ``.keras`` file,
+        or a ``keras.Model`` (saved once into ``cache_dir``'s ``models/``, or
+        the default cache folder, so that clones and pickles rebuild it).
     weights : str, path or None, default="pretrained"
         The same values as everywhere in featx (:class:`~featx.spec.FeatureSpec`):
         "imagenet", None (a random init seeded by ``random_state``) or a weights
         file, as in Keras; "trained" (the trunk, trained on the source classes
-        of ``trunk_data``), "pretrained" (the backbone's own) and "none".
+        of ``trunk_data``), "saved" (a model's own), "pretrained" (the
+        backbone's own) and "none".
     size : int, optional
-        Side the images are resized to inside the model (default 224; the trunk runs at 32).
+        Side the images are resized to inside the model (default: the backbone's, 224 for
+        most; the trunk runs at 32).
     pooling : {"avg", "max", "flatten"}, optional
         How each layer's map is pooled to the grid; "flatten" keeps whole maps.
         Default "avg" (trunk: "max").
@@ -102,6 +98,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         weights' name) plus the Keras backend.
     n_features_out_ : int
         Embedding width.
+    extractor_ : featx.extractor.Extractor
+        The spec resolved (weights identity; the trunk's weights): what rebuilds
+        the model in another process.
     model_ : keras.Model
         The frozen model ``uint8 (n, h, w, 3) -> (n, n_features_out_)``; built
         on first use in each process, never pickled.
@@ -111,16 +110,17 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     >>> import numpy as np
     >>> from featx import FeatureExtractor
     >>> images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    >>> fx = FeatureExtractor("vgg19", weights=None, size=32).fit(images)
+    >>> fx = FeatureExtractor("vgg19", weights=None, size=32, precision="float32").fit(images)
     >>> fx.transform(images).shape
-    (4, 1280)
-    >>> fx.get_feature_names_out()[[0, 256, 768]].tolist()
-    ['vgg19_block3_pool_0', 'vgg19_block4_pool_0', 'vgg19_block5_pool_0']
+    (4, 512)
+    >>> fx = FeatureExtractor("vgg19", weights=None, size=32, layers=["block4_pool", "block5_pool"]).fit(images)
+    >>> fx.get_feature_names_out()[[0, 512]].tolist()
+    ['vgg19_block4_pool_0', 'vgg19_block5_pool_0']
     """
 
     def __init__(
         self,
-        backbone: str = "vgg19",
+        backbone="vgg19",
         *,
         weights="pretrained",
         size: int | None = None,
@@ -154,7 +154,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.progress = progress
 
     def fit(self, X, y=None):
-        """Build the backbone; ``X`` is only checked (the backbone is frozen).
+        """Resolve the backbone and its weights; ``X`` is only checked (the backbone is frozen).
 
         Parameters
         ----------
@@ -165,8 +165,6 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        import keras
-
         _Images(X)
         check_batch_size(self.batch_size)
         self.spec_ = self._make_spec()
@@ -174,45 +172,38 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         seed = (
             int(rs) if isinstance(rs, (int, np.integer)) else int(check_random_state(rs).randint(2**31 - 1))
         )
-        trunk, trunk_weights = None, None
-        with _kept_global_rng():
-            if self.spec_.backbone == "trunk":
-                from .trunk import embedding_weights
-
-                trunk = load_trunk(self.spec_.weights, data=self.trunk_data, seed=seed, cache_dir=self.cache_dir)
-                trunk_weights = embedding_weights(trunk)
-            wid = self.spec_.weights_identity(seed, trunk)
-        self.settings_ = {**self.spec_.key_settings(wid), "backend": keras.backend.backend(),
-                          "format": cache.FORMAT_VERSION}  # fmt: skip
-        self._rebuild = {"spec": self.spec_.to_dict(), "seed": seed, "trunk_weights": trunk_weights}
-        self.n_features_out_ = int(self.model_.output.shape[-1])
+        self.extractor_ = Extractor(self.spec_, seed=seed, data=self.trunk_data, cache_dir=self.cache_dir)
+        self.settings_ = self.extractor_.settings
+        self.n_features_out_ = self.extractor_.dim
         return self
 
     def _make_spec(self) -> FeatureSpec:
-        """The spec of this extractor's parameters."""
+        """The spec of this extractor's parameters (a model object is saved once into the cache folder)."""
+        from .backbones.keras_model import is_keras_model, save_model
+
         names = {f.name for f in dataclasses.fields(FeatureSpec)}
-        return FeatureSpec(**{k: v for k, v in self.get_params().items() if k in names})
+        params = {k: v for k, v in self.get_params().items() if k in names}
+        if is_keras_model(self.backbone):
+            params["backbone"] = str(save_model(self.backbone, self.cache_dir))
+        return FeatureSpec(**params)
 
     @property
     def model_(self):
-        return _model_for(self._current_settings(), self._rebuild)
+        check_is_fitted(self, "extractor_")
+        return self.extractor_.model
 
-    def _current_settings(self) -> dict:
-        """The fitted settings under this process's Keras backend (a pipeline fitted under
-        TensorFlow runs under JAX too, unless its weights were a random init of that backend)."""
-        import keras
-
-        check_is_fitted(self, "settings_")
-        fitted, here = self.settings_["backend"], keras.backend.backend()
-        if fitted == here:
-            return self.settings_
-        if self.settings_["weights"].startswith("random-init"):
-            raise ValueError(
-                f"This FeatureExtractor was fitted under the {fitted} Keras backend with random weights, "
-                f"and this process runs {here}: the same seed gives other weights here. Fit it again "
-                f"in this process, or set KERAS_BACKEND={fitted}."
-            )
-        return {**self.settings_, "backend": here}
+    def __setstate__(self, state):
+        if "_rebuild" in state:  # pickled by an earlier featx: the same extractor, from what it kept
+            state = dict(state)
+            rebuild = state.pop("_rebuild")
+            spec = FeatureSpec.from_dict(rebuild["spec"]) if "spec" in rebuild else FeatureSpec.from_dict(
+                {**state["settings_"], "weights": rebuild["weights"]})  # fmt: skip
+            ex = Extractor.__new__(Extractor)
+            ex.spec, ex.seed, ex.weights_id = spec, int(rebuild["seed"]), state["settings_"]["weights"]
+            ex.state = {"trunk_weights": rebuild["trunk_weights"]} if rebuild.get("trunk_weights") else {}
+            ex.backend = state["settings_"]["backend"]
+            state["extractor_"] = ex
+        self.__dict__.update(state)
 
     def transform(self, X) -> np.ndarray:
         """Embed images.
@@ -229,7 +220,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         -------
         ndarray of shape (n, n_features_out_), float32
         """
-        settings = self._current_settings()
+        check_is_fitted(self, "extractor_")
+        settings = self.extractor_.settings_here()
         images = _Images(X)
         n, dim = len(images), self.n_features_out_
         out = np.empty((n, dim), np.float32)
@@ -238,10 +230,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             if self.cache_dir is None
             else cache.EmbeddingCache(settings, dim, settings["dtype"], self.cache_dir)
         )
-        model = _model_for(settings, self._rebuild)
+        model = self.extractor_.model
         hits = 0
         disable = None if self.progress is None else not self.progress
-        with tqdm(total=n, desc=self.settings_["backbone"], unit="img", disable=disable, file=sys.stderr,
+        with tqdm(total=n, desc=self.spec_.backbone_.label, unit="img", disable=disable, file=sys.stderr,
                   dynamic_ncols=True, leave=False) as bar:  # fmt: skip
             batch = resolve_batch_size(self.batch_size, self.spec_)
             # the next chunk is decoded (on a pool of threads) while this one is embedded
@@ -262,7 +254,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                     store.put([digests[i] for i in todo], feats)
         if store is not None:
             logger.debug("%s embeddings: %d images, %d cache hits, %d misses (%s)",
-                         self.settings_["backbone"], n, hits, n - hits, store.path)  # fmt: skip
+                         self.spec_.backbone_.label, n, hits, n - hits, store.path)  # fmt: skip
         return out
 
     def _embed(self, model, chunk, todo: np.ndarray, bar, batch_size: int) -> np.ndarray:
@@ -284,8 +276,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """``<backbone>_<layer>_<i>`` (``<backbone><i>`` for a backbone's classic embedding, its
         last layer alone); ``input_features`` is ignored (images have no feature names)."""
-        check_is_fitted(self, "settings_")
-        return np.asarray(feature_names(self.spec_, self.model_), dtype=object)
+        check_is_fitted(self, "extractor_")
+        return np.asarray(self.extractor_.feature_names(), dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -294,53 +286,6 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         tags.input_tags.string = True  # lists of image paths
         tags.transformer_tags.preserves_dtype = []  # always float32
         return tags
-
-
-class _kept_global_rng:
-    """Keras's seeding also seeds Python's and NumPy's global generators; restore them after."""
-
-    def __enter__(self):
-        self._py, self._np = random.getstate(), np.random.get_state()
-
-    def __exit__(self, *exc):
-        random.setstate(self._py)
-        np.random.set_state(self._np)
-
-
-def _model_for(settings: dict, rebuild: dict):
-    key = json.dumps(settings, sort_keys=True)
-    with _MODELS_LOCK:
-        if key in _MODELS:
-            _MODELS.move_to_end(key)
-            return _MODELS[key]
-        model = _build_model(settings, rebuild)
-        _MODELS[key] = model
-        while len(_MODELS) > _MAX_MODELS:
-            _MODELS.popitem(last=False)
-        return model
-
-
-def _build_model(settings: dict, rebuild: dict):
-    spec, seed = _rebuild_spec(settings, rebuild), rebuild["seed"]
-    with _kept_global_rng():
-        trunk = None
-        if spec.backbone == "trunk":
-            from .trunk import trunk_from_weights
-
-            trunk = trunk_from_weights(rebuild["trunk_weights"], seed)
-        elif spec.weights_identity(seed) != settings["weights"]:
-            raise WeightsError(
-                f"The weights file '{spec.weights}' changed since this FeatureExtractor was fitted; "
-                "its embeddings would differ. Fit it again."
-            )
-        return build_extractor(spec, seed=seed, trunk_model=trunk)
-
-
-def _rebuild_spec(settings: dict, rebuild: dict) -> FeatureSpec:
-    if "spec" in rebuild:
-        return FeatureSpec.from_dict(rebuild["spec"])
-    # pickled by featx 0.1: the weights' name in rebuild, the other fields in settings
-    return FeatureSpec.from_dict({**settings, "weights": rebuild["weights"]})
 
 
 class _Images:

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import cache
-from .errors import CacheError, ClusterError, FeatxError, SettingsError, WeightsError
+from .errors import CacheError, ClusterError, FeatxError, SettingsError
 
 _PROBE = "driver-token.txt"
 #: Shard size "auto": about this many shards per worker, within these bounds (images).
@@ -82,8 +82,7 @@ def read_shard(path: Path, key: str, rows: int) -> dict | None:
 
 # ---------------------------------------------------------------- on the worker
 
-_MODELS: dict = {}  # settings JSON -> built model, per worker process (the last two)
-_BATCH: dict = {}  # settings JSON -> batch size that fits, once "auto" had to halve
+_BATCH: dict = {}  # feature key -> batch size that fits, once "auto" had to halve
 _DATA: dict = {}  # data reference -> Dataset, per worker process (the last two)
 
 
@@ -113,9 +112,7 @@ def embed_shard(job: dict, split: str, start: int, stop: int, rows=None) -> dict
 
 
 def _embed_shard(job: dict, split: str, start: int, stop: int, rows) -> dict:
-    from .embed import embed, resolve_batch_size
     from .runtime import compilation, describe_device
-    from .spec import FeatureSpec
 
     folder = Path(job["shard_dir"])
     try:
@@ -132,26 +129,26 @@ def _embed_shard(job: dict, split: str, start: int, stop: int, rows) -> dict:
     done = read_shard(out, job["key"], stop - start)
     if done is not None:
         return {**done, "reused": True}
-    spec = FeatureSpec.from_dict(job["spec"])
-    model = _model(job, spec)
+    extractor = job["extractor"]
+    _check_backend(extractor)
+    model = extractor.model
     X, y = rows if rows is not None else _rows(job["data"], split, start, stop)
-    settings_key = json.dumps(job["settings"], sort_keys=True)
-    adaptive = job["batch_size"] == "auto"
-    batch = _BATCH.get(settings_key) or resolve_batch_size(job["batch_size"], spec)
+    settings_key = job["key"]
+    batch = _BATCH.get(settings_key, job["batch_size"])
     t0 = time.perf_counter()
     tmp = out.with_name(f"{out.stem}.{uuid.uuid4().hex[:8]}.partial.h5")
     try:
         with h5py.File(tmp, "w") as f:
             dim = int(model.output.shape[-1])
-            Xd = f.create_dataset("X", shape=(len(X), dim), dtype=np.dtype(spec.dtype))
-            for s, feats in embed(model, X, batch_size=batch, adaptive=adaptive,
-                                  on_resize=lambda n: _BATCH.__setitem__(settings_key, n)):  # fmt: skip
+            Xd = f.create_dataset("X", shape=(len(X), dim), dtype=np.dtype(extractor.spec.dtype))
+            for s, feats in extractor.embed(X, batch_size=batch, adaptive=job["batch_size"] == "auto",
+                                            on_resize=lambda n: _BATCH.__setitem__(settings_key, n)):  # fmt: skip
                 Xd[s : s + len(feats)] = feats.astype(Xd.dtype, copy=False)  # as numpy rounds, like a single process
             f.create_dataset("y", data=np.asarray(y, dtype=np.int64))
             attrs = {"key": job["key"], "split": split, "start": start, "stop": stop, "worker": where(),
                      "host": socket.gethostname(), "device": describe_device(),
                      "compiled": compilation(model),
-                     "batch_size": _BATCH.get(settings_key, batch), "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+                     "batch_size": _BATCH.get(settings_key, job["batch_size"]), "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
             f.attrs.update(attrs)
             f.flush()
             f.attrs["complete"] = True  # after the rows it vouches for
@@ -161,32 +158,15 @@ def _embed_shard(job: dict, split: str, start: int, stop: int, rows) -> dict:
     return {**attrs, "complete": True, "reused": False}
 
 
-def _model(job: dict, spec):
-    """The model for ``job``'s settings, built once per worker process."""
+def _check_backend(extractor) -> None:
+    """The features are keyed on the driver's Keras backend: the workers must run the same."""
     import keras
 
-    from .backbones import build_extractor
-
-    settings = job["settings"]
-    if keras.backend.backend() != settings["backend"]:
+    if keras.backend.backend() != extractor.backend:
         raise SettingsError(
             f"this worker runs the Keras backend {keras.backend.backend()!r}, the driver "
-            f"{settings['backend']!r}: set KERAS_BACKEND={settings['backend']} for the workers too."
+            f"{extractor.backend!r}: set KERAS_BACKEND={extractor.backend} for the workers too."
         )
-    key = json.dumps(settings, sort_keys=True)
-    if key not in _MODELS:
-        trunk = None
-        if spec.backbone == "trunk":
-            from .trunk import trunk_from_weights
-
-            trunk = trunk_from_weights(job["trunk_weights"], job["seed"])
-        elif spec.weights_identity(job["seed"]) != settings["weights"]:
-            raise WeightsError(f"the weights {spec.weights!r} on this worker are not those the driver named "
-                               "(another file, or another version of it): give every worker the same file.")  # fmt: skip
-        while len(_MODELS) >= 2:
-            _MODELS.pop(next(iter(_MODELS)))
-        _MODELS[key] = build_extractor(spec, seed=job["seed"], trunk_model=trunk)
-    return _MODELS[key]
 
 
 def _rows(ref: dict, split: str, start: int, stop: int):
@@ -226,8 +206,8 @@ def data_reference(ds, cache_dir: Path, seed: int) -> dict | None:
     return {"name": name, "task": ds.task, "seed": seed, "cache_dir": str(cache_dir), "fingerprint": ds.fingerprint}
 
 
-def run_sharded(client, *, ds, spec, settings: dict, path: Path, info: dict, trunk_model, seed: int,
-                cache_dir: Path, batch_size, shard_size, progress) -> cache.FeatureSet:  # fmt: skip
+def run_sharded(client, *, ds, extractor, settings: dict, path: Path, info: dict, cache_dir: Path,
+                options) -> cache.FeatureSet:  # fmt: skip
     """Embed ``ds`` on the cluster of ``client`` and assemble the feature file ``path``.
 
     The caller holds the feature file's lock. See the module's doc.
@@ -236,8 +216,8 @@ def run_sharded(client, *, ds, spec, settings: dict, path: Path, info: dict, tru
     from distributed.client import FutureCancelledError
 
     from .cluster import n_workers
-    from .trunk import embedding_weights
 
+    spec, shard_size, seed = extractor.spec, options.shard_size, options.seed
     sizes = {"train": len(ds.X_train), "test": len(ds.X_test)}
     workers = n_workers(client)
     size = auto_shard_size(sum(sizes.values()), workers) if shard_size == "auto" else int(shard_size)
@@ -249,11 +229,11 @@ def run_sharded(client, *, ds, spec, settings: dict, path: Path, info: dict, tru
     shards = plan(sizes, size)
     todo = [s for s in shards if read_shard(shard_path(folder, *s), key, s[2] - s[1]) is None]
     ref = data_reference(ds, cache_dir, seed)
-    job = {"settings": settings, "key": key, "spec": spec.to_dict(), "seed": seed, "batch_size": batch_size,
-           "shard_dir": str(folder), "cache_dir": str(cache_dir), "token": token, "data": ref,
-           "trunk_weights": None if trunk_model is None else embedding_weights(trunk_model)}  # fmt: skip
+    # the extractor travels as its small state (the trunk's weights at most); each worker builds the model once
+    job = {"extractor": extractor, "key": key, "batch_size": options.batch_size, "shard_dir": str(folder),
+           "cache_dir": str(cache_dir), "token": token, "data": ref}  # fmt: skip
     reused = len(shards) - len(todo)
-    print(f"{spec.backbone}: {len(shards)} shards of up to {size} images on {workers} worker"
+    print(f"{spec.backbone_.label}: {len(shards)} shards of up to {size} images on {workers} worker"
           f"{'s' if workers > 1 else ''}" + (f"; {reused} already done" if reused else ""), flush=True)  # fmt: skip
     t0 = time.perf_counter()
     futures = []
@@ -264,9 +244,9 @@ def run_sharded(client, *, ds, spec, settings: dict, path: Path, info: dict, tru
         futures.append(client.submit(embed_shard, job, split, a, b, rows, pure=False,
                                      key=f"featx-shard-{key}-{split}-{a}-{uuid.uuid4().hex[:6]}"))  # fmt: skip
     ran, devices, compiled = 0, set(), set()
-    disable = None if progress is None else not progress
+    disable = None if options.progress is None else not options.progress
     try:
-        with tqdm(total=sum(b - a for _, a, b in todo), desc=f"{spec.backbone} shards", unit="img",
+        with tqdm(total=sum(b - a for _, a, b in todo), desc=f"{spec.backbone_.label} shards", unit="img",
                   disable=disable, file=sys.stderr, dynamic_ncols=True) as bar:  # fmt: skip
             for fut in as_completed(futures):
                 try:

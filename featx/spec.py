@@ -20,15 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import INTERPOLATIONS, POOLINGS, get_backbone, weights_identity
-from .errors import SettingsError, WeightsError
+from .backbones import INTERPOLATIONS, POOLINGS, Backbone, get_backbone
+from .errors import FeatxError, SettingsError
 
 #: Storage types of the features.
 DTYPES = ("float32", "float16")
-
-# Weights each backbone takes by name; anything else must be a file.
-_NAMED_WEIGHTS = {"trunk": ("trained", "none"), "vgg19": ("imagenet", "none"), "resnet50": ("imagenet", "none")}
-
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -40,16 +36,22 @@ class FeatureSpec:
 
     Parameters
     ----------
-    backbone : {"vgg19", "resnet50", "trunk"}, default="vgg19"
+    backbone : str, path or keras.Model, default="vgg19"
+        "trunk", any ``keras.applications`` model by its lower-case name
+        ("resnet50", "efficientnetv2b0", "convnexttiny", ...; see
+        :mod:`featx.backbones`), the path of a ``.keras`` model file, or a
+        ``keras.Model`` (saved once into the cache folder's ``models/``; the
+        spec then names that file).
     weights : str, path or None, default="pretrained"
-        As in Keras: "imagenet" (vgg19/resnet50; downloaded once by Keras),
-        None (a random init, seeded by the caller's ``seed``) or the path of
-        a weights file. featx's own names: "trained" (the trunk's weights,
-        trained by featx on the source classes), "pretrained" (the
-        backbone's own: "imagenet", or "trained" for the trunk) and "none"
-        (None, spelled for the command line).
+        As in Keras: "imagenet" (keras.applications models; downloaded once by
+        Keras), None (a random init, seeded by the caller's ``seed``) or the path
+        of a weights file. featx's own names: "trained" (the trunk's weights,
+        trained by featx on the source classes), "saved" (a model file's own
+        weights), "pretrained" (the backbone's own: "imagenet", "trained" for the
+        trunk, "saved" for a model file) and "none" (None, spelled for the command line).
     size : int, optional
-        Side the images are resized to inside the model (default 224; the trunk runs at 32).
+        Side the images are resized to inside the model (default: the backbone's
+        own, 224 for most; the trunk runs at 32).
     pooling : {"avg", "max", "flatten"}, optional
         How each layer's map is pooled to the grid; "flatten" keeps whole maps.
         Default "avg" (trunk: "max").
@@ -60,34 +62,37 @@ class FeatureSpec:
     layers : sequence of str, optional
         Layers of the backbone whose outputs, each pooled to ``grid`` x ``grid``
         cells (max or avg as ``pooling`` says; "flatten" keeps whole maps),
-        are concatenated into the embedding. Default: the backbone's own set
-        (trunk: conv1, pool, flatten; vgg19: block3/4/5_pool; resnet50: the last
-        block of stages 3, 4 and 5). The backbone's last layer alone
+        are concatenated into the embedding. Default: the backbone's own (trunk:
+        conv1, pool, flatten; a pretrained network: its last layer, the standard
+        linear-probe feature). The backbone's last layer alone
         (``layers=["flatten"]`` for the trunk, the split-CIFAR protocol) is its
         classic embedding.
     grid : int, optional
-        Cells per side each layer's map is pooled to (default: trunk 4, vgg19
-        and resnet50 1, a global pooling).
+        Cells per side each layer's map is pooled to (default: trunk 4, others
+        1, a global pooling).
     flip : bool, optional
         Average each image's embedding with its horizontal mirror image's, both
-        run in the same batch (default: trunk True, vgg19 and resnet50 False).
+        run in the same batch (default: trunk True, others False).
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         What the backbone computes in (Keras's mixed dtype policies: weights stay
         float32), apart from the storage ``dtype``. "auto" is resolved here, by
-        the hardware (:func:`featx.runtime.auto_precision`): bfloat16 on GPUs and
-        CPUs that compute in it natively, float32 otherwise. The trunk always
-        runs in float32: it is bounded by per-batch overhead, not by arithmetic.
+        the hardware (:func:`featx.runtime.auto_precision`): bfloat16 on GPUs that
+        compute in it natively, float32 on every CPU (so that a CPU's features and
+        cache keys are the same on every CPU). The trunk and a user's model
+        always run in float32.
 
     Examples
     --------
     >>> from featx.spec import FeatureSpec
-    >>> spec = FeatureSpec("vgg19", size=64)
-    >>> spec.weights, spec.size, spec.pooling
-    ('imagenet', 64, 'avg')
-    >>> spec == FeatureSpec("vgg19", weights="imagenet", size=64, pooling="avg")
+    >>> spec = FeatureSpec("vgg19", size=64, precision="float32")
+    >>> spec.weights, spec.size, spec.pooling, spec.layers
+    ('imagenet', 64, 'avg', ('block5_pool',))
+    >>> spec == FeatureSpec("vgg19", weights="imagenet", size=64, pooling="avg", precision="float32")
     True
     >>> spec.replace(pooling="max").describe()
-    'vgg19 64px max, imagenet, layers block3_pool+block4_pool+block5_pool'
+    'vgg19 64px max, imagenet'
+    >>> spec.replace(layers=["block4_pool", "block5_pool"]).describe()
+    'vgg19 64px avg, imagenet, layers block4_pool+block5_pool'
     >>> FeatureSpec("trunk").describe()
     'trunk 32px max, trained, layers conv1+pool+flatten, grid 4, flip'
     >>> FeatureSpec("trunk", layers=["flatten"], flip=False).describe()  # the split-CIFAR protocol
@@ -107,13 +112,7 @@ class FeatureSpec:
 
     def __post_init__(self):
         bb = get_backbone(self.backbone)
-        size = bb.default_size if self.size is None else self.size
-        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 32:
-            raise SettingsError(f"size must be an integer of at least 32. Received: size={size!r}")
-        if bb.fixed_size and size != bb.default_size:
-            raise SettingsError(
-                f"The {bb.name} backbone only runs at {bb.default_size}x{bb.default_size}. Received: size={size}"
-            )
+        size = bb.check_size(self.size)
         pooling = bb.default_pooling if self.pooling is None else self.pooling
         if pooling not in POOLINGS:
             raise SettingsError(f"pooling must be one of {', '.join(POOLINGS)}. Received: pooling={pooling!r}")
@@ -122,43 +121,36 @@ class FeatureSpec:
                 f"interpolation must be one of {', '.join(INTERPOLATIONS)}. "
                 f"Received: interpolation={self.interpolation!r}"
             )
-        weights = _check_weights(bb.name, self.weights, bb.default_weights)
+        weights = bb.check_weights(self.weights)
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={self.dtype!r}")
-        layers = _check_layers(bb, self.layers)
+        layers = bb.check_layers(self.layers)
         grid = bb.default_grid if self.grid is None else self.grid
         if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or not 1 <= grid <= 32:
             raise SettingsError(f"grid must be an integer from 1 to 32 (cells per side). Received: grid={grid!r}")
         flip = bb.default_flip if self.flip is None else self.flip
         if not isinstance(flip, (bool, np.bool_)):
             raise SettingsError(f"flip must be True or False. Received: flip={flip!r}")
-        precision = _check_precision(bb.name, self.precision)
+        precision = bb.check_precision(self.precision)
         if all(name in bb.flat_layers for name in layers):
             pooling = "flatten"  # vectors already: nothing to pool
         if pooling == "flatten":
             grid = 1
-        values = {"size": int(size), "pooling": pooling, "weights": weights, "layers": layers, "grid": int(grid),
-                  "flip": bool(flip), "precision": precision}  # fmt: skip
+        values = {"backbone": bb.name, "size": size, "pooling": pooling, "weights": weights, "layers": layers,
+                  "grid": int(grid), "flip": bool(flip), "precision": precision}  # fmt: skip
         for name, value in values.items():
             object.__setattr__(self, name, value)
+
+    @property
+    def backbone_(self) -> Backbone:
+        """The :class:`~featx.backbones.Backbone` of this spec."""
+        return get_backbone(self.backbone)
 
     def replace(self, **changes) -> FeatureSpec:
         """A copy with ``changes`` (checked again). To change the backbone, make a new spec:
         the filled-in defaults of one backbone may not suit another."""
         _check_names(changes)
         return dataclasses.replace(self, **changes)
-
-    def weights_identity(self, seed: int = 0, trunk_model=None) -> str:
-        """A string that changes whenever the weights do: the ImageNet file and its md5, a
-        file's sha256, the seed of a random init, or the hash of a trained trunk's weights
-        (pass the trunk classifier as ``trunk_model``)."""
-        if self.backbone == "trunk":
-            if trunk_model is None:
-                raise ValueError("The trunk's weights identity is the hash of its weights: pass trunk_model.")
-            from .trunk import trunk_weights_id
-
-            return trunk_weights_id(trunk_model)
-        return weights_identity(self.backbone, self.weights, seed)
 
     def key_settings(self, weights_id: str) -> dict:
         """The settings whose hash keys the caches, with ``weights_id`` (see
@@ -170,6 +162,8 @@ class FeatureSpec:
         out = {}
         for f in dataclasses.fields(self):
             value = weights_id if f.name == "weights" else getattr(self, f.name)
+            if f.name == "backbone":
+                value = self.backbone_.key_name
             if "neutral" in f.metadata and value == _neutral(f, self.backbone):
                 continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
@@ -198,82 +192,26 @@ class FeatureSpec:
     @property
     def classic(self) -> bool:
         """Whether this is the backbone's classic embedding: its last layer alone."""
-        return self.layers == (_output_layer(self.backbone),)
+        return self.layers == (self.backbone_.output_layer,)
 
     def describe(self) -> str:
         """One line: backbone, input size, pooling, weights, and what is not at its default."""
         return describe(self.to_dict())
 
 
-def _output_layer(backbone: str) -> str:
-    return get_backbone(backbone).output_layer
+def _output_layer(backbone: str) -> str | None:
+    """The backbone's classic layer (None for one that cannot be looked up here: a model file
+    recorded by a cache, which may lie elsewhere)."""
+    try:
+        return get_backbone(backbone).output_layer
+    except FeatxError:
+        return None
 
 
 def _neutral(f: dataclasses.Field, backbone: str):
     """The value of a later setting that reproduces the features made before it existed."""
     neutral = f.metadata["neutral"]
     return neutral(backbone) if callable(neutral) else neutral
-
-
-def _check_layers(bb, layers) -> tuple[str, ...]:
-    if layers is None:
-        return bb.default_layers
-    if isinstance(layers, str):
-        layers = [p.strip() for p in layers.split(",")]
-    if isinstance(layers, np.ndarray):
-        layers = layers.tolist()
-    if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(n, str) and n for n in layers):
-        raise SettingsError(
-            f"layers must be a non-empty list of layer names of {bb.name} (e.g. {list(bb.default_layers)}). "
-            f"Received: layers={layers!r}"
-        )
-    if len(set(layers)) != len(layers):
-        raise SettingsError(f"layers names a layer twice. Received: layers={list(layers)!r}")
-    known = set(bb.default_layers) | {bb.output_layer}
-    if not set(layers) <= known:
-        names = bb.layer_names()
-        unknown = [n for n in layers if n not in names]
-        if unknown:
-            raise SettingsError(
-                f"Unknown layer {unknown[0]!r} for {bb.name}. Its layers: {', '.join(names)}. "
-                f"Received: layers={list(layers)!r}"
-            )
-    return tuple(layers)
-
-
-def _check_weights(backbone: str, weights, default: str) -> str:
-    if weights is None:
-        return "none"
-    if weights == "pretrained":
-        return default
-    if isinstance(weights, os.PathLike):
-        weights = str(weights)
-    if not isinstance(weights, str):
-        raise SettingsError(f"weights must be a name or a file path. Received: weights={weights!r}")
-    if weights.lower() == "none":
-        return "none"
-    allowed = _NAMED_WEIGHTS[backbone]
-    if weights not in allowed and not Path(weights).expanduser().is_file():
-        raise WeightsError(
-            f"weights for {backbone} must be {allowed[0]!r}, None (a random init; 'none' on the command line), "
-            f"'pretrained' (= {allowed[0]!r}) or the path of a weights file that exists. Received: weights={weights!r}"
-        )
-    return weights
-
-
-def _check_precision(backbone: str, precision) -> str:
-    from .runtime import PRECISIONS, auto_precision, this_machine
-
-    if precision not in PRECISIONS:
-        raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
-    if backbone == "trunk":
-        if precision not in ("auto", "float32"):
-            raise SettingsError(
-                f"The trunk runs in float32 only: it is bounded by per-batch overhead, not arithmetic, so "
-                f"{precision} would change its features without making it faster. Leave precision at auto."
-            )
-        return "float32"
-    return auto_precision(this_machine())[0] if precision == "auto" else precision
 
 
 def _check_names(fields: Mapping) -> None:
@@ -292,7 +230,7 @@ def as_spec(spec: FeatureSpec | str | None = None, **fields) -> FeatureSpec:
 
     >>> as_spec("resnet50", size=64).size
     64
-    >>> as_spec(FeatureSpec("vgg19"), pooling="max").pooling
+    >>> as_spec(FeatureSpec("vgg19", precision="float32"), pooling="max").pooling
     'max'
     """
     _check_names(fields)
@@ -318,8 +256,8 @@ def specs_for(backbones: Iterable[FeatureSpec | str], **fields) -> list[FeatureS
     files) only to the ImageNet backbones. Specs passed as objects are used
     as they are.
 
-    >>> [s.describe() for s in specs_for(["trunk", "vgg19"], weights="none", size=64)]
-    ['trunk 32px max, random init, layers conv1+pool+flatten, grid 4, flip', 'vgg19 64px avg, random init, layers block3_pool+block4_pool+block5_pool']
+    >>> [s.describe() for s in specs_for(["trunk", "vgg19"], weights="none", size=64, precision="float32")]
+    ['trunk 32px max, random init, layers conv1+pool+flatten, grid 4, flip', 'vgg19 64px avg, random init']
     """
     _check_names(fields)
     out = []
@@ -327,19 +265,7 @@ def specs_for(backbones: Iterable[FeatureSpec | str], **fields) -> list[FeatureS
         if isinstance(b, FeatureSpec):
             out.append(b)
             continue
-        bb = get_backbone(b)
-        own = dict(fields)
-        if bb.fixed_size:
-            own.pop("size", None)
-        if bb.name == "trunk":
-            own.pop("precision", None)  # float32 only
-        w = own.get("weights")
-        w = str(w) if isinstance(w, os.PathLike) else w
-        if isinstance(w, str) and w.lower() not in ("none", "pretrained"):
-            named = {n for names in _NAMED_WEIGHTS.values() for n in names}
-            # another backbone's named weights, or a weights file (for the ImageNet backbones)
-            if (w in named and w not in _NAMED_WEIGHTS[bb.name]) or (w not in named and bb.name == "trunk"):
-                own.pop("weights")
+        own = get_backbone(b).settings_for(fields)
         out.append(FeatureSpec(backbone=b, **own))
     return out
 
@@ -369,7 +295,9 @@ def describe(settings: Mapping) -> str:
     ...           "interpolation": "bilinear", "dtype": "float16"})
     'vgg19 224px avg, random init (seed 0), float16'
     """
-    parts = [f"{settings.get('backbone', '?')} {settings.get('size', '?')}px {settings.get('pooling', '?')}"]
+    name = str(settings.get("backbone", "?"))
+    name = Path(name).name if ("/" in name or os.sep in name) else name
+    parts = [f"{name} {settings.get('size', '?')}px {settings.get('pooling', '?')}"]
     if settings.get("weights"):
         parts.append(_weights_label(str(settings["weights"])))
     for f in dataclasses.fields(FeatureSpec):

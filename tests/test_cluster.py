@@ -211,17 +211,17 @@ def test_compare_on_the_cluster_gives_the_local_table(client, tmp_path):
 
 
 def test_heads_are_fitted_on_the_workers(client, tmp_path, monkeypatch):
-    from featx import compare as compare_mod
+    from featx import fit as fit_mod
 
     where = []
-    real = compare_mod.evaluate_head
+    real = fit_mod.evaluate_head
 
     def spy(*a, **k):  # runs where joblib sends it: records the process
         r = real(*a, **k)
         r.note = f"pid {os.getpid()}"
         return r
 
-    monkeypatch.setattr(compare_mod, "evaluate_head", spy)
+    monkeypatch.setattr(fit_mod, "evaluate_head", spy)
     res, _ = compare(["trunk"], ["logreg", "dense"], data=subset(200, 60), reference=False, weights="none",
                      params={"dense": {"epochs": 2}}, cache_dir=tmp_path, reports_dir=tmp_path / "r", cluster=client)  # fmt: skip
     worker_pids = set(client.run(os.getpid).values())

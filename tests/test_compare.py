@@ -7,7 +7,9 @@ import pytest
 from conftest import make_class_folders
 from PIL import Image
 
-from featx.compare import compare, fit_head, predict_files
+from featx.compare import compare
+from featx.fit import fit_head
+from featx.predict import predict_files
 from featx.errors import CacheError
 
 
@@ -64,7 +66,7 @@ def test_predict_images_with_a_bad_file(tiny, tmp_path):
         _, label, proba, err, kind = by_file[str(g)]
         assert err is None and kind == "probability" and label in ("cat", "dog", "eel") and 0 < proba <= 1
     # The training image is predicted as its class by a head that fits its training data.
-    from featx.compare import head_path
+    from featx.fit import head_path
 
     est = joblib.load(head_path("logreg", "vgg19", str(tiny.resolve()), "full", tmp_path))["estimator"]
     assert est.score  # fitted estimator loaded

@@ -208,7 +208,7 @@ def test_cache_with_mismatched_attrs_is_not_reused(tiny, tmp_path, capsys):
 
 
 def test_trunk_architecture():
-    from featx.trunk import build_trunk_classifier
+    from featx.backbones.trunk import build_trunk_classifier
 
     model = build_trunk_classifier(5)
     shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers}

@@ -8,11 +8,12 @@ from conftest import make_class_folders
 from sklearn.model_selection import GridSearchCV
 
 from featx import FeatureExtractor
-from featx.backbones import build_extractor, feature_names
-from featx.compare import compare, fit_head
+from featx.extractor import build_extractor, feature_names
+from featx.compare import compare
+from featx.fit import fit_head
 from featx.extract import extract_features
 from featx.spec import FeatureSpec
-from featx.trunk import build_trunk_classifier
+from featx.backbones.trunk import build_trunk_classifier, embedding_weights
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def trunk():
 
 
 def _embed(spec, trunk, X):
-    model = build_extractor(spec, trunk_model=trunk if spec.backbone == "trunk" else None)
+    state = {"trunk_weights": embedding_weights(trunk)} if spec.backbone == "trunk" else None
+    model = build_extractor(spec, state=state)
     return np.asarray(model.predict_on_batch(X)), model
 
 
@@ -34,7 +36,7 @@ def _classic_trunk(trunk, X):
     """The trunk's embedding as featx 0.1 built it: input scaling through dropout, on float pixels."""
     import keras
 
-    from featx.trunk import trunk_embedding_layers
+    from featx.backbones.trunk import trunk_embedding_layers
 
     inputs = keras.Input((32, 32, 3))
     x = inputs

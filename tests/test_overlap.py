@@ -10,7 +10,7 @@ from conftest import make_class_folders, write_image
 from PIL import Image
 
 from featx import FeatureExtractor
-from featx.backbones import build_extractor
+from featx.extractor import build_extractor
 from featx.errors import DataError
 from featx.extract import embed, extract_features
 from featx.overlap import BackgroundWriter, prefetch

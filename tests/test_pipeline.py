@@ -431,12 +431,12 @@ def test_not_fitted_and_bad_params(data):
 
 
 def test_trunk_trained_on_a_dataset_travels_in_the_pickle(tmp_path, data):
-    import featx.trunk
+    import featx.backbones.trunk
 
     X, _ = data
     folder = make_class_folders(tmp_path / "imgs", classes=("a", "b", "c", "d"), n_train=6, n_test=2)
     fx = FeatureExtractor("trunk", trunk_data=str(folder), cache_dir=tmp_path / "cache", batch_size=8)
-    with mock.patch.object(featx.trunk, "pretrain_trunk", side_effect=featx.trunk.pretrain_trunk) as trained:
+    with mock.patch.object(featx.backbones.trunk, "pretrain_trunk", side_effect=featx.backbones.trunk.pretrain_trunk) as trained:
         fx.fit(X)
         clone(fx).fit(X)  # the second fit loads the saved trunk
     assert trained.call_count == 1 and fx.settings_["weights"].startswith("trunk:sha256=")

@@ -6,7 +6,7 @@ import pytest
 from conftest import make_class_folders
 
 from featx import runtime
-from featx.backbones import build_extractor
+from featx.extractor import build_extractor
 from featx.errors import SettingsError
 from featx.extract import embed, extract_features
 from featx.spec import FeatureSpec
@@ -19,7 +19,7 @@ V100 = {"device": "gpu", "name": "Tesla V100", "compute_capability": (7, 0), "me
 
 @pytest.mark.parametrize(
     "report, precision",
-    [(CPU_PLAIN, "float32"), (CPU_BF16, "bfloat16"), ({"device": "cpu", "cpu_flags": ["amx_bf16"]}, "bfloat16"),
+    [(CPU_PLAIN, "float32"), (CPU_BF16, "float32"), ({"device": "cpu", "cpu_flags": ["amx_bf16"]}, "float32"),
      (H100, "bfloat16"), (V100, "float32"), ({"device": "gpu", "compute_capability": None}, "float32")],
 )  # fmt: skip
 def test_auto_precision_follows_the_hardware_report(report, precision, monkeypatch):
@@ -29,6 +29,15 @@ def test_auto_precision_follows_the_hardware_report(report, precision, monkeypat
     monkeypatch.setattr(runtime, "_REPORT", {**report, "cpu_flags": report.get("cpu_flags", [])})
     assert FeatureSpec("resnet50").precision == precision
     assert FeatureSpec("trunk").precision == "float32"
+
+
+def test_a_cpu_with_native_bfloat16_makes_the_same_default_features_as_one_without(monkeypatch):
+    keys = []
+    for report in (CPU_PLAIN, CPU_BF16):
+        monkeypatch.setattr(runtime, "_REPORT", report)
+        keys.append(FeatureSpec("resnet50", weights="none").key_settings("w"))
+    assert keys[0] == keys[1] and "precision" not in keys[0]  # the caches of one are found on the other
+    assert "--precision bfloat16 is faster here" in runtime.auto_precision(CPU_BF16)[1]
 
 
 def test_auto_batch_size_is_small_on_a_cpu_and_sized_by_gpu_memory():

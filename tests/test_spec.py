@@ -13,7 +13,8 @@ import pytest
 from conftest import make_class_folders
 
 from featx import FeatureExtractor
-from featx.compare import fit_head, predict_files
+from featx.fit import fit_head
+from featx.predict import predict_files
 from featx.data import Dataset
 from featx.errors import WeightsError
 from featx.extract import extract_features
@@ -34,7 +35,7 @@ def test_defaults_are_filled_and_equal_specs_hash_alike():
                                                                                                    "flatten"])
     # the flatten output alone is a vector: nothing to pool, whatever pooling and grid were asked
     assert FeatureSpec("trunk", layers=["flatten"], pooling="avg", grid=8) == FeatureSpec("trunk", layers=["flatten"])
-    assert (a.layers, a.grid, a.flip) == (("block3_pool", "block4_pool", "block5_pool"), 1, False)
+    assert (a.layers, a.grid, a.flip) == (("block5_pool",), 1, False)  # the linear-probe feature
     assert FeatureSpec("resnet50", weights="pretrained") == FeatureSpec("resnet50", weights="imagenet")
     assert FeatureSpec("resnet50", weights=None) == FeatureSpec("resnet50", weights="none")  # Keras's None
     assert FeatureSpec("vgg19", weights="None").weights == "none"
@@ -45,13 +46,15 @@ def test_defaults_are_filled_and_equal_specs_hash_alike():
 @pytest.mark.parametrize(
     "kw, error, match",
     [
-        (dict(backbone="alexnet"), ValueError, "Known backbones: trunk, vgg19, resnet50. Received: backbone='alexnet'"),
+        (dict(backbone="alexnet"), ValueError, "Unknown backbone. Known: trunk, convnextbase"),
+        (dict(backbone="VGG19"), ValueError, "Unknown backbone (names are lower case: 'vgg19')"),
+        (dict(backbone="/no/such/model.keras"), ValueError, "No Keras model file at '/no/such/model.keras'"),
         (dict(size=16), ValueError, "size must be an integer of at least 32. Received: size=16"),
         (dict(size=64.0), ValueError, "size must be an integer"),
         (dict(size=True), ValueError, "size must be an integer"),
         (dict(backbone="trunk", size=64), ValueError, "only runs at 32x32. Received: size=64"),
         (dict(pooling="mean"), ValueError, "pooling must be one of avg, max, flatten. Received: pooling='mean'"),
-        (dict(backbone="trunk", layers=["conv9"]), ValueError, "Unknown layer 'conv9' for trunk. Its layers: conv1, conv2, pool, conv3, flatten. Received: layers=['conv9']"),
+        (dict(backbone="trunk", layers=["conv9"]), ValueError, "Unknown layer 'conv9' for trunk. Its layers: conv1, conv2, pool, conv3, flatten (`python cli.py layers --backbone trunk` lists them"),
         (dict(layers=["block1_conv1", "block9_pool"]), ValueError, "Unknown layer 'block9_pool' for vgg19. Its layers: block1_conv1, block1_conv2"),
         (dict(layers=[]), ValueError, "layers must be a non-empty list of layer names of vgg19"),
         (dict(layers=["block5_pool", "block5_pool"]), ValueError, "layers names a layer twice"),
@@ -104,8 +107,8 @@ def test_specs_for_applies_each_setting_where_it_fits(tmp_path):
     assert trunk.weights == "trained" and vgg.weights == "imagenet"
     own = FeatureSpec("resnet50", size=96)
     assert specs_for([own, "vgg19"], size=64) == [own, FeatureSpec("vgg19", size=64)]
-    with pytest.raises(ValueError, match="Known backbones"):
-        specs_for(["vgg16"])
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        specs_for(["alexnet"])
 
 
 def test_round_trip_and_description(tmp_path):
@@ -113,7 +116,7 @@ def test_round_trip_and_description(tmp_path):
                        layers=["conv5_block3_out"])  # fmt: skip
     assert FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert spec.describe() == "resnet50 64px avg, random init, interpolation nearest, float16"
-    recorded = spec.key_settings(spec.weights_identity(seed=3))
+    recorded = spec.key_settings(spec.backbone_.resolve(spec, seed=3)[1])
     assert describe(recorded) == "resnet50 64px avg, random init (seed 3), interpolation nearest, float16"
     trunk = FeatureSpec("trunk", grid=2)
     assert FeatureSpec.from_dict(json.loads(json.dumps(trunk.to_dict()))) == trunk
@@ -130,9 +133,7 @@ def test_key_settings_are_the_settings_featx_0_1_hashed():
     spec = FeatureSpec("vgg19", weights="none", size=32, dtype="float16", layers=["block5_pool"])
     old = {"backbone": "vgg19", "weights": "random-init-seed0", "size": 32, "interpolation": "bilinear",
            "pooling": "avg", "dtype": "float16"}  # fmt: skip
-    assert spec.key_settings(spec.weights_identity(0)) == old
-    with pytest.raises(ValueError, match="pass trunk_model"):
-        FeatureSpec("trunk").weights_identity(0)
+    assert spec.key_settings(spec.backbone_.resolve(spec, seed=0)[1]) == old
 
 
 def test_a_later_setting_enters_the_key_only_away_from_its_neutral_value():
@@ -181,7 +182,8 @@ def test_per_image_embeddings_written_before_the_spec_are_still_found(legacy_cac
     with mock.patch.object(fx.model_, "predict_on_batch", side_effect=fx.model_.predict_on_batch) as calls:
         Z = fx.transform(X)
     assert calls.call_count == 0 and Z.shape == (6, 512)
-    assert np.array_equal(Z, FeatureExtractor("vgg19", **classic).fit(X).transform(X))
+    # made on another machine: equal to this one's up to a float16 rounding of the last bit
+    np.testing.assert_allclose(Z, FeatureExtractor("vgg19", **classic).fit(X).transform(X), rtol=1e-3, atol=2e-5)
 
 
 def test_entry_points_take_a_spec_or_its_settings(tmp_path):

@@ -23,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import cache_dir as resolve_cache_dir
-from .data import Dataset, load_dataset
+from ..config import cache_dir as resolve_cache_dir
+from ..config import slug
+from ..data import Dataset, load_dataset
+from ..errors import SettingsError, WeightsError
+from .base import Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ EMBEDDING_LAYER_NAMES = ("conv1", "conv2", "pool", "conv3", "flatten")
 
 def build_trunk_classifier(n_classes: int = 5, seed: int = 0):
     """The trunk with its training head; takes uint8 32x32 RGB images."""
-    from .runtime import seeded_build
+    from ..runtime import seeded_build
 
     with seeded_build(seed):
         return _trunk_layers(n_classes)
@@ -90,7 +93,7 @@ def trunk_from_weights(weights: list, seed: int = 0):
 
 def trunk_path(ds: Dataset, seed: int, cache_dir=None) -> Path:
     """Where the trunk trained on ``ds`` (a source task) with ``seed`` is saved."""
-    return resolve_cache_dir(cache_dir) / "trunk" / f"trunk-{_slug(ds.name)}-{ds.fingerprint}-seed{seed}.keras"
+    return resolve_cache_dir(cache_dir) / "trunk" / f"trunk-{slug(ds.name)}-{ds.fingerprint}-seed{seed}.keras"
 
 
 def pretrain_trunk(
@@ -187,8 +190,6 @@ def load_trunk_file(path) -> object:
     """Load a trunk classifier saved by :func:`pretrain_trunk` (or any model of the same layers)."""
     import keras
 
-    from .errors import WeightsError
-
     try:
         model = keras.saving.load_model(Path(path).expanduser())
     except Exception as exc:
@@ -198,5 +199,93 @@ def load_trunk_file(path) -> object:
     return model
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(name).name)[:40]
+def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None):
+    """The trunk classifier for ``weights``: "trained" (on ``data``'s source classes,
+    loaded from the cache or trained now), "none" (seeded random init) or a saved file."""
+    if weights == "trained":
+        source = data if isinstance(data, Dataset) and data.task == "source" else None
+        if source is None:
+            name = data.name if isinstance(data, Dataset) else data
+            source = load_dataset(name, "source", cache_dir=cache_dir, seed=seed)
+        return load_or_train_trunk(source, seed=seed, cache_dir=cache_dir)[0]
+    if weights == "none":
+        return build_trunk_classifier(5, seed)
+    return load_trunk_file(weights)
+
+
+class Trunk(Backbone):
+    """The split-CIFAR trunk as a backbone: 32x32 only, float32 only, weights trained by featx.
+
+    Its default embedding was measured (BENCHMARKS.md, "Transfer"): the outputs of its first
+    convolution, its pool layer and its flatten layer, each max-pooled to 4x4, averaged with
+    the mirror image's. ``layers=["flatten"], flip=False`` is the split-CIFAR protocol's 800-d
+    embedding, which ``compare`` adds as a reference row. Its weights identity is the hash of
+    the trained weights, so a retrained trunk never hits an old cache.
+    """
+
+    name = "trunk"
+    family = "featx"
+    description = "split-CIFAR CNN trained on the source classes"
+    default_size = min_size = 32
+    fixed_size = True
+    preprocessing = "none"  # its first layer scales the pixels
+    named_weights = ("trained",)
+    default_pooling = "max"
+    default_grid = 4
+    default_flip = True
+    default_task = "target"
+    flat_layers = ("flatten",)
+    takes_weights_files = False  # a trunk file is a whole trunk, not weights for the others
+
+    @property
+    def output_layer(self) -> str:
+        return "flatten"
+
+    @property
+    def default_layers(self) -> tuple[str, ...]:
+        return ("conv1", "pool", "flatten")
+
+    def layer_shapes(self):
+        return (("conv1", (28, 28, 32)), ("conv2", (24, 24, 16)), ("pool", (12, 12, 16)), ("conv3", (10, 10, 8)),
+                ("flatten", (EMBEDDING_DIM,)))  # fmt: skip
+
+    def check_precision(self, precision: str) -> str:
+        if precision not in ("auto", "float32"):
+            from ..runtime import PRECISIONS
+
+            if precision not in PRECISIONS:
+                raise SettingsError(
+                    f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}"
+                )
+            raise SettingsError(
+                f"The trunk runs in float32 only: it is bounded by per-batch overhead, not arithmetic, so "
+                f"{precision} would change its features without making it faster. Leave precision at auto."
+            )
+        return "float32"
+
+    def settings_for(self, fields: dict) -> dict:
+        own = super().settings_for(fields)
+        own.pop("precision", None)  # float32 only
+        return own
+
+    def reference_spec(self, spec):
+        return spec.replace(layers=["flatten"], flip=False)
+
+    def resolve(self, spec, *, seed: int = 0, data=None, cache_dir=None) -> tuple[dict, str]:
+        """The trunk's embedding weights (a few thousand floats: they travel to workers) and their hash."""
+        model = load_trunk(spec.weights, data=data, seed=seed, cache_dir=cache_dir)
+        return {"trunk_weights": embedding_weights(model)}, trunk_weights_id(model)
+
+    def verify(self, spec, seed: int, identity: str) -> None:
+        pass  # the weights travel in the state: nothing to look up again
+
+    def feature_maps(self, x, spec, *, seed: int, state: dict) -> dict:
+        model = trunk_from_weights(state["trunk_weights"], seed)
+        maps, wanted = {}, set(spec.layers)
+        for layer in trunk_embedding_layers(model):
+            x = layer(x)
+            if layer.name in wanted:
+                maps[layer.name] = x
+            if len(maps) == len(wanted):
+                break
+        return maps

@@ -1,0 +1,91 @@
+"""Frozen backbones: what featx knows about each, one class per family.
+
+- :class:`~featx.backbones.trunk.Trunk`: ``trunk``, the split-CIFAR CNN that featx trains.
+- :class:`~featx.backbones.applications.KerasApplication`: every model of
+  ``keras.applications`` by its lower-case name (``vgg19``, ``resnet50``,
+  ``efficientnetv2b0``, ``convnexttiny``, ``mobilenetv3small``, ...).
+- :class:`~featx.backbones.keras_model.KerasModel`: a user's own model, a
+  ``.keras`` file or a ``keras.Model`` object.
+
+:func:`get_backbone` turns a name, a path or a model into one of them.
+
+>>> get_backbone("trunk").default_size, get_backbone("trunk").default_layers
+(32, ('conv1', 'pool', 'flatten'))
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from ..errors import SettingsError
+from .base import INTERPOLATIONS, POOLINGS, Backbone, file_sha256, keras_models_dir
+
+__all__ = ["INTERPOLATIONS", "POOLINGS", "Backbone", "backbone_names", "file_sha256", "get_backbone",
+           "keras_models_dir"]  # fmt: skip
+
+
+def backbone_names() -> list[str]:
+    """The backbones known by name: the trunk, then every keras.applications model."""
+    from .applications import constructors
+
+    return ["trunk", *constructors()]
+
+
+def get_backbone(backbone) -> Backbone:
+    """The backbone named ``backbone`` (a registry name, the path of a ``.keras`` file, a
+    ``keras.Model``, or a :class:`Backbone`); an unknown name lists the known ones."""
+    if isinstance(backbone, Backbone):
+        return backbone
+    from .keras_model import is_keras_model, is_model_file, save_model
+
+    if is_keras_model(backbone):
+        return _model_file(str(save_model(backbone)))
+    if isinstance(backbone, os.PathLike):
+        backbone = str(backbone)
+    if not isinstance(backbone, str):
+        raise SettingsError(
+            f"backbone must be a name, the path of a .keras model file, or a keras.Model. Received: {backbone!r}"
+        )
+    if is_model_file(backbone):
+        return _model_file(os.path.abspath(os.path.expanduser(backbone)))
+    return _named(backbone)
+
+
+@functools.cache
+def _named(name: str) -> Backbone:
+    if name == "trunk":
+        from .trunk import Trunk
+
+        return Trunk()
+    from .applications import KerasApplication, constructors
+
+    if name in constructors():
+        return KerasApplication(name)
+    hint = ""
+    if name.lower() in constructors():
+        hint = f" (names are lower case: {name.lower()!r})"
+    raise SettingsError(
+        f"Unknown backbone{hint}. Known: trunk, {', '.join(list(constructors())[:6])}, ... (every "
+        "keras.applications model by its lower-case name: `python cli.py backbones` lists them), or the "
+        f"path of a .keras model file. Received: backbone={name!r}"
+    )
+
+
+def _model_file(path: str) -> Backbone:
+    """One :class:`KerasModel` per version of the file (a file saved again is read again)."""
+    from .keras_model import KerasModel, _stamp
+
+    try:
+        stamp = _stamp(Path(path))
+    except OSError:
+        return KerasModel(path)  # says that there is no such file
+    return _model_file_at(path, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _model_file_at(path: str, stamp) -> Backbone:
+    from .keras_model import KerasModel
+
+    return KerasModel(path)

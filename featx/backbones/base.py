@@ -1,0 +1,310 @@
+"""What featx knows about a backbone: the :class:`Backbone` base class.
+
+A backbone says which input sizes it takes, how its input is preprocessed,
+which weights it takes by name and what identifies them in a cache key, how
+its network is built, which layers it has, and which embedding it makes by
+default. Each family is one subclass in a module of its own
+(:mod:`~featx.backbones.trunk`, :mod:`~featx.backbones.applications`,
+:mod:`~featx.backbones.keras_model`); nothing outside a family's module tests a
+backbone's name. Only ``keras`` and ``keras.ops`` are used: every Keras 3 backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import SettingsError, WeightsError
+
+if TYPE_CHECKING:  # the spec is built above this package, from its backbones
+    from ..spec import FeatureSpec
+
+POOLINGS = ("avg", "max", "flatten")
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5", "area")
+
+
+class Backbone:
+    """A frozen network whose layers' outputs make embeddings.
+
+    Subclasses set the class attributes and implement :meth:`build_base` (or
+    :meth:`feature_maps`). The defaults below are those of a pretrained
+    network whose weights featx cannot measure: its last layer, globally
+    average-pooled, the standard linear-probe feature.
+    """
+
+    #: Name in the registry (``--backbone``), and in cache keys.
+    name: str = ""
+    #: Family, for listings.
+    family: str = ""
+    #: One line for listings.
+    description: str = ""
+    #: Side of the square input it runs at by default; the smallest it takes; whether only the default.
+    default_size: int = 224
+    min_size: int = 32
+    fixed_size: bool = False
+    #: keras.applications preprocessing mode (:data:`featx.layers.PREPROCESSING`).
+    preprocessing: str = "none"
+    #: Weights it takes by name (besides "none" and a file), the first being its own ("pretrained").
+    named_weights: tuple[str, ...] = ("imagenet",)
+    default_pooling: str = "avg"
+    default_grid: int = 1
+    default_flip: bool = False
+    #: The task whose features it is meant for by default (the trunk: the classes it did not see).
+    default_task: str = "full"
+
+    # ------------------------------------------------------------------ naming
+
+    @property
+    def label(self) -> str:
+        """Short name for one-line descriptions, feature names and file names."""
+        return self.name
+
+    @property
+    def key_name(self) -> str:
+        """The backbone's name in cache keys."""
+        return self.name
+
+    @property
+    def default_weights(self) -> str:
+        return self.named_weights[0]
+
+    # ------------------------------------------------------------------ layers
+
+    @property
+    def output_layer(self) -> str:
+        """The layer whose output alone is the backbone's classic embedding (its last)."""
+        return self.layer_names()[-1]
+
+    @property
+    def default_layers(self) -> tuple[str, ...]:
+        return (self.output_layer,)
+
+    #: Layers whose output is already a vector (nothing to pool).
+    flat_layers: tuple[str, ...] = ()
+
+    def layer_names(self) -> tuple[str, ...]:
+        """Every layer whose output can be part of the embedding, input to output."""
+        return tuple(name for name, _ in self.layer_shapes())
+
+    @functools.cached_property
+    def _layer_shapes(self) -> tuple[tuple[str, tuple], ...]:
+        import keras
+
+        # The architecture alone, without weights: only names and shapes are wanted.
+        with keras.device("cpu"):
+            base = self.build_base(self.default_size, "none", None)
+        out = tuple((layer.name, tuple(layer.output.shape[1:])) for layer in base.layers[1:])
+        del base
+        return out
+
+    def layer_shapes(self) -> tuple[tuple[str, tuple], ...]:
+        """``(name, output shape at the default size)`` of every layer of :meth:`layer_names`."""
+        return self._layer_shapes
+
+    # ------------------------------------------------------------------ checks
+
+    def check_size(self, size) -> int:
+        size = self.default_size if size is None else size
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < self.min_size:
+            raise SettingsError(
+                f"size must be an integer of at least {self.min_size}. Received: size={size!r}"
+            )
+        if self.fixed_size and size != self.default_size:
+            raise SettingsError(
+                f"The {self.label} backbone only runs at {self.default_size}x{self.default_size}. Received: size={size}"
+            )
+        return int(size)
+
+    def check_weights(self, weights) -> str:
+        """The weights' canonical value: a name of :attr:`named_weights`, "none", or a file path."""
+        if weights is None:
+            return "none"
+        if weights == "pretrained":
+            return self.default_weights
+        if isinstance(weights, os.PathLike):
+            weights = str(weights)
+        if not isinstance(weights, str):
+            raise SettingsError(f"weights must be a name or a file path. Received: weights={weights!r}")
+        if weights.lower() == "none":
+            return "none"
+        if weights not in self.named_weights and not Path(weights).expanduser().is_file():
+            own = self.default_weights
+            raise WeightsError(
+                f"weights for {self.label} must be {own!r}, None (a random init; 'none' on the command line), "
+                f"'pretrained' (= {own!r}) or the path of a weights file that exists. Received: weights={weights!r}"
+            )
+        return weights
+
+    def check_precision(self, precision: str) -> str:
+        """The precision the backbone computes in ("auto" resolved by the hardware)."""
+        from ..runtime import PRECISIONS, auto_precision, this_machine
+
+        if precision not in PRECISIONS:
+            raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
+        return auto_precision(this_machine())[0] if precision == "auto" else precision
+
+    def check_layers(self, layers) -> tuple[str, ...]:
+        if layers is None:
+            return self.default_layers
+        if isinstance(layers, str):
+            layers = [p.strip() for p in layers.split(",")]
+        if isinstance(layers, np.ndarray):
+            layers = layers.tolist()
+        if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(n, str) and n for n in layers):
+            raise SettingsError(
+                f"layers must be a non-empty list of layer names of {self.label} (e.g. {list(self.default_layers)}). "
+                f"Received: layers={layers!r}"
+            )
+        if len(set(layers)) != len(layers):
+            raise SettingsError(f"layers names a layer twice. Received: layers={list(layers)!r}")
+        names = self.layer_names()
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise SettingsError(
+                f"Unknown layer {unknown[0]!r} for {self.label}. Its layers: {', '.join(names)} "
+                f"(`python cli.py layers --backbone {self.label}` lists them with their shapes). "
+                f"Received: layers={list(layers)!r}"
+            )
+        return tuple(layers)
+
+    def settings_for(self, fields: dict) -> dict:
+        """Of settings given for several backbones at once (``compare``), those that apply to this one:
+        no size for a backbone of fixed size, no weights named for another backbone."""
+        own = dict(fields)
+        if self.fixed_size:
+            own.pop("size", None)
+        w = own.get("weights")
+        w = str(w) if isinstance(w, os.PathLike) else w
+        if isinstance(w, str) and w.lower() not in ("none", "pretrained") and w not in self.named_weights:
+            if not Path(w).expanduser().is_file() or not self.takes_weights_files:
+                own.pop("weights")
+        return own
+
+    #: Whether a weights file given to several backbones at once applies to this one.
+    takes_weights_files: bool = True
+
+    def reference_spec(self, spec: FeatureSpec) -> FeatureSpec | None:
+        """A spec whose features are the reference row of ``compare`` for ``spec``, or None."""
+        return None
+
+    # ------------------------------------------------------------------ weights
+
+    def resolve(self, spec: FeatureSpec, *, seed: int = 0, data=None, cache_dir=None) -> tuple[dict, str]:
+        """``(state, weights identity)`` of ``spec``'s weights.
+
+        ``state`` is what :meth:`feature_maps` needs besides the spec (small and
+        picklable: it travels to other processes); the identity is a string that
+        changes whenever the weights do, part of every cache key.
+        """
+        return {}, self.weights_identity(spec.weights, seed)
+
+    def weights_identity(self, weights: str, seed: int) -> str:
+        if weights == "none":
+            return f"random-init-seed{seed}"
+        if weights in self.named_weights:
+            return self.named_identity(weights)
+        path = Path(weights).expanduser()
+        return f"file:{path.name}:sha256={file_sha256(path)}"
+
+    def named_identity(self, weights: str) -> str:
+        """The identity of weights named ``weights`` (see :meth:`resolve`)."""
+        raise NotImplementedError
+
+    def verify(self, spec: FeatureSpec, seed: int, identity: str) -> None:
+        """Check, in the process that builds the model, that the weights are still those of
+        ``identity`` (a weights file may have changed since, or differ on another machine)."""
+        if spec.weights not in self.named_weights and spec.weights != "none":
+            if self.weights_identity(spec.weights, seed) != identity:
+                raise WeightsError(
+                    f"The weights file '{spec.weights}' is not the one these features were keyed on (it "
+                    "changed since, or differs on this machine): its embeddings would differ. Use the same "
+                    "file everywhere, or run again to key the features on the new one."
+                )
+
+    # ------------------------------------------------------------------ building
+
+    def build_base(self, size: int, weights: str, seed: int):
+        """The network ``(n, size, size, 3) preprocessed floats -> maps``, with ``weights``
+        ("none" is a random init seeded by ``seed``; unseeded where ``seed`` is None)."""
+        raise NotImplementedError
+
+    def feature_maps(self, x, spec: FeatureSpec, *, seed: int, state: dict) -> dict:
+        """``{layer name: tensor}`` for every layer of ``spec.layers``, applied to ``x``
+        (the preprocessed, resized batch)."""
+        import keras
+
+        base = self.build_base(spec.size, spec.weights, seed)
+        base.trainable = False
+        if spec.layers == (self.output_layer,):
+            return {spec.layers[0]: base(x)}  # the classic embedding: the whole base, as it comes
+        taps = keras.Model(base.inputs, [base.get_layer(n).output for n in spec.layers], name=base.name)
+        out = taps(x)
+        return dict(zip(spec.layers, out if isinstance(out, (list, tuple)) else [out]))
+
+    # ------------------------------------------------------------------ listing
+
+    def embedding_width(self) -> int:
+        """Width of the default embedding (pooled globally, one grid cell)."""
+        shapes = dict(self.layer_shapes())
+        width = 0
+        for name in self.default_layers:
+            shape = shapes[name]
+            cells = 1 if len(shape) == 1 else self.default_grid**2
+            width += int(shape[-1]) * cells
+        return width
+
+    def row(self) -> dict:
+        """What ``python cli.py backbones`` lists."""
+        return {"backbone": self.label, "family": self.family, "size": self.default_size,
+                "min size": self.min_size, "preprocessing": self.preprocessing,
+                "weights": self.default_weights, "description": self.description}  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+@contextlib.contextmanager
+def fresh_names():
+    """Keras names layers it is not given names for by a per-process counter (``dense``,
+    ``dense_1``, ...): build a network inside this block and its layers get the names they
+    get in a fresh process, so that layer names (``--layers``) mean the same everywhere."""
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:  # another Keras layout: names as Keras gives them
+        yield
+        return
+    saved = global_state.get_global_attribute("object_name_uids")
+    global_state.set_global_attribute("object_name_uids", defaultdict(int))
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("object_name_uids", saved)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def keras_models_dir() -> Path:
+    """Where Keras keeps downloaded weights (``$KERAS_HOME/models``, else ``~/.keras/models``)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"

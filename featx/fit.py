@@ -1,0 +1,194 @@
+"""Fit a head on cached features: :func:`fit_head`, and what it returns, :class:`FitResult`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.base import clone
+from sklearn.metrics import accuracy_score, f1_score
+
+from .cluster import connect
+from .config import cache_dir as resolve_cache_dir
+from .config import slug
+from .data import Dataset, load_dataset
+from .errors import HeadError
+from .extract import extract_features
+from .heads import make_head
+from .options import RunOptions, as_options, split_kwargs
+from .spec import FeatureSpec, as_spec
+
+
+@dataclass
+class FitResult:
+    """A fitted head and how it did on the held-out split."""
+
+    backbone: str
+    head: str
+    accuracy: float
+    macro_f1: float
+    fit_seconds: float
+    predict_ms_per_image: float
+    estimator: object
+    y_test: np.ndarray
+    y_pred: np.ndarray
+    class_names: tuple
+    note: str = ""
+    features: str = ""
+    params: dict = field(default_factory=dict)
+    cv_accuracy: float | None = None
+    extract_seconds: float | None = None
+
+    def row(self) -> dict:
+        return {
+            "backbone": self.backbone,
+            "features": self.features,
+            "head": self.head,
+            "accuracy": round(self.accuracy, 4),
+            "macro_f1": round(self.macro_f1, 4),
+            "fit_seconds": round(self.fit_seconds, 3),
+            "predict_ms_per_image": round(self.predict_ms_per_image, 4),
+            "params": json.dumps(self.params, sort_keys=True) if self.params else "",
+            "cv_accuracy": "" if self.cv_accuracy is None else round(self.cv_accuracy, 4),
+            "extract_seconds": "" if self.extract_seconds is None else round(self.extract_seconds, 3),
+            "note": self.note,
+        }
+
+
+def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", head="", class_names=(),
+                  features="", tune: bool = False):  # fmt: skip
+    """Fit a clone of ``estimator`` and measure it on the test split.
+
+    With ``tune``, the head's parameters are chosen first by a cross-validated
+    grid search on the train rows alone (:func:`featx.tune.tune_head`); the
+    fit time then includes the search.
+    """
+    params, cv_acc = {}, None
+    t0 = time.perf_counter()
+    if tune:
+        from .tune import tune_head
+
+        est, params, cv_acc, _ = tune_head(head, estimator, X_train, y_train)
+    else:
+        est = clone(estimator)
+        est.fit(X_train, y_train)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = est.predict(X_test)
+    pred_ms = (time.perf_counter() - t0) * 1000 / max(1, len(X_test))
+    note = getattr(est, "solver_", "")
+    return FitResult(backbone, head, float(accuracy_score(y_test, pred)),
+                     float(f1_score(y_test, pred, average="macro")), fit_s, pred_ms, est,
+                     np.asarray(y_test), np.asarray(pred), tuple(class_names), note, features,
+                     params, cv_acc)  # fmt: skip
+
+
+def head_path(head: str, backbone: str, data_name: str, task: str, cache_dir=None) -> Path:
+    """Where :func:`fit_head` saves the ``head`` fitted on ``backbone``'s features of a dataset's ``task``."""
+    return resolve_cache_dir(cache_dir) / "heads" / f"{head}-{slug(backbone)}-{slug(data_name)}-{task}.joblib"
+
+
+def fit_head(
+    head: str = "logreg",
+    spec: FeatureSpec | str | None = None,
+    data=None,
+    task: str = "full",
+    *,
+    params: dict | None = None,
+    tune: bool = False,
+    save: bool = True,
+    options: RunOptions | None = None,
+    **kwargs,
+) -> tuple[FitResult, Path | None]:
+    """Fit one head on cached features (extracting them first when missing) and save it.
+
+    ``spec`` (a :class:`~featx.spec.FeatureSpec` or a backbone, "vgg19" by
+    default) and the feature settings among ``kwargs`` say which features, as
+    in :func:`featx.extract.extract_features`; ``options``
+    (:class:`~featx.options.RunOptions`) and the run options among ``kwargs``
+    say how to run (``force``, ``progress`` and ``lock_timeout`` reach the
+    extraction). ``tune`` chooses the head's parameters by cross-validation on
+    the train split first (see :mod:`featx.tune`). Returns the result
+    (accuracy, macro-F1, times, fitted estimator) and the path of the saved
+    head: a joblib file holding the estimator and a record of the feature cache
+    it was trained on.
+
+    With ``cluster``, the features are extracted in shards on the Dask cluster
+    and the head is fitted on one of its workers, through joblib's dask backend.
+    """
+    settings, run = split_kwargs(kwargs)
+    spec = as_spec(spec, **settings)
+    opts = as_options(options, **run)
+    params = dict(params or {})
+    if save and "probability" in make_head(head).get_params():
+        params.setdefault("probability", True)  # `predict` prints a calibrated probability
+    estimator = make_head(head, **params)
+    check_tune(head, params, tune)
+    with connect(opts.cluster, opts.workers) as client:
+        opts = opts.replace(cluster=client, workers=None)
+        ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed)
+        fs = extract_features(spec, ds, options=opts)
+        X_train, y_train, X_test, y_test = fs.load()
+        [res] = evaluate_heads([(head, estimator)], (X_train, y_train, X_test, y_test), client, n_jobs=1,
+                               backbone=spec.backbone_.label, class_names=fs.class_names,
+                               features=spec.describe(), tune=tune)  # fmt: skip
+    path = None
+    if save:
+        path = head_path(head, spec.backbone_.label, ds.name, ds.task, opts.cache_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "head": head,
+            "params": {**params, **res.params},
+            "features": str(fs.path),
+            "feature_settings": fs.settings,
+            "spec": spec.to_dict(),
+            "data": ds.name,
+            "task": ds.task,
+            "seed": opts.seed,
+            "class_names": list(fs.class_names),
+            "image_shape": fs.info["image_shape"],
+            "metrics": res.row(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        tmp = path.with_suffix(".tmp")
+        joblib.dump({"estimator": res.estimator, "record": record}, tmp)
+        tmp.replace(path)
+    return res, path
+
+
+def evaluate_heads(jobs, data, client, *, n_jobs: int, **common) -> list[FitResult]:
+    """:func:`evaluate_head` for each ``(head name, estimator)`` of ``jobs`` on ``data`` (the four arrays).
+
+    On a Dask cluster (``client``), every fit is a task on its workers, through
+    joblib's dask backend. Else the scikit-learn heads run in ``n_jobs``
+    processes and the Keras head here (it keeps thread pools of its own).
+    """
+    from joblib import Parallel, delayed, parallel_config
+
+    if client is not None:
+        with parallel_config(backend="dask", client=client):
+            return list(Parallel(n_jobs=-1)(delayed(evaluate_head)(e, *data, head=h, **common) for h, e in jobs))
+    keras_jobs = [(h, e) for h, e in jobs if h == "dense"]
+    other = [(h, e) for h, e in jobs if h != "dense"]
+    par = Parallel(n_jobs=min(n_jobs, max(1, len(other))))(
+        delayed(evaluate_head)(e, *data, head=h, **common) for h, e in other
+    )
+    return [evaluate_head(e, *data, head=h, **common) for h, e in keras_jobs] + list(par)
+
+
+def check_tune(head: str, params: dict, tune: bool) -> None:
+    """A parameter set by hand and searched by ``tune`` would be silently overridden: refuse."""
+    if not tune:
+        return
+    from .tune import SEARCHES
+
+    both = sorted(set(params) & set(SEARCHES.get(head, {})))
+    if both:
+        raise HeadError(
+            f"The {head} head's {', '.join(both)} is both given and tuned (its search: "
+            f"{SEARCHES[head]}). Drop the parameter or drop --tune."
+        )

@@ -1,0 +1,113 @@
+"""Classify image files with a saved head and the backbone its features came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import joblib
+import numpy as np
+
+from .errors import CacheError, FeatxError
+from .extractor import Extractor
+from .fit import head_path
+from .options import RunOptions, as_options
+from .spec import FeatureSpec
+
+
+class Prediction(NamedTuple):
+    """One image's class from :func:`predict_files`."""
+
+    file: str
+    label: str | None
+    score: float | None
+    error: str | None
+    score_name: str = "probability"
+
+
+def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19", data=None, task: str = "full",
+                  *, options: RunOptions | None = None, **kwargs):  # fmt: skip
+    """Classify image files with a saved head and its backbone.
+
+    The head is the one last fitted by :func:`featx.fit.fit_head` on ``spec``'s backbone
+    for ``data`` and ``task``; its backbone is rebuilt from the spec recorded
+    with it. Passing a full :class:`~featx.spec.FeatureSpec` also checks that
+    the head was fitted on those features.
+
+    Yields a :class:`Prediction` ``(file, label, score, error, score_name)``
+    per image: ``score`` is the head's probability of ``label``
+    (``score_name`` "probability"; the SVM heads fitted by :func:`fit_head`
+    carry a calibration for it), or, for a head saved without one, its
+    decision margin (``score_name`` "margin"). A file that cannot be read gets
+    its error and the others still run. ``files`` may name folders: their
+    images are classified. ``options`` (or run options by name in ``kwargs``):
+    ``cache_dir`` and ``batch_size`` apply.
+    """
+    from .backbones import get_backbone
+    from .images import decode_image, is_image_name, resize_image
+
+    opts = as_options(options, **kwargs)
+    cache_dir = opts.cache_dir
+    backbone = (spec.backbone_ if isinstance(spec, FeatureSpec) else get_backbone(spec)).label
+    name = "sample" if data is None else str(data)
+    ds_name = "sample" if name == "sample" else (name if name == "cifar10" else str(Path(name).expanduser().resolve()))
+    path = head_path(head, backbone, ds_name, task, cache_dir)
+    if not path.exists():
+        raise CacheError(
+            f"No {head} head fitted on {backbone} features of {name} ({task}) yet. Run "
+            f"`python cli.py fit --head {head} --backbone {backbone} --data {name} --task {task}` first."
+        )
+    saved = joblib.load(path)
+    est, rec = saved["estimator"], saved["record"]
+    fitted_spec, fitted_data, seed = _recorded_spec(rec)
+    if isinstance(spec, FeatureSpec) and spec != fitted_spec:
+        raise FeatxError(f"The {head} head in {path.name} was fitted on {fitted_spec.describe()}, not on "
+                         f"{spec.describe()}. Fit it on those features first.")  # fmt: skip
+    extractor = Extractor(fitted_spec, seed=seed, data=fitted_data, cache_dir=cache_dir)
+    for k, v in extractor.settings.items():
+        if v != rec["feature_settings"].get(k):
+            raise FeatxError(f"The backbone rebuilt for {path.name} differs from the one it was trained on "
+                             f"({k}: {v} vs {rec['feature_settings'].get(k)}). Fit the head again.")  # fmt: skip
+    shape = tuple(rec.get("image_shape", ())) or None
+    paths = []
+    for f in files:
+        p = Path(f)
+        paths += sorted(q for q in p.rglob("*") if q.is_file() and is_image_name(q.name)) if p.is_dir() else [p]
+    decoded: list = []
+    for p in paths:
+        try:
+            decoded.append(decode_image(p))
+        except FeatxError as exc:
+            decoded.append(exc)
+    good = [im for im in decoded if isinstance(im, np.ndarray)]
+    predictions, score_name = iter(()), "probability"
+    if good:
+        size = tuple(shape[:2]) if shape else (32, 32)
+        X = np.stack([resize_image(im, size) for im in good])
+        feats = extractor.transform(X, batch_size=opts.batch_size)
+        if hasattr(est, "predict_proba"):
+            scores = est.predict_proba(feats)
+        else:  # margins of SVMs saved without a calibration
+            score_name = "margin"
+            scores = est.decision_function(feats)
+            scores = scores if scores.ndim == 2 else np.stack([-scores, scores], 1)
+        labels = np.asarray(est.predict(feats))
+        cols = np.searchsorted(est.classes_, labels)
+        predictions = iter(zip(labels, scores[np.arange(len(labels)), cols]))
+    classes = rec["class_names"]
+    for p, im in zip(paths, decoded):
+        if isinstance(im, Exception):
+            yield Prediction(str(p), None, None, str(im), score_name)
+        else:
+            label, score = next(predictions)
+            yield Prediction(str(p), str(classes[int(label)]), float(score), None, score_name)
+
+
+def _recorded_spec(record: dict) -> tuple[FeatureSpec, str, int]:
+    """The spec, data and seed a saved head's features were made with (records of
+    featx 0.1 kept the spec's fields in "extract_args")."""
+    if "spec" in record:
+        return FeatureSpec.from_dict(record["spec"]), record["data"], int(record.get("seed", 0))
+    args = dict(record["extract_args"])
+    spec = FeatureSpec.from_dict({**args, "dtype": record["feature_settings"].get("dtype", "float32")})
+    return spec, args["data"], int(args.get("seed", 0))
