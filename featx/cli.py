@@ -181,10 +181,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     bb = get_backbone(args.backbone)
     default = set(bb.default_layers)
-    print(f"{bb.label}: layers --layers takes, with their outputs at {bb.default_size}x{bb.default_size} "
-          f"(* the default embedding)")  # fmt: skip
-    _print_table([{"layer": name, "output shape": "x".join(str(d) for d in shape), "default": "*" if name in default
-                   else ""} for name, shape in bb.layer_shapes()])  # fmt: skip
+    print(f"{bb.label}: the layers --layers takes, with their output shapes at {bb.default_size}x{bb.default_size} "
+          "(? where the model leaves a side open; * the default embedding)")  # fmt: skip
+    _print_table([{"layer": name, "output shape": "x".join("?" if d is None else str(d) for d in shape),
+                   "default": "*" if name in default else ""} for name, shape in bb.layer_shapes()])  # fmt: skip
     return 0
 
 

@@ -241,6 +241,7 @@ def test_worker_that_cannot_see_the_cache_folder(client, tmp_path):
 
 def test_worker_that_cannot_build_the_model(client, tiny, tmp_path):
     # the weights file is on the driver's disk when it names it, gone when the worker builds the model
+    from featx.extractor import Extractor
     from featx.spec import FeatureSpec
 
     weights = tmp_path / "w.weights.h5"
@@ -249,9 +250,8 @@ def test_worker_that_cannot_build_the_model(client, tiny, tmp_path):
     folder = tmp_path / "s.shards"
     folder.mkdir()
     (folder / shards_mod._PROBE).write_text("t")
-    job = {"shard_dir": str(folder), "cache_dir": str(tmp_path), "token": "t", "key": "k", "spec": spec.to_dict(),
-           "seed": 0, "batch_size": 8, "trunk_weights": None, "data": None,
-           "settings": {"backend": "tensorflow", "weights": "sha256:..."}}  # fmt: skip
+    job = {"shard_dir": str(folder), "cache_dir": str(tmp_path), "token": "t", "key": "k", "batch_size": 8,
+           "data": None, "extractor": Extractor(spec)}  # fmt: skip
     weights.unlink()
     rows = (np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64))
     t0 = time.time()

@@ -10,6 +10,7 @@ from PIL import Image
 from featx.compare import compare
 from featx.fit import fit_head
 from featx.predict import predict_files
+from featx.cache import read_features
 from featx.errors import CacheError
 
 
@@ -65,11 +66,12 @@ def test_predict_images_with_a_bad_file(tiny, tmp_path):
     for g in good:
         _, label, proba, err, kind = by_file[str(g)]
         assert err is None and kind == "probability" and label in ("cat", "dog", "eel") and 0 < proba <= 1
-    # The training image is predicted as its class by a head that fits its training data.
+    # The saved head is the fitted one: it scores on the cached test features what fit measured.
     from featx.fit import head_path
 
-    est = joblib.load(head_path("logreg", "vgg19", str(tiny.resolve()), "full", tmp_path))["estimator"]
-    assert est.score  # fitted estimator loaded
+    saved = joblib.load(head_path("logreg", "vgg19", str(tiny.resolve()), "full", tmp_path))
+    X_train, y_train, X_test, y_test = read_features(saved["record"]["features"]).load()
+    assert saved["estimator"].score(X_test, y_test) == pytest.approx(saved["record"]["metrics"]["accuracy"], abs=1e-4)
     folder = list(predict_files([tiny / "test" / "cat"], "logreg", "vgg19", tiny, cache_dir=tmp_path))
     assert len(folder) == 4
 

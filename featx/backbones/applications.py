@@ -152,8 +152,18 @@ def _preprocessing(constructor) -> str:
     raise SettingsError(f"{constructor.__name__}'s preprocess_input is none of featx's modes: it cannot be a backbone yet.")
 
 
-@functools.cache
+_IMAGENET_FILES: dict = {}  # constructor name -> path of its weights file, once found
+
+
 def _imagenet_file(constructor, size: int) -> Path:
+    """The weights file Keras keeps for ``constructor`` (found once per process while it exists)."""
+    path = _IMAGENET_FILES.get(constructor.__name__)
+    if path is None or not path.exists():
+        path = _IMAGENET_FILES[constructor.__name__] = _fetch_imagenet_file(constructor, size)
+    return path
+
+
+def _fetch_imagenet_file(constructor, size: int) -> Path:
     """Build the architecture and stop where Keras has fetched its weights file: its path."""
     from keras.src.utils import file_utils
 

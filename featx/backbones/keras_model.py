@@ -8,8 +8,8 @@ classifier that ends in a softmax (or sigmoid) ``Dense`` layer, the input of
 that layer. ``layers``, ``grid`` and ``flip`` apply to its layers as to any
 backbone's.
 
-A model object is saved once as a ``.keras`` file in ``<cache>/models/``, named
-by a hash of its architecture and weights, so that it can be rebuilt in another
+A model object is saved once as a ``.keras`` file in ``<cache>/models/<hash>/``,
+the hash of its architecture and weights, so that it can be rebuilt in another
 process (a Dask worker, a joblib worker of a grid search) and keyed like a file.
 The weights identity of a file is the sha256 of its content: a model trained
 further and saved again never hits the cache of the old one.
@@ -215,9 +215,9 @@ def model_digest(model) -> str:
 
 
 def save_model(model, cache_dir=None) -> Path:
-    """Save a ``keras.Model`` once as ``<cache>/models/<name>-<digest>.keras`` and return the path."""
-    folder = resolve_cache_dir(cache_dir) / "models"
-    path = folder / f"{slug(model.name)}-{model_digest(model)}.keras"
+    """Save a ``keras.Model`` once as ``<cache>/models/<digest>/<name>.keras`` and return the path."""
+    folder = resolve_cache_dir(cache_dir) / "models" / model_digest(model)
+    path = folder / f"{slug(model.name)}.keras"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
