@@ -69,11 +69,11 @@ def main() -> None:
 
     import keras
 
+    from featx.backbones.trunk import load_or_train_trunk
     from featx.data import load_dataset
     from featx.extract import extract_features
     from featx.heads import make_head
     from featx.spec import FeatureSpec
-    from featx.backbones.trunk import load_or_train_trunk
 
     ds = load_dataset(args.data, "target", cache_dir=args.cache_dir, seed=args.seed)
     source = load_dataset(args.data, "source", cache_dir=args.cache_dir, seed=args.seed)

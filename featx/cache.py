@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from .config import cache_dir as resolve_cache_dir
+from .config import slug
 from .errors import CacheError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def feature_key(settings: dict) -> str:
 
 def feature_path(settings: dict, cache_dir=None) -> Path:
     """Path of the complete feature file for ``settings``."""
-    name = "-".join(_slug(str(settings.get(k, ""))) for k in ("backbone", "data", "task"))
+    name = "-".join(slug(str(settings.get(k, ""))) for k in ("backbone", "data", "task"))
     return resolve_cache_dir(cache_dir) / "features" / f"{name}-{feature_key(settings)}.h5"
 
 
@@ -133,7 +134,11 @@ def find_features(settings: dict, cache_dir=None) -> FeatureSet | None:
     """
     path = feature_path(settings, cache_dir)
     if not path.exists():
-        return None
+        # named by an earlier file-naming rule: the key is what counts
+        named = sorted(path.parent.glob(f"*-{feature_key(settings)}.h5"))
+        if not named:
+            return None
+        named[0].replace(path)
     try:
         fs = read_features(path)
     except CacheError as exc:
@@ -257,7 +262,7 @@ def locked(path: Path, timeout: float | None = None):
 
 def embedding_path(settings: dict, cache_dir=None) -> Path:
     """Path of the per-image embedding file for ``settings``."""
-    name = _slug(str(settings.get("backbone", "")))
+    name = slug(str(settings.get("backbone", "")))
     return resolve_cache_dir(cache_dir) / "embeddings" / f"{name}-{feature_key(settings)}.h5"
 
 
@@ -485,8 +490,3 @@ def _list_files(root: Path, describe) -> list[dict]:
             row["status"] = "unreadable"
         rows.append(row)
     return rows
-
-
-def _slug(s: str) -> str:
-    s = Path(s).name if ("/" in s or os.sep in s) else s
-    return "".join(c if c.isalnum() or c in "_" else "_" for c in s)[:40] or "x"

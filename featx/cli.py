@@ -321,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="head parameter, e.g. C=0.1 (repeatable)")
     p.add_argument("--tune", action="store_true",
                    help="choose the head's parameters by 3-fold cross-validation on the train split first")
+    p.add_argument("--force", action="store_true", help="recompute the features even if cached")
     _add_cluster_args(p)
     p.set_defaults(func=cmd_fit)
 
@@ -337,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p, backbone=None)  # each applies to the backbones that can take it
     p.add_argument("--reports-dir", default="reports", help="where the table and pictures go (default reports/)")
     p.add_argument("--n-jobs", type=_n_jobs, default=2, help="parallel fits of the scikit-learn heads")
+    p.add_argument("--force", action="store_true", help="recompute the features even if cached")
     _add_cluster_args(p)
     p.set_defaults(func=cmd_compare)
 

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import cache_dir as resolve_cache_dir
+from .config import slug
 from .errors import DataError
 from .images import decode_image, is_image_name, resize_image
 
@@ -328,7 +329,7 @@ def _load_path(path, cache_dir, seed, test_fraction, image_size, progress) -> Da
         str(test_fraction), str(image_size),
     )  # fmt: skip
     root = resolve_cache_dir(cache_dir) / "pixels"
-    entry = root / f"{_slug(path.name)}-{key[:16]}"
+    entry = root / f"{slug(path.name)}-{key[:16]}"
     cached = _read_pixel_cache(entry)
     if cached is not None:
         logger.info("decoded pixels of %s loaded from %s", path, entry)
@@ -579,7 +580,3 @@ def _fingerprint(X_train, y_train, X_test, y_test, classes) -> str:
 
 def _hash_strings(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]

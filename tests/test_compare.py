@@ -7,11 +7,11 @@ import pytest
 from conftest import make_class_folders
 from PIL import Image
 
+from featx.cache import read_features
 from featx.compare import compare
+from featx.errors import CacheError
 from featx.fit import fit_head
 from featx.predict import predict_files
-from featx.cache import read_features
-from featx.errors import CacheError
 
 
 @pytest.fixture(scope="module")

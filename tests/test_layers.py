@@ -8,12 +8,12 @@ from conftest import make_class_folders
 from sklearn.model_selection import GridSearchCV
 
 from featx import FeatureExtractor
-from featx.extractor import build_extractor, feature_names
-from featx.compare import compare
-from featx.fit import fit_head
-from featx.extract import extract_features
-from featx.spec import FeatureSpec
 from featx.backbones.trunk import build_trunk_classifier, embedding_weights
+from featx.compare import compare
+from featx.extract import extract_features
+from featx.extractor import build_extractor, feature_names
+from featx.fit import fit_head
+from featx.spec import FeatureSpec
 
 
 @pytest.fixture(scope="module")

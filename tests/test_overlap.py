@@ -10,9 +10,9 @@ from conftest import make_class_folders, write_image
 from PIL import Image
 
 from featx import FeatureExtractor
-from featx.extractor import build_extractor
 from featx.errors import DataError
 from featx.extract import embed, extract_features
+from featx.extractor import build_extractor
 from featx.overlap import BackgroundWriter, prefetch
 from featx.spec import FeatureSpec
 

@@ -6,9 +6,9 @@ import pytest
 from conftest import make_class_folders
 
 from featx import runtime
-from featx.extractor import build_extractor
 from featx.errors import SettingsError
 from featx.extract import embed, extract_features
+from featx.extractor import build_extractor
 from featx.spec import FeatureSpec
 
 CPU_PLAIN = {"device": "cpu", "cpu_flags": ["avx2", "fma"]}

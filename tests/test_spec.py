@@ -13,11 +13,11 @@ import pytest
 from conftest import make_class_folders
 
 from featx import FeatureExtractor
-from featx.fit import fit_head
-from featx.predict import predict_files
 from featx.data import Dataset
 from featx.errors import WeightsError
 from featx.extract import extract_features
+from featx.fit import fit_head
+from featx.predict import predict_files
 from featx.spec import FeatureSpec, as_spec, describe, specs_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy-cache"

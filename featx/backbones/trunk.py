@@ -93,7 +93,13 @@ def trunk_from_weights(weights: list, seed: int = 0):
 
 def trunk_path(ds: Dataset, seed: int, cache_dir=None) -> Path:
     """Where the trunk trained on ``ds`` (a source task) with ``seed`` is saved."""
-    return resolve_cache_dir(cache_dir) / "trunk" / f"trunk-{slug(ds.name)}-{ds.fingerprint}-seed{seed}.keras"
+    folder = resolve_cache_dir(cache_dir) / "trunk"
+    path = folder / f"trunk-{slug(ds.name)}-{ds.fingerprint}-seed{seed}.keras"
+    if not path.exists():  # saved under an earlier naming rule: the fingerprint and seed are what count
+        earlier = sorted(folder.glob(f"trunk-*-{ds.fingerprint}-seed{seed}.keras"))
+        if earlier:
+            return earlier[0]
+    return path
 
 
 def pretrain_trunk(
