@@ -34,8 +34,6 @@ logger = logging.getLogger(__name__)
 #: Number of layers (after the input scaling) that form the frozen embedding.
 N_EMBEDDING_LAYERS = 6
 EMBEDDING_DIM = 800
-#: The layers of the embedding whose outputs featx can take (see FeatureSpec.layers).
-EMBEDDING_LAYER_NAMES = ("conv1", "conv2", "pool", "conv3", "flatten")
 
 
 def build_trunk_classifier(n_classes: int = 5, seed: int = 0):
