@@ -163,16 +163,20 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_backbones(args: argparse.Namespace) -> int:
     from .backbones import backbone_names, get_backbone
 
+    from tqdm.auto import tqdm
+
     rows = []
-    for name in backbone_names():
+    names = backbone_names()
+    for name in tqdm(names, desc="building architectures", unit="model", disable=not args.widths, file=sys.stderr):
         bb = get_backbone(name)
         row = bb.row()
         if args.widths:
             row["width"] = bb.embedding_width()
+            bb.forget_layers()  # one architecture in memory at a time
         rows.append(row)
     _print_table(rows)
     if not args.widths:
-        print("\n(--widths adds the width of each default embedding: it builds every architecture, about a minute)")
+        print("\n(--widths adds the width of each default embedding: it builds every architecture, several minutes)")
     return 0
 
 

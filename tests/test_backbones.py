@@ -213,7 +213,7 @@ def test_a_model_that_cannot_be_a_backbone_is_one_line(tmp_path):
         FeatureSpec(str(wide))
     bad = tmp_path / "junk.keras"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(WeightsError, match="Could not load a Keras model from"):
+    with pytest.raises(WeightsError, match=r"junk.keras. is not a Keras model file \(a .keras file is a zip archive\)"):
         FeatureSpec(str(bad))
     tiny_model().save(vec.with_name("square.keras"))
     with pytest.raises(SettingsError, match="runs in the dtypes it was saved with"):

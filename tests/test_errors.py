@@ -44,10 +44,10 @@ BAD_INPUTS = {
     "workers 0": (["fit", "--cluster", "local", "--workers", "0"], "--workers: must be a positive integer"),
     # unknown names
     "unknown task": (["data", "--task", "all"], "--task: invalid choice: 'all'"),
-    "unknown backbone": (["extract", "--backbone", "vit"], "Unknown backbone. Known: trunk, convnextbase"),
+    "unknown backbone": (["extract", "--backbone", "vit"], "Known: trunk and the"),
     "backbone in capitals": (["extract", "--backbone", "ResNet50"], "names are lower case: 'resnet50'"),
     "missing model file": (["extract", "--backbone", "no/such.keras"], "No Keras model file at"),
-    "unknown backbone in a list": (["compare", "--backbones", "trunk,vit"], "Unknown backbone. Known: trunk"),
+    "unknown backbone in a list": (["compare", "--backbones", "trunk,vit"], "Known: trunk and the"),
     "unknown pooling": (["extract", "--pooling", "median"], "--pooling: invalid choice"),
     "unknown dtype": (["extract", "--dtype", "int8"], "--dtype: invalid choice"),
     "unknown option": (["fit", "--heads", "logreg"], "unrecognized arguments: --heads"),

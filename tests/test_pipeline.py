@@ -416,7 +416,7 @@ def test_not_fitted_and_bad_params(data):
         tiny().get_feature_names_out()
     assert not hasattr(tiny(), "model_")
     with pytest.raises(
-        ValueError, match="Unknown backbone. Known: trunk"
+        ValueError, match="Known: trunk and the"
     ):
         FeatureExtractor("alexnet").fit(X)
     with pytest.raises(ValueError, match="dtype must be one of float32, float16. Received: dtype='int8'"):

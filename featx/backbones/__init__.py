@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 from pathlib import Path
@@ -63,13 +64,17 @@ def _named(name: str) -> Backbone:
 
     if name in constructors():
         return KerasApplication(name)
-    hint = ""
-    if name.lower() in constructors():
+    names = ["trunk", *constructors()]
+    if name.lower() in names:
         hint = f" (names are lower case: {name.lower()!r})"
+    else:
+        close = difflib.get_close_matches(name.lower(), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    examples = [n for n in ("vgg19", "resnet50", "efficientnetv2b0", "convnexttiny", "mobilenetv3small") if n in names]
     raise SettingsError(
-        f"Unknown backbone{hint}. Known: trunk, {', '.join(list(constructors())[:6])}, ... (every "
-        "keras.applications model by its lower-case name: `python cli.py backbones` lists them), or the "
-        f"path of a .keras model file. Received: backbone={name!r}"
+        f"Unknown backbone{hint}. Known: trunk and the {len(names) - 1} keras.applications models by their "
+        f"lower-case names ({', '.join(examples)}, ...: `python cli.py backbones` lists them), or the path of "
+        f"a .keras model file. Received: backbone={name!r}"
     )
 
 

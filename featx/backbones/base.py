@@ -108,6 +108,13 @@ class Backbone:
         """``(name, output shape at the default size)`` of every layer of :meth:`layer_names`."""
         return self._layer_shapes
 
+    def forget_layers(self) -> None:
+        """Drop what :meth:`layer_shapes` built (and the backend's memory of it)."""
+        import keras
+
+        self.__dict__.pop("_layer_shapes", None)
+        keras.backend.clear_session(free_memory=True)
+
     # ------------------------------------------------------------------ checks
 
     def check_size(self, size) -> int:

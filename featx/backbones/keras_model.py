@@ -189,8 +189,13 @@ def _stamp(path: Path) -> tuple[int, int]:
 @functools.lru_cache(maxsize=8)
 def _load_model(path: str, size: int, mtime_ns: int):
     """The model in ``path``, loaded once per version of the file (safe mode: no code runs)."""
+    import zipfile
+
     import keras
 
+    if not zipfile.is_zipfile(path):
+        raise WeightsError(f"'{path}' is not a Keras model file (a .keras file is a zip archive). Pass a model "
+                           "saved with model.save('NAME.keras').")  # fmt: skip
     try:
         with fresh_names():
             return keras.saving.load_model(path, compile=False)
