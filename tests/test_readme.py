@@ -109,8 +109,9 @@ def test_readme_python_blocks_run(tmp_path):
 
     for name in ("photo.jpg", "more-photos/cat.png"):
         Image.new("RGB", (64, 48), (200, 120, 40)).save(work / name)
-    program = "\n".join(
-        f"print('--- README block {i}', flush=True)\n{block}" for i, block in enumerate(blocks, 1)
+    program = "import time\n_t0 = time.perf_counter()\n" + "\n".join(
+        f"print(f'--- README block {i} at {{time.perf_counter() - _t0:.1f}} s', flush=True)\n{block}"
+        for i, block in enumerate(blocks, 1)
     )
     main = f"if __name__ == '__main__':\n{textwrap.indent(program, '    ')}\n    print('ALL BLOCKS RAN')\n"
     (work / "readme_blocks.py").write_text(main)
@@ -119,5 +120,6 @@ def test_readme_python_blocks_run(tmp_path):
                FEATX_CACHE_DIR=str(work / "cache"), KERAS_BACKEND="tensorflow")  # fmt: skip
     res = subprocess.run([sys.executable, "readme_blocks.py"], cwd=work, env=env, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
+    print("\n".join(line for line in res.stdout.splitlines() if line.startswith("--- README block")))
     last = [line for line in res.stdout.splitlines() if line.startswith("--- README block")][-1:]
     assert res.returncode == 0 and "ALL BLOCKS RAN" in res.stdout, (last, res.stderr[-3000:])
