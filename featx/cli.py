@@ -161,9 +161,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from .backbones import backbone_names, get_backbone
-
     from tqdm.auto import tqdm
+
+    from .backbones import backbone_names, get_backbone
 
     rows = []
     names = backbone_names()

@@ -58,6 +58,10 @@ class Backbone:
     default_flip: bool = False
     #: The task whose features it is meant for by default (the trunk: the classes it did not see).
     default_task: str = "full"
+    #: Layers whose output is already a vector (nothing to pool).
+    flat_layers: tuple[str, ...] = ()
+    #: Whether a weights file given to several backbones at once applies to this one.
+    takes_weights_files: bool = True
 
     # ------------------------------------------------------------------ naming
 
@@ -85,9 +89,6 @@ class Backbone:
     @property
     def default_layers(self) -> tuple[str, ...]:
         return (self.output_layer,)
-
-    #: Layers whose output is already a vector (nothing to pool).
-    flat_layers: tuple[str, ...] = ()
 
     def layer_names(self) -> tuple[str, ...]:
         """Every layer whose output can be part of the embedding, input to output."""
@@ -194,9 +195,6 @@ class Backbone:
                 own.pop("weights")
         return own
 
-    #: Whether a weights file given to several backbones at once applies to this one.
-    takes_weights_files: bool = True
-
     def reference_spec(self, spec: FeatureSpec) -> FeatureSpec | None:
         """A spec whose features are the reference row of ``compare`` for ``spec``, or None."""
         return None
@@ -249,9 +247,15 @@ class Backbone:
 
         base = self.build_base(spec.size, spec.weights, seed)
         base.trainable = False
-        if spec.layers == (self.output_layer,):
-            return {spec.layers[0]: base(x)}  # the classic embedding: the whole base, as it comes
-        taps = keras.Model(base.inputs, [base.get_layer(n).output for n in spec.layers], name=base.name)
+        if spec.layers == (base.layers[-1].name,) and len(base.outputs) == 1:
+            return {spec.layers[0]: base(x)}  # the network's own output: the whole base, as it comes
+        try:
+            taps = keras.Model(base.inputs, [base.get_layer(n).output for n in spec.layers], name=base.name)
+        except (AttributeError, ValueError) as exc:
+            raise SettingsError(
+                f"The layers of {self.label} cannot be tapped ({exc.__class__.__name__}: {str(exc)[:200]}): "
+                "--layers needs a functional or Sequential model."
+            ) from None
         out = taps(x)
         return dict(zip(spec.layers, out if isinstance(out, (list, tuple)) else [out]))
 

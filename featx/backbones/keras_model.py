@@ -144,23 +144,6 @@ class KerasModel(Backbone):
             ) from None
         return clone
 
-    def feature_maps(self, x, spec, *, seed: int, state: dict) -> dict:
-        import keras
-
-        base = self.build_base(spec.size, spec.weights, seed)
-        base.trainable = False
-        if spec.layers == (base.layers[-1].name,) and len(base.outputs) == 1:
-            return {spec.layers[0]: base(x)}
-        try:
-            taps = keras.Model(base.inputs, [base.get_layer(n).output for n in spec.layers], name=base.name)
-        except (AttributeError, ValueError) as exc:
-            raise SettingsError(
-                f"The layers of {self.path.name} cannot be tapped ({exc.__class__.__name__}: {str(exc)[:200]}): "
-                "--layers needs a functional or Sequential model."
-            ) from None
-        out = taps(x)
-        return dict(zip(spec.layers, out if isinstance(out, (list, tuple)) else [out]))
-
 
 def _layers_of(model) -> list:
     """The layers whose outputs can be tapped (the input layer left out)."""
