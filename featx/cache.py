@@ -89,8 +89,9 @@ class FeatureSet:
         return feature_key(self.settings)
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Read ``(X_train, y_train, X_test, y_test)`` into memory."""
-        with h5py.File(self.path, "r") as f:
+        """Read ``(X_train, y_train, X_test, y_test)`` into memory (checked against the file's
+        per-chunk checksums: a damaged file raises :class:`CacheError`, never returns)."""
+        with _reading(self.path), h5py.File(self.path, "r") as f:
             return f["train/X"][:], f["train/y"][:], f["test/X"][:], f["test/y"][:]
 
     @contextmanager
@@ -103,8 +104,36 @@ class FeatureSet:
             yield f["train/X"], f["train/y"], f["test/X"], f["test/y"]
 
 
-def read_features(path: str | os.PathLike) -> FeatureSet:
-    """Open a complete feature file and check it; raises :class:`CacheError` if it is not sound."""
+@contextmanager
+def _reading(path: Path):
+    """Reads of a feature file: a checksum that fails (or any read error) is a :class:`CacheError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise CacheError(
+            f"corrupt cache file {path} ({' '.join(str(exc).split())[:160]}): run again with --force "
+            "(force=True) to recompute it."
+        ) from None
+
+
+def verify(path: str | os.PathLike) -> None:
+    """Read every row of a feature file, so that HDF5 checks every chunk's checksum (fletcher32);
+    raises :class:`CacheError` on the first damaged one."""
+    with _reading(Path(path)), h5py.File(path, "r") as f:
+        for s in SPLITS:
+            for name in ("X", "y"):
+                ds = f[f"{s}/{name}"]
+                step = ds.chunks[0] * 16 if ds.chunks else len(ds)
+                for start in range(0, len(ds), max(1, step)):
+                    ds[start : start + step]
+
+
+def read_features(path: str | os.PathLike, *, check: bool = True) -> FeatureSet:
+    """Open a complete feature file and check it; raises :class:`CacheError` if it is not sound.
+
+    With ``check``, every row is read once so that the file's per-chunk checksums are checked:
+    a file damaged in place (same size, bytes overwritten) is found here, not used.
+    """
     path = Path(path)
     if not path.exists():
         raise CacheError(f"No feature cache at '{path}'. Run `python cli.py extract` first.")
@@ -123,6 +152,8 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
     for s, (xs, ys, n) in shapes.items():
         if xs[0] != n or ys[0] != n:
             raise CacheError(f"Feature cache '{path}': split {s} holds {xs[0]} rows, expected {n}.")
+    if check:
+        verify(path)
     return FeatureSet(path, settings, info)
 
 
@@ -195,9 +226,11 @@ class PartialWriter:
         rows = int(max(1, min(4096, _CHUNK_BYTES // max(1, self.dim * self.dtype.itemsize))))
         for s in SPLITS:
             g = f.create_group(s)
+            # fletcher32: a checksum per chunk, checked by HDF5 on every read
             g.create_dataset("X", shape=(0, self.dim), maxshape=(None, self.dim), dtype=self.dtype,
-                             chunks=(rows, self.dim))  # fmt: skip
-            g.create_dataset("y", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(max(rows, 1024),))
+                             chunks=(rows, self.dim), fletcher32=True)  # fmt: skip
+            g.create_dataset("y", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(max(rows, 1024),),
+                             fletcher32=True)  # fmt: skip
             g.attrs["n_total"] = self.sizes[s]
             g.attrs["n_done"] = 0
         f.flush()

@@ -85,7 +85,8 @@ def extract_features(
     # "local" starts its cluster only now that there is work (5-6 s)
     with connect(opts.cluster, opts.workers) as client, cache.locked(path, opts.lock_timeout):
         if opts.force:
-            path.unlink(missing_ok=True)
+            # start afresh beside the complete file, which the new one replaces only once complete:
+            # an interrupted forced run leaves the old features in place
             cache.partial_path(path).unlink(missing_ok=True)
         elif (found := _cached(settings, opts.cache_dir)) is not None:  # another process finished it while we waited
             return found

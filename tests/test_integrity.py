@@ -1,0 +1,71 @@
+"""Nothing lost, nothing silently wrong: damaged caches, interrupted forced runs, other trunk settings."""
+
+from unittest import mock
+
+import h5py
+import numpy as np
+import pytest
+from conftest import make_class_folders
+
+from featx import extract as extract_mod
+from featx.errors import CacheError
+from featx.extract import extract_features
+from featx.fit import fit_head
+
+FAST = dict(weights="none", size=32, batch_size=8, precision="float32")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_class_folders(tmp_path_factory.mktemp("integrity") / "ds", n_train=10, n_test=4)
+
+
+def _damage(path, dataset="train/X", nbytes=4096):
+    """Overwrite bytes inside a dataset's first chunk: the file keeps its size."""
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_chunk_info(0).byte_offset
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 64)
+        fh.write(np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8).tobytes())
+    assert path.stat().st_size == size
+
+
+def test_a_feature_file_damaged_in_place_is_found_and_recomputed(tiny, tmp_path, capsys):
+    fs = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
+    good = fs.load()
+    _damage(fs.path)
+    with pytest.raises(CacheError, match=rf"corrupt cache file {fs.path}.*run again with --force"):
+        fs.load()
+    capsys.readouterr()
+    again = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)  # found damaged: made again
+    out = capsys.readouterr().out
+    assert "is damaged" in out and "rebuilding it" in out and "features cached" in out
+    for a, b in zip(good, again.load()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_head_is_never_fitted_on_damaged_features(tiny, tmp_path):
+    res, _ = fit_head("logreg", "vgg19", tiny, cache_dir=tmp_path, **FAST)
+    (feature_file,) = (tmp_path / "features").glob("*.h5")
+    _damage(feature_file, "test/X")
+    with mock.patch.object(extract_mod, "_run", wraps=extract_mod._run) as ran:
+        again, _ = fit_head("logreg", "vgg19", tiny, cache_dir=tmp_path, **FAST)
+    assert ran.call_count == 1  # the damage was found and the features made again, not used
+    assert again.accuracy == res.accuracy
+
+
+def test_an_interrupted_forced_run_keeps_the_complete_file(tiny, tmp_path):
+    fs = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
+    before = fs.load()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with mock.patch.object(extract_mod, "embed", side_effect=interrupted), pytest.raises(KeyboardInterrupt):
+        extract_features("vgg19", tiny, cache_dir=tmp_path, force=True, **FAST)
+    assert fs.path.exists()
+    with mock.patch.object(extract_mod, "_run", side_effect=AssertionError("recomputed")):
+        kept = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
+    for a, b in zip(before, kept.load()):
+        np.testing.assert_array_equal(a, b)
