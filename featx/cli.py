@@ -193,10 +193,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .trunk import pretrain_trunk
+    from .backbones.trunk import pretrain_trunk
 
     pretrain_trunk(args.data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                   cache_dir=args.cache_dir)  # fmt: skip
+                   cache_dir=args.cache_dir, force=args.force)  # fmt: skip
     return 0
 
 
@@ -314,8 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train the split-CIFAR trunk on the source classes (0-4)")
     _add_data_args(p)
     p.add_argument("--backbone", default="trunk", choices=["trunk"])
-    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--epochs", type=_positive_int, default=10,
+                   help="(default 10; other values make another trunk, which never replaces the default one)")
     p.add_argument("--batch-size", type=_positive_int, default=100)
+    p.add_argument("--force", action="store_true", help="train again even if a trunk of these settings exists")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("fit", help="fit a head on cached features (extracting them first if missing)")

@@ -69,3 +69,23 @@ def test_an_interrupted_forced_run_keeps_the_complete_file(tiny, tmp_path):
         kept = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
     for a, b in zip(before, kept.load()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_trunk_trained_with_other_settings_never_replaces_the_default_one(tmp_path, capsys):
+    from featx.cli import main
+
+    folder = make_class_folders(tmp_path / "ds", classes=("a", "b", "c", "d"), n_train=6, n_test=2)
+    common = ["pretrain", "--data", str(folder), "--cache-dir", str(tmp_path / "c")]
+    assert main(common) == 0
+    (default,) = (tmp_path / "c" / "trunk").glob("*.keras")
+    made = default.read_bytes()
+    assert main([*common, "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    other = next((tmp_path / "c" / "trunk").glob("*-epochs1-batch100.keras"))
+    assert default.read_bytes() == made and other != default
+    assert f"use it with --weights {other}" in out
+    assert main(common) == 0  # the same settings again: reused, not retrained
+    assert "trunk already trained with these settings" in capsys.readouterr().out
+    assert default.read_bytes() == made
+    assert main([*common, "--force"]) == 0
+    assert "validation accuracy" in capsys.readouterr().out

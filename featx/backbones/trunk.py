@@ -89,11 +89,17 @@ def trunk_from_weights(weights: list, seed: int = 0):
     return model
 
 
-def trunk_path(ds: Dataset, seed: int, cache_dir=None) -> Path:
-    """Where the trunk trained on ``ds`` (a source task) with ``seed`` is saved."""
+#: How the trunk that ``weights="trained"`` means is trained (the split-CIFAR protocol's 10 epochs).
+EPOCHS, BATCH_SIZE = 10, 100
+
+
+def trunk_path(ds: Dataset, seed: int, cache_dir=None, *, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE) -> Path:
+    """Where the trunk trained on ``ds`` (a source task) with ``seed`` (and ``epochs`` and
+    ``batch_size``, named in the file where they are not the default's) is saved."""
     folder = resolve_cache_dir(cache_dir) / "trunk"
-    path = folder / f"trunk-{slug(ds.name)}-{ds.fingerprint}-seed{seed}.keras"
-    if not path.exists():  # saved under an earlier naming rule: the fingerprint and seed are what count
+    other = "" if (epochs, batch_size) == (EPOCHS, BATCH_SIZE) else f"-epochs{epochs}-batch{batch_size}"
+    path = folder / f"trunk-{slug(ds.name)}-{ds.fingerprint}-seed{seed}{other}.keras"
+    if not path.exists() and not other:  # saved under an earlier naming rule: the fingerprint and seed count
         earlier = sorted(folder.glob(f"trunk-*-{ds.fingerprint}-seed{seed}.keras"))
         if earlier:
             return earlier[0]
@@ -103,10 +109,11 @@ def trunk_path(ds: Dataset, seed: int, cache_dir=None) -> Path:
 def pretrain_trunk(
     data=None,
     *,
-    epochs: int = 10,
-    batch_size: int = 100,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
     seed: int = 0,
     cache_dir=None,
+    force: bool = False,
     verbose: int | str = "auto",
 ) -> tuple[Path, dict]:
     """Train the trunk on the source task of ``data`` and save it in the cache.
@@ -114,6 +121,11 @@ def pretrain_trunk(
     Trains on the source task's train split and reports accuracy on its test
     split (the split-CIFAR 80/20 protocol, seeded). Returns the path of the
     saved model and its training record (also saved beside it as JSON).
+
+    A trunk trained with other ``epochs`` or ``batch_size`` than the default is
+    another trunk, saved under its own name: it never replaces the one that
+    ``weights="trained"`` uses (pass its path as weights to use it). A trunk
+    already trained with the same settings is reused, unless ``force``.
 
     Examples
     --------
@@ -124,8 +136,14 @@ def pretrain_trunk(
     ds = data if isinstance(data, Dataset) else load_dataset(data, "source", cache_dir=cache_dir, seed=seed)
     if ds.task != "source":
         raise ValueError(f"The trunk trains on the 'source' task. Received a dataset with task={ds.task!r}")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer. Received: epochs={epochs!r}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    path = trunk_path(ds, seed, cache_dir, epochs=epochs, batch_size=batch_size)
+    if path.exists() and not force:
+        print(f"trunk already trained with these settings: {path} (--force trains it again)", flush=True)
+        record = path.with_suffix(".json")
+        return path, json.loads(record.read_text()) if record.exists() else {}
     model = build_trunk_classifier(ds.n_classes, seed)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     if verbose == "auto":
@@ -138,7 +156,6 @@ def pretrain_trunk(
         epochs=epochs, batch_size=batch_size, shuffle=True, verbose=verbose,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
-    path = trunk_path(ds, seed, cache_dir)
     record = {
         "data": ds.name,
         "task": ds.task,
@@ -163,11 +180,15 @@ def pretrain_trunk(
     path.with_suffix(".json").write_text(json.dumps(record, indent=1))
     print(f"trunk: validation accuracy {record['val_accuracy']:.2%} after {epochs} epochs "
           f"({seconds:.1f} s), saved to {path}", flush=True)  # fmt: skip
+    if (epochs, batch_size) != (EPOCHS, BATCH_SIZE):
+        print(f"this is not the trunk that --weights trained uses ({EPOCHS} epochs, batch {BATCH_SIZE}); "
+              f"use it with --weights {path}", flush=True)  # fmt: skip
     return path, record
 
 
-def load_or_train_trunk(data=None, *, seed: int = 0, cache_dir=None, epochs: int = 10):
-    """The trunk trained on ``data``'s source classes: loaded if saved, else trained now (saying so)."""
+def load_or_train_trunk(data=None, *, seed: int = 0, cache_dir=None):
+    """The trunk trained on ``data``'s source classes with the default settings: loaded if saved,
+    else trained now (saying so)."""
     import keras
 
     ds = data if isinstance(data, Dataset) else load_dataset(data, "source", cache_dir=cache_dir, seed=seed)
@@ -175,7 +196,7 @@ def load_or_train_trunk(data=None, *, seed: int = 0, cache_dir=None, epochs: int
     if not path.exists():
         print(f"no trunk trained on {ds.name} yet: training it now (python cli.py pretrain "
               "--backbone trunk does this ahead of time)", flush=True)  # fmt: skip
-        pretrain_trunk(ds, epochs=epochs, seed=seed, cache_dir=cache_dir)
+        pretrain_trunk(ds, seed=seed, cache_dir=cache_dir)
     return keras.saving.load_model(path), path
 
 
