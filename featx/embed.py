@@ -7,11 +7,12 @@ process, a shard on a Dask worker, the Pipeline step, ``predict``) uses it.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
 
-from .errors import SettingsError
+from .errors import ResourceError, SettingsError
 from .spec import FeatureSpec
 
 
@@ -42,6 +43,8 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
     from .runtime import is_out_of_memory
 
     start, n = 0, len(X)
+    batch_size = max(1, min(batch_size, n))  # never padded beyond the images at hand
+    check_memory(model, batch_size)
     while start < n:
         batches = prefetch(_padded_batches(X, start, batch_size))
         try:
@@ -49,8 +52,13 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
                 try:
                     out = np.asarray(model.predict_on_batch(batch))[:m]
                 except Exception as exc:
-                    if not (adaptive and batch_size > 1 and is_out_of_memory(exc)):
+                    if not is_out_of_memory(exc):
                         raise
+                    if not (adaptive and batch_size > 1):
+                        raise ResourceError(
+                            f"a batch of {batch_size} images did not fit in memory ({type(exc).__name__}): "
+                            "pass a smaller --batch-size (batch_size=), or auto, which halves it until it fits."
+                        ) from None
                     print(f"a batch of {batch_size} images did not fit in device memory: going on with "
                           f"{batch_size // 2}", file=sys.stderr, flush=True)  # fmt: skip
                     batch_size //= 2
@@ -65,6 +73,58 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
                 start = n
         finally:
             batches.close()
+
+
+def bytes_per_image(model) -> int:
+    """A lower bound of the memory one image takes in a forward pass of ``model``: the largest
+    input plus output of any of its layers (nested models' included), in float32."""
+    largest = 0
+    for layer in model._flatten_layers(include_self=False):
+        try:
+            shapes = [layer.output.shape, layer.input.shape]
+        except (AttributeError, ValueError):  # a layer called more than once, or not at all
+            continue
+        elems = 0
+        for shape in shapes:
+            if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
+                continue  # several tensors: skip rather than guess
+            dims = [d for d in shape[1:]]
+            if dims and all(isinstance(d, int) for d in dims):
+                elems += int(np.prod(dims))
+        largest = max(largest, elems)
+    mirrored = any(layer.name == "with_mirror" for layer in model.layers)
+    return 4 * largest * (2 if mirrored else 1)
+
+
+def check_memory(model, batch_size: int) -> None:
+    """Refuse, before running, a batch whose forward pass cannot fit in this machine's memory
+    (on a GPU, its memory): a value that cannot work is one line, not a crash."""
+    from .runtime import this_machine
+
+    report = this_machine()
+    memory = report.get("memory_bytes") if report.get("device") == "gpu" else _physical_memory()
+    per_image = bytes_per_image(model)
+    need = per_image * batch_size
+    if memory and need > memory // 2:
+        fits = (memory // 2) // max(1, per_image)
+        where = "GPU" if report.get("device") == "gpu" else "machine"
+        if fits < 1:
+            raise ResourceError(
+                f"one image needs at least {per_image / 2**30:.1f} GiB in the forward pass at this input size and "
+                f"this {where} has {memory / 2**30:.1f} GiB: pass a smaller --size (size=)."
+            )
+        raise ResourceError(
+            f"a batch of {batch_size} images needs at least {need / 2**30:.1f} GiB in the forward pass and this "
+            f"{'GPU' if report.get('device') == 'gpu' else 'machine'} has {memory / 2**30:.1f} GiB: pass "
+            f"--batch-size {min(fits, 1024)} or less (batch_size=), or auto."
+        )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_batch_size(batch_size) -> None:

@@ -29,5 +29,9 @@ class HeadError(FeatxError, ValueError):
     """A head name or a head parameter is not valid."""
 
 
+class ResourceError(FeatxError, ValueError):
+    """What was asked does not fit in the machine's memory (a batch, an input size, an embedding)."""
+
+
 class ClusterError(FeatxError):
     """A Dask cluster could not be reached, or a task on it failed."""

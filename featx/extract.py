@@ -139,13 +139,14 @@ def run_info(ds: Dataset, spec: FeatureSpec, batch_size, device: str) -> dict:
 def _run(extractor: Extractor, ds: Dataset, settings: dict, path, opts: RunOptions) -> cache.FeatureSet:
     import keras
 
-    from .embed import resolve_batch_size
+    from .embed import check_memory, resolve_batch_size
     from .overlap import BackgroundWriter
     from .runtime import compilation, describe_device
 
     spec, model = extractor.spec, extractor.model
     adaptive = opts.batch_size == "auto"
     batch_size = resolve_batch_size(opts.batch_size, spec)
+    check_memory(model, min(batch_size, max(len(ds.X_train), len(ds.X_test), 1)))  # before any file is written
     compiled = compilation(model)
     print(f"{spec.backbone_.label} on {describe_device()} ({keras.backend.backend()}, {compiled}): precision "
           f"{spec.precision}, batch {batch_size}{' (auto)' if adaptive else ''}", flush=True)  # fmt: skip

@@ -89,3 +89,58 @@ def test_a_trunk_trained_with_other_settings_never_replaces_the_default_one(tmp_
     assert default.read_bytes() == made
     assert main([*common, "--force"]) == 0
     assert "validation accuracy" in capsys.readouterr().out
+
+
+def test_a_batch_larger_than_the_data_is_not_padded_to_its_size(tiny, tmp_path):
+    big = extract_features("vgg19", tiny, cache_dir=tmp_path / "a", **{**FAST, "batch_size": 100_000})
+    small = extract_features("vgg19", tiny, cache_dir=tmp_path / "b", **FAST)
+    np.testing.assert_allclose(big.load()[0], small.load()[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_one_line_before_it_runs(monkeypatch):
+    from featx import embed as embed_mod
+    from featx import runtime
+    from featx.errors import ResourceError
+    from featx.extractor import build_extractor
+    from featx.spec import FeatureSpec
+
+    monkeypatch.setattr(runtime, "_REPORT", {"device": "cpu", "cpu_flags": []})
+    monkeypatch.setattr(embed_mod, "_physical_memory", lambda: 8 * 2**30)
+    model = build_extractor(FeatureSpec("vgg19", weights="none", size=224, precision="float32"))
+    X = np.zeros((1000, 32, 32, 3), np.uint8)
+    with pytest.raises(ResourceError, match=r"a batch of 1000 images needs at least 2\d\.\d GiB .* has 8\.0 GiB: "
+                                            r"pass --batch-size 1\d\d or less"):  # fmt: skip
+        next(embed_mod.embed(model, X, batch_size=1000))
+    embed_mod.check_memory(model, 32)  # 0.8 GiB: fine
+
+
+def test_out_of_memory_with_a_batch_size_given_is_one_line():
+    from featx.embed import embed
+    from featx.errors import ResourceError
+
+    class ResourceExhaustedError(Exception):
+        pass
+
+    class Model:
+        layers = []
+
+        def _flatten_layers(self, include_self=False):
+            return []
+
+        def predict_on_batch(self, batch):
+            raise ResourceExhaustedError("OOM when allocating tensor")
+
+    with pytest.raises(ResourceError, match="a batch of 8 images did not fit in memory .* pass a smaller --batch-size"):
+        list(embed(Model(), np.zeros((20, 32, 32, 3), np.uint8), batch_size=8))
+
+
+def test_an_input_size_that_cannot_fit_is_one_line_and_writes_nothing(tiny, tmp_path, monkeypatch):
+    from featx import embed as embed_mod
+    from featx import runtime
+    from featx.errors import ResourceError
+
+    monkeypatch.setattr(runtime, "_REPORT", {"device": "cpu", "cpu_flags": []})
+    monkeypatch.setattr(embed_mod, "_physical_memory", lambda: 8 * 2**30)
+    with pytest.raises(ResourceError, match=r"one image needs at least \d+\.\d GiB .* pass a smaller --size"):
+        extract_features("vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 100_000})
+    assert not list((tmp_path / "features").glob("*.h5"))
