@@ -34,6 +34,8 @@ from .spec import FeatureSpec
 _MODELS: OrderedDict = OrderedDict()  # settings JSON -> live Keras model, most recent last
 _MODELS_LOCK = threading.Lock()
 _MAX_MODELS = 3
+#: The widest embedding featx makes (floats per image): past it, a setting is a mistake, not a feature.
+MAX_WIDTH = 500_000
 
 
 class Extractor:
@@ -191,6 +193,13 @@ def _extractor_graph(spec: FeatureSpec, seed: int, state: dict):
         x = L["WithMirror"](name="with_mirror")(x)
     maps = bb.feature_maps(x, spec, seed=seed, state=state)
     feats = [_pooled(spec, name, maps[name]) for name in spec.layers]
+    width = sum(int(f.shape[-1]) for f in feats)
+    if width > MAX_WIDTH:
+        raise SettingsError(
+            f"These settings make embeddings {width:,} wide ({width * 4 / 2**20:,.1f} MiB per image), more than "
+            f"featx takes ({MAX_WIDTH:,}): use a smaller --grid, --pooling avg or max rather than flatten, or "
+            "fewer --layers."
+        )
     out = feats[0] if len(feats) == 1 else keras.layers.Concatenate(name="concat")(feats)
     if spec.flip:
         out = L["MirrorMean"](name="mirror_mean")(out)
@@ -213,6 +222,12 @@ def _pooled(spec: FeatureSpec, name: str, t):
             "(n, h, w, c) and takes vectors (n, d). Pick another layer with --layers."
         )
     tag = spec.pooling if classic else f"feat_{name}"
+    h, w = t.shape[1], t.shape[2]
+    if spec.pooling != "flatten" and h is not None and w is not None and spec.grid > min(h, w):
+        raise SettingsError(
+            f"grid {spec.grid} is finer than layer {name!r} of {spec.backbone_.label}, whose map is {h}x{w} at size "
+            f"{spec.size}: use --grid {min(h, w)} or less there, or a larger --size."
+        )
     if spec.pooling == "flatten":
         return keras.layers.Flatten(name="flatten" if classic else tag)(t)
     if spec.grid == 1:

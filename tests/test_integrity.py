@@ -144,3 +144,15 @@ def test_an_input_size_that_cannot_fit_is_one_line_and_writes_nothing(tiny, tmp_
     with pytest.raises(ResourceError, match=r"one image needs at least \d+\.\d GiB .* pass a smaller --size"):
         extract_features("vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 100_000})
     assert not list((tmp_path / "features").glob("*.h5"))
+
+
+def test_a_grid_finer_than_the_map_or_an_absurd_width_is_refused_before_anything_runs(tiny, tmp_path):
+    from featx.errors import SettingsError
+
+    with pytest.raises(SettingsError, match=r"grid 32 is finer than layer 'conv5_block3_out' of resnet50, whose map "
+                                            r"is 1x1 at size 32: use --grid 1 or less there"):  # fmt: skip
+        extract_features("resnet50", tiny, cache_dir=tmp_path, grid=32, **FAST)
+    with pytest.raises(SettingsError, match=r"embeddings 802,816 wide .* more than featx takes \(500,000\)"):
+        extract_features("vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 224}, layers=["block3_conv4"],
+                         pooling="flatten")  # fmt: skip
+    assert not list((tmp_path / "features").glob("*.h5"))
