@@ -252,14 +252,28 @@ def specs_for(backbones: Iterable[FeatureSpec | str], **fields) -> list[FeatureS
 
     ``fields`` apply to every backbone named by a string that can take them;
     where one cannot, it keeps its own default: a ``size`` does not apply to a
-    backbone of fixed size, named weights other than "none" (and weight
-    files) only to the ImageNet backbones. Specs passed as objects are used
-    as they are.
+    backbone of fixed size, named weights only to the backbones that take that
+    name ("imagenet", "trained"). A weights file is the weights of one
+    backbone: given with several, it is an error, since it cannot be the
+    weights of each. Specs passed as objects are used as they are.
 
     >>> [s.describe() for s in specs_for(["trunk", "vgg19"], weights="none", size=64, precision="float32")]
     ['trunk 32px max, random init, layers conv1+pool+flatten, grid 4, flip', 'vgg19 64px avg, random init']
     """
     _check_names(fields)
+    backbones = list(backbones)
+    named = [b for b in backbones if not isinstance(b, FeatureSpec)]
+    w = fields.get("weights")
+    w = str(w) if isinstance(w, os.PathLike) else w
+    if isinstance(w, str) and w.lower() not in ("none", "pretrained"):
+        if Path(w).expanduser().is_file():
+            if len(named) > 1:
+                raise SettingsError(
+                    f"One weights file cannot be the weights of {len(named)} backbones ({', '.join(map(str, named))}): "
+                    f"compare them with it one at a time, or, from Python, pass FeatureSpec objects. Received: weights={w!r}"
+                )
+        elif named and not any(w in get_backbone(b).named_weights for b in named):
+            get_backbone(named[0]).check_weights(w)  # says what the weights may be
     out = []
     for b in backbones:
         if isinstance(b, FeatureSpec):

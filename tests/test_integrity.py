@@ -156,3 +156,16 @@ def test_a_grid_finer_than_the_map_or_an_absurd_width_is_refused_before_anything
         extract_features("vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 224}, layers=["block3_conv4"],
                          pooling="flatten")  # fmt: skip
     assert not list((tmp_path / "features").glob("*.h5"))
+
+
+def test_a_trunk_file_given_to_compare_is_used(tmp_path):
+    from featx.backbones.trunk import build_trunk_classifier
+    from featx.compare import compare
+
+    folder = make_class_folders(tmp_path / "ds", classes=("a", "b", "c", "d"), n_train=6, n_test=2)
+    mine = tmp_path / "mytrunk.keras"
+    build_trunk_classifier(5, seed=7).save(mine)
+    with mock.patch("featx.backbones.trunk.pretrain_trunk", side_effect=AssertionError("trained a trunk")):
+        results, _ = compare(["trunk"], ["logreg"], folder, weights=mine, reference=False, cache_dir=tmp_path / "c",
+                             reports_dir=tmp_path / "r")  # fmt: skip
+    assert results[0].features.startswith("trunk 32px max, mytrunk.keras")

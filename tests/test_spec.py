@@ -14,7 +14,7 @@ from conftest import make_class_folders
 
 from featx import FeatureExtractor
 from featx.data import Dataset
-from featx.errors import WeightsError
+from featx.errors import SettingsError, WeightsError
 from featx.extract import extract_features
 from featx.fit import fit_head
 from featx.predict import predict_files
@@ -101,8 +101,12 @@ def test_specs_for_applies_each_setting_where_it_fits(tmp_path):
         "vgg19", weights="none", size=64, pooling="max")  # fmt: skip
     w = tmp_path / "vgg.weights.h5"
     w.write_bytes(b"x")
-    trunk, vgg = specs_for(["trunk", "vgg19"], weights=w)
-    assert trunk.weights == "trained" and vgg.weights == str(w)
+    with pytest.raises(SettingsError, match=r"One weights file cannot be the weights of 2 backbones \(trunk, vgg19\)"):
+        specs_for(["trunk", "vgg19"], weights=w)  # whose weights would it be?
+    (vgg,) = specs_for(["vgg19"], weights=w)
+    assert vgg.weights == str(w)
+    with pytest.raises(WeightsError, match="weights for trunk must be 'trained'"):
+        specs_for(["trunk", "vgg19"], weights="imagenett")  # a name no backbone takes is not dropped silently
     trunk, vgg = specs_for(["trunk", "vgg19"], weights="imagenet")
     assert trunk.weights == "trained" and vgg.weights == "imagenet"
     own = FeatureSpec("resnet50", size=96)

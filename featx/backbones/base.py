@@ -60,8 +60,6 @@ class Backbone:
     default_task: str = "full"
     #: Layers whose output is already a vector (nothing to pool).
     flat_layers: tuple[str, ...] = ()
-    #: Whether a weights file given to several backbones at once applies to this one.
-    takes_weights_files: bool = True
 
     # ------------------------------------------------------------------ naming
 
@@ -184,14 +182,15 @@ class Backbone:
 
     def settings_for(self, fields: dict) -> dict:
         """Of settings given for several backbones at once (``compare``), those that apply to this one:
-        no size for a backbone of fixed size, no weights named for another backbone."""
+        no size for a backbone of fixed size, no weights named for another backbone (a weights
+        file applies to every backbone named: :func:`featx.spec.specs_for` allows one only)."""
         own = dict(fields)
         if self.fixed_size:
             own.pop("size", None)
         w = own.get("weights")
         w = str(w) if isinstance(w, os.PathLike) else w
         if isinstance(w, str) and w.lower() not in ("none", "pretrained") and w not in self.named_weights:
-            if not Path(w).expanduser().is_file() or not self.takes_weights_files:
+            if not Path(w).expanduser().is_file():
                 own.pop("weights")
         return own
 

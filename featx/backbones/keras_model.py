@@ -50,7 +50,6 @@ class KerasModel(Backbone):
 
     family = "your model"
     named_weights = ("saved",)  # the weights saved in the file
-    takes_weights_files = False  # a weights file given for several backbones is not for this one
 
     def __init__(self, path: str | os.PathLike):
         path = Path(path).expanduser()

@@ -260,7 +260,6 @@ class Trunk(Backbone):
     default_flip = True
     default_task = "target"
     flat_layers = ("flatten",)
-    takes_weights_files = False  # a trunk file is a whole trunk, not weights for the others
 
     @property
     def output_layer(self) -> str:
