@@ -269,7 +269,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
 
     failed = 0
-    for i, p in enumerate(predict_files(args.images, args.head, args.backbone, args.data, args.task,
+    for i, p in enumerate(predict_files(args.images, args.head, _spec(args), args.data, args.task,
                                         options=_options(args))):  # fmt: skip
         if i == 0:
             print(f"file\tclass\t{p.score_name}")
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files with a fitted head and its backbone")
     _add_data_args(p)
-    p.add_argument("--backbone", default="vgg19", metavar="NAME|PATH")
+    _add_spec_args(p)  # the head fitted with these feature options
     p.add_argument("--head", default="logreg")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.set_defaults(func=cmd_predict)

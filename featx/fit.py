@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -87,9 +88,24 @@ def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", h
                      params, cv_acc)  # fmt: skip
 
 
-def head_path(head: str, backbone: str, data_name: str, task: str, cache_dir=None) -> Path:
-    """Where :func:`fit_head` saves the ``head`` fitted on ``backbone``'s features of a dataset's ``task``."""
-    return resolve_cache_dir(cache_dir) / "heads" / f"{head}-{slug(backbone)}-{slug(data_name)}-{task}.joblib"
+def head_path(head: str, spec: FeatureSpec, data_name: str, task: str, seed: int = 0, cache_dir=None) -> Path:
+    """Where :func:`fit_head` saves the ``head`` fitted on ``spec``'s features of a dataset's ``task``
+    (split with ``seed``): a head fitted on other features, or other splits, is another file."""
+    tag = hashlib.sha256(json.dumps({"spec": spec.to_dict(), "seed": seed}, sort_keys=True).encode()).hexdigest()
+    prefix = _heads_prefix(head, spec.backbone_.label, data_name, task, cache_dir)
+    return prefix.with_name(f"{prefix.name}-{tag[:10]}.joblib")
+
+
+def fitted_heads(head: str, backbone_label: str, data_name: str, task: str, cache_dir=None) -> list[Path]:
+    """Every saved ``head`` on this backbone's features of a dataset's ``task``, whatever the
+    settings (those saved before heads were named by their settings too)."""
+    prefix = _heads_prefix(head, backbone_label, data_name, task, cache_dir)
+    return sorted(p for p in prefix.parent.glob(f"{prefix.name}*.joblib")
+                  if p.stem == prefix.name or p.stem[len(prefix.name):].startswith("-"))  # fmt: skip
+
+
+def _heads_prefix(head: str, backbone_label: str, data_name: str, task: str, cache_dir) -> Path:
+    return resolve_cache_dir(cache_dir) / "heads" / f"{head}-{slug(backbone_label)}-{slug(data_name)}-{task}"
 
 
 def fit_head(
@@ -138,7 +154,7 @@ def fit_head(
                                features=spec.describe(), tune=tune)  # fmt: skip
     path = None
     if save:
-        path = head_path(head, spec.backbone_.label, ds.name, ds.task, opts.cache_dir)
+        path = head_path(head, spec, ds.name, ds.task, opts.seed, opts.cache_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "head": head,

@@ -10,9 +10,9 @@ import numpy as np
 
 from .errors import CacheError, FeatxError
 from .extractor import Extractor
-from .fit import head_path
-from .options import RunOptions, as_options
-from .spec import FeatureSpec
+from .fit import fitted_heads, head_path
+from .options import RunOptions, as_options, split_kwargs
+from .spec import FeatureSpec, as_spec
 
 
 class Prediction(NamedTuple):
@@ -29,10 +29,11 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
                   *, options: RunOptions | None = None, **kwargs):  # fmt: skip
     """Classify image files with a saved head and its backbone.
 
-    The head is the one last fitted by :func:`featx.fit.fit_head` on ``spec``'s backbone
-    for ``data`` and ``task``; its backbone is rebuilt from the spec recorded
-    with it. Passing a full :class:`~featx.spec.FeatureSpec` also checks that
-    the head was fitted on those features.
+    The head is the one :func:`featx.fit.fit_head` fitted on the features of
+    ``spec`` (a :class:`~featx.spec.FeatureSpec`, or a backbone and the feature
+    settings among ``kwargs``, as given to ``fit_head``) for ``data``, ``task``
+    and ``seed``; its backbone is rebuilt from the spec recorded with it. A head
+    fitted on other settings is not used: the error lists the heads there are.
 
     Yields a :class:`Prediction` ``(file, label, score, error, score_name)``
     per image: ``score`` is the head's probability of ``label``
@@ -41,28 +42,20 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     decision margin (``score_name`` "margin"). A file that cannot be read gets
     its error and the others still run. ``files`` may name folders: their
     images are classified. ``options`` (or run options by name in ``kwargs``):
-    ``cache_dir`` and ``batch_size`` apply.
+    ``cache_dir``, ``seed`` and ``batch_size`` apply.
     """
-    from .backbones import get_backbone
     from .images import decode_image, is_image_name, resize_image
 
-    opts = as_options(options, **kwargs)
+    settings, run = split_kwargs(kwargs)
+    spec = as_spec(spec, **settings)
+    opts = as_options(options, **run)
     cache_dir = opts.cache_dir
-    backbone = (spec.backbone_ if isinstance(spec, FeatureSpec) else get_backbone(spec)).label
     name = "sample" if data is None else str(data)
     ds_name = "sample" if name == "sample" else (name if name == "cifar10" else str(Path(name).expanduser().resolve()))
-    path = head_path(head, backbone, ds_name, task, cache_dir)
-    if not path.exists():
-        raise CacheError(
-            f"No {head} head fitted on {backbone} features of {name} ({task}) yet. Run "
-            f"`python cli.py fit --head {head} --backbone {backbone} --data {name} --task {task}` first."
-        )
+    path = _find_head(head, spec, name, ds_name, task, opts)
     saved = joblib.load(path)
     est, rec = saved["estimator"], saved["record"]
     fitted_spec, fitted_data, seed = _recorded_spec(rec)
-    if isinstance(spec, FeatureSpec) and spec != fitted_spec:
-        raise FeatxError(f"The {head} head in {path.name} was fitted on {fitted_spec.describe()}, not on "
-                         f"{spec.describe()}. Fit it on those features first.")  # fmt: skip
     extractor = Extractor(fitted_spec, seed=seed, data=fitted_data, cache_dir=cache_dir)
     for k, v in extractor.settings.items():
         if v != rec["feature_settings"].get(k):
@@ -101,6 +94,32 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
         else:
             label, score = next(predictions)
             yield Prediction(str(p), str(classes[int(label)]), float(score), None, score_name)
+
+
+def _find_head(head: str, spec: FeatureSpec, name: str, ds_name: str, task: str, opts: RunOptions) -> Path:
+    """The saved head fitted on ``spec``'s features of these data and seed; else a one-line error
+    that lists the heads fitted on other settings."""
+    path = head_path(head, spec, ds_name, task, opts.seed, opts.cache_dir)
+    if path.exists():
+        return path
+    others = []
+    for p in fitted_heads(head, spec.backbone_.label, ds_name, task, opts.cache_dir):
+        try:
+            fitted, _, seed = _recorded_spec(joblib.load(p)["record"])
+        except Exception:  # noqa: BLE001 - an unreadable head is not the one asked for
+            continue
+        if fitted == spec and seed == opts.seed:
+            return p  # saved before heads were named by their settings
+        others.append(f"{fitted.describe()}, seed {seed}")
+    wanted = f"{spec.describe()} features of {name} ({task}, seed {opts.seed})"
+    if others:
+        raise CacheError(
+            f"No {head} head fitted on {wanted}; there are {head} heads fitted on: {'; '.join(others)}. "
+            "Pass the feature options (and --seed) they were fitted with, or fit one on these."
+        )
+    raise CacheError(
+        f"No {head} head fitted on {wanted} yet. Run `python cli.py fit --head {head}` with the same options first."
+    )
 
 
 def _recorded_spec(record: dict) -> tuple[FeatureSpec, str, int]:

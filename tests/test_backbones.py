@@ -151,8 +151,7 @@ def test_a_saved_keras_model_is_a_backbone_on_the_command_line(folder, tmp_path,
     assert "train 18x96, test 9x96" in capsys.readouterr().out  # (8 + 16) channels x 2 x 2 cells
     assert main(["fit", *common, "--head", "logreg"]) == 0
     assert "saved logreg head" in capsys.readouterr().out
-    assert main(["predict", "--backbone", str(path), "--data", str(folder), "--cache-dir", str(tmp_path / "c"),
-                 str(folder / "test" / "cat" / "000.png")]) == 0  # fmt: skip
+    assert main(["predict", *common, str(folder / "test" / "cat" / "000.png")]) == 0
     assert re.search(r"000\.png\t(cat|dog|eel)\t", capsys.readouterr().out)
     assert main(["layers", "--backbone", str(path)]) == 0
     listing = capsys.readouterr().out

@@ -43,7 +43,8 @@ def test_fit_then_predict_from_the_command_line(tmp_path):
     assert "logreg" in res.stdout and "accuracy" in res.stdout and "saved logreg head" in res.stdout
     shutil.copy(root / "test" / "cat" / "000.png", tmp_path / "x.png")
     (tmp_path / "broken.png").write_bytes(b"x")
-    res = run_cli("predict", "--head", "logreg", "--backbone", "vgg19", "--data", str(root), *cache,
+    res = run_cli("predict", "--head", "logreg", "--backbone", "vgg19", "--weights", "none", "--size", "32",
+                  "--data", str(root), *cache,
                   str(tmp_path / "x.png"), str(tmp_path / "broken.png"))
     header, *lines = res.stdout.strip().splitlines()
     assert res.returncode == 1 and header == "file\tclass\tprobability" and len(lines) == 2

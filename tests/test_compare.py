@@ -56,23 +56,22 @@ def test_fit_saves_head_with_its_feature_record(tiny, tmp_path):
 
 
 def test_predict_images_with_a_bad_file(tiny, tmp_path):
-    fit_head("logreg", "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path)
+    _, head_file = fit_head("logreg", "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path)
     good = [tiny / "test" / "dog" / "000.png", tiny / "train" / "eel" / "001.png"]
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
-    out = list(predict_files([*good, bad], "logreg", "vgg19", tiny, cache_dir=tmp_path))
+    out = list(predict_files([*good, bad], "logreg", "vgg19", tiny, cache_dir=tmp_path, weights="none", size=32))
     by_file = {o[0]: o for o in out}
     assert "Cannot read" in by_file[str(bad)][3]
     for g in good:
         _, label, proba, err, kind = by_file[str(g)]
         assert err is None and kind == "probability" and label in ("cat", "dog", "eel") and 0 < proba <= 1
     # The saved head is the fitted one: it scores on the cached test features what fit measured.
-    from featx.fit import head_path
-
-    saved = joblib.load(head_path("logreg", "vgg19", str(tiny.resolve()), "full", tmp_path))
+    saved = joblib.load(head_file)
     X_train, y_train, X_test, y_test = read_features(saved["record"]["features"]).load()
     assert saved["estimator"].score(X_test, y_test) == pytest.approx(saved["record"]["metrics"]["accuracy"], abs=1e-4)
-    folder = list(predict_files([tiny / "test" / "cat"], "logreg", "vgg19", tiny, cache_dir=tmp_path))
+    folder = list(predict_files([tiny / "test" / "cat"], "logreg", "vgg19", tiny, cache_dir=tmp_path, weights="none",
+                                size=32))  # fmt: skip
     assert len(folder) == 4
 
 
@@ -85,12 +84,12 @@ def test_svm_heads_predict_a_calibrated_probability(head, tiny, tmp_path):
     plain, _ = fit_head(head, "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path, save=False)
     assert np.array_equal(res.y_pred, plain.y_pred)
     files = sorted((tiny / "test").rglob("*.png"))
-    out = list(predict_files(files, head, "vgg19", tiny, cache_dir=tmp_path))
+    out = list(predict_files(files, head, "vgg19", tiny, cache_dir=tmp_path, weights="none", size=32))
     assert {p.score_name for p in out} == {"probability"}
     assert all(0 < p.score <= 1 for p in out)
     # a head saved without a calibration says its column is a margin
     fit_head(head, "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path, params={"probability": False})
-    out = list(predict_files(files, head, "vgg19", tiny, cache_dir=tmp_path))
+    out = list(predict_files(files, head, "vgg19", tiny, cache_dir=tmp_path, weights="none", size=32))
     assert {p.score_name for p in out} == {"margin"}
 
 

@@ -169,3 +169,20 @@ def test_a_trunk_file_given_to_compare_is_used(tmp_path):
         results, _ = compare(["trunk"], ["logreg"], folder, weights=mine, reference=False, cache_dir=tmp_path / "c",
                              reports_dir=tmp_path / "r")  # fmt: skip
     assert results[0].features.startswith("trunk 32px max, mytrunk.keras")
+
+
+def test_heads_fitted_on_other_features_are_other_files_and_predict_takes_the_one_asked_for(tiny, tmp_path):
+    from featx.predict import predict_files
+
+    _, p32 = fit_head("logreg", "vgg19", tiny, cache_dir=tmp_path, **FAST)
+    _, p64 = fit_head("logreg", "vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 64})
+    assert p32 != p64 and p32.exists() and p64.exists()  # the second did not replace the first
+    img = tiny / "test" / "cat" / "000.png"
+    with mock.patch("featx.predict.joblib.load", wraps=__import__("joblib").load) as loaded:
+        (out,) = predict_files([img], "logreg", "vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 64})
+    assert out.error is None and loaded.call_args_list[0].args[0] == p64
+    with pytest.raises(CacheError, match=r"No logreg head fitted on resnet50 .*features of .* yet"):
+        list(predict_files([img], "logreg", "resnet50", tiny, cache_dir=tmp_path, **FAST))
+    with pytest.raises(CacheError, match=r"No logreg head fitted on vgg19 48px .*there are logreg heads fitted on: ") as e:
+        list(predict_files([img], "logreg", "vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 48}))
+    assert "vgg19 32px avg, random init, seed 0" in str(e.value) and "vgg19 64px avg, random init, seed 0" in str(e.value)

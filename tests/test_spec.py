@@ -13,8 +13,9 @@ import pytest
 from conftest import make_class_folders
 
 from featx import FeatureExtractor
+from featx.config import slug
 from featx.data import Dataset
-from featx.errors import SettingsError, WeightsError
+from featx.errors import CacheError, SettingsError, WeightsError
 from featx.extract import extract_features
 from featx.fit import fit_head
 from featx.predict import predict_files
@@ -204,7 +205,8 @@ def test_entry_points_take_a_spec_or_its_settings(tmp_path):
     img = tiny / "test" / "cat" / "000.png"
     (out,) = predict_files([img], "logreg", spec, tiny, cache_dir=tmp_path / "c")
     assert out[3] is None and out[1] in ("cat", "dog", "eel")
-    with pytest.raises(Exception, match="was fitted on vgg19 32px avg, random init, not on vgg19 32px max"):
+    with pytest.raises(CacheError, match="No logreg head fitted on vgg19 32px max, random init features of .*; there "
+                                         "are logreg heads fitted on: vgg19 32px avg, random init, seed 0"):  # fmt: skip
         list(predict_files([img], "logreg", spec.replace(pooling="max"), tiny, cache_dir=tmp_path / "c"))
 
 
@@ -219,6 +221,8 @@ def test_a_head_saved_by_featx_0_1_still_predicts(tmp_path):
         rec.pop(k)
     rec["extract_args"] = {"backbone": "vgg19", "data": str(tiny.resolve()), "task": "full", "weights": "none",
                            "size": 32, "pooling": "avg", "interpolation": "bilinear", "seed": 0}  # fmt: skip
-    joblib.dump(saved, path)
-    (out,) = predict_files([tiny / "test" / "dog" / "000.png"], "logreg", "vgg19", tiny, cache_dir=tmp_path / "c")
+    path.unlink()
+    joblib.dump(saved, path.with_name(f"logreg-vgg19-{slug(str(tiny.resolve()))}-full.joblib"))  # 0.1's file name
+    (out,) = predict_files([tiny / "test" / "dog" / "000.png"], "logreg", "vgg19", tiny, cache_dir=tmp_path / "c",
+                           weights="none", size=32, layers=["block5_pool"])  # fmt: skip
     assert out[3] is None and out[1] in ("cat", "dog", "eel")
