@@ -7,6 +7,7 @@ function that a Python user would call.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import traceback
@@ -297,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train and compare scikit-learn heads on them.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    # -v after the command too (a subparser's default would reset the count: none is set)
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                         help="more log output, and the traceback of an error (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[verbose])
 
     p = sub.add_parser("data", help="show what a dataset holds: sizes, classes, image shape")
     _add_data_args(p)

@@ -66,6 +66,12 @@ def compare(
     params = params or {}
     if not heads:
         raise HeadError(f"No heads to fit: name at least one of {', '.join(HEADS)}.")
+    stray = [h for h in params if h not in heads]
+    if stray:
+        raise HeadError(
+            f"Parameters are given for head {stray[0]!r}, which is not compared here (heads: {', '.join(heads)}; "
+            f"known heads: {', '.join(HEADS)}). Received: params for {stray[0]!r}"
+        )
     for h in heads:
         make_head(h, **params.get(h, {}))  # unknown heads and bad parameters fail before any work
         check_tune(h, params.get(h, {}), tune)
@@ -86,7 +92,7 @@ def compare(
                                     backbone=spec.backbone_.label, class_names=fs.class_names,
                                     features=spec.describe(), tune=tune):  # fmt: skip
                 if spec in protocol:
-                    r.note = " ".join(filter(None, ["reference: split-CIFAR protocol", r.note]))
+                    r.note = " ".join(filter(None, [spec.backbone_.reference_note(spec), r.note]))
                 r.extract_seconds = extract_s
                 results.append(r)
     results.sort(key=lambda r: (-r.accuracy, -r.macro_f1, r.fit_seconds))

@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -189,6 +190,9 @@ def load_dataset(
                 "'cifar10'."
             )
         ds = _load_path(path, cache_dir, seed, test_fraction, image_size, progress)
+    if ds.info.get("empty class folders"):
+        print(f"{ds.name}: class folders with no images, left out: {ds.info['empty class folders']}",
+              file=sys.stderr, flush=True)  # fmt: skip
     return make_task(ds, task, seed=seed, test_fraction=test_fraction)
 
 
@@ -368,7 +372,22 @@ def _read_source(path: Path, seed, test_fraction, image_size, progress) -> Datas
     if not entries:
         raise DataError(f"No image files (*.jpg, *.png, ...) found in '{path}'. {_LAYOUT_HELP}")
     layout = _layout(entries.keys(), where)
-    return _decode_layout(layout, entries, where, skipped, seed, test_fraction, image_size, progress)
+    ds = _decode_layout(layout, entries, where, skipped, seed, test_fraction, image_size, progress)
+    if path.is_dir() and (empty := _empty_class_folders(path, entries.values())):
+        ds.info["empty class folders"] = ", ".join(empty)
+    return ds
+
+
+def _empty_class_folders(root: Path, files) -> list[str]:
+    """Folders beside the class folders that hold no image: classes a user meant, left out."""
+    classes = {Path(f).parent for f in files}
+    out = []
+    for parent in {c.parent for c in classes}:
+        for d in sorted(parent.iterdir()):
+            if d.is_dir() and d not in classes and not _junk(d.name) and d.name not in ("train", "test"):
+                if not any(q.is_file() and is_image_name(q.name) for q in d.rglob("*")):
+                    out.append(d.relative_to(root).as_posix())
+    return sorted(out)
 
 
 def _read_archive(path: Path) -> tuple[dict[str, bytes], list[str]]:

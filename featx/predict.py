@@ -8,7 +8,7 @@ from typing import NamedTuple
 import joblib
 import numpy as np
 
-from .errors import CacheError, FeatxError
+from .errors import CacheError, DataError, FeatxError
 from .extractor import Extractor
 from .fit import fitted_heads, head_path
 from .options import RunOptions, as_options, split_kwargs
@@ -66,6 +66,9 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     for f in files:
         p = Path(f)
         paths += sorted(q for q in p.rglob("*") if q.is_file() and is_image_name(q.name)) if p.is_dir() else [p]
+    if not paths:
+        raise DataError(f"No image files in {', '.join(map(str, files)) or 'the list given'}: name image files, or "
+                        "folders that hold some (jpg, png, ...).")  # fmt: skip
     decoded: list = []
     for p in paths:
         try:

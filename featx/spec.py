@@ -292,8 +292,8 @@ def _weights_label(w: str) -> str:
         return "imagenet"
     if w.startswith("random-init-seed"):
         return f"random init (seed {w[len('random-init-seed'):]})"
-    if w.startswith("trunk:sha256="):
-        return f"trained trunk {w.split('=', 1)[1][:8]}"
+    if w.startswith("trunk:sha256="):  # the hash of a trunk's weights: trained, or a seeded random init
+        return f"trunk weights {w.split('=', 1)[1][:8]}"
     if w.startswith("file:"):
         return w.split(":")[1]
     return Path(w).name if ("/" in w or os.sep in w) else w

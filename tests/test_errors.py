@@ -66,6 +66,16 @@ BAD_INPUTS = {
     "head parameter out of range": (["fit", "--head", "dense", "--param", "epochs=0"], "'epochs' parameter of DenseClassifier"),
     "head parameter without a value": (["fit", "--param", "C"], "looks like NAME=VALUE"),
     "compare parameter without a head": (["compare", "--param", "C=1"], "compare's --param is HEAD:NAME=VALUE"),
+    "parameters of a head not compared": (["compare", "--data", "TINY", "--param", "lgreg:C=1"],
+                                          "Parameters are given for head 'lgreg', which is not compared here"),
+    "a trained trunk on too few classes": (["extract", "--backbone", "trunk", "--data", "TINY"],
+                                           "has 3, too few (at least 4). Pass --weights none"),
+    "an input size no memory holds": (["extract", *VGG[:4], "--size", "100000", "--data", "TINY"],
+                                      "pass a smaller --size"),
+    "a grid finer than the map": (["extract", "--backbone", "resnet50", "--weights", "none", "--size", "32",
+                                   "--grid", "32", "--data", "TINY"], "grid 32 is finer than layer 'conv5_block3_out'"),
+    "one weights file for two backbones": (["compare", "--backbones", "trunk,vgg19", "--weights", "FILE"],
+                                           "One weights file cannot be the weights of 2 backbones"),
     # empty
     "empty layers": (["extract", "--layers", ""], "layers must be a non-empty list"),
     "no heads": (["compare", "--heads", ","], "No heads to fit"),
@@ -82,6 +92,11 @@ BAD_INPUTS = {
     "reports folder under a file": (["compare", "--data", "TINY", "--reports-dir", "FILE/reports"], "Not a directory"),
     "cache folder is a file": (["extract", *VGG, "--data", "TINY", "--cache-dir", "FILE"], "Not a directory"),
 }
+
+
+def test_verbose_after_the_command_shows_the_traceback_too(capsys):
+    code, lines = run_main(capsys, "data", "--data", "/no/such/place", "-v")
+    assert code == 2 and any("Traceback" in line for line in lines) and lines[-1].startswith("error: Dataset not found")
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

@@ -186,3 +186,36 @@ def test_heads_fitted_on_other_features_are_other_files_and_predict_takes_the_on
     with pytest.raises(CacheError, match=r"No logreg head fitted on vgg19 48px .*there are logreg heads fitted on: ") as e:
         list(predict_files([img], "logreg", "vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 48}))
     assert "vgg19 32px avg, random init, seed 0" in str(e.value) and "vgg19 64px avg, random init, seed 0" in str(e.value)
+
+
+def test_a_class_folder_without_images_is_named_at_every_load(tmp_path, capsys):
+    from featx.data import load_dataset
+
+    folder = make_class_folders(tmp_path / "ds", n_train=4, n_test=2, split=False)
+    (folder / "zebra").mkdir()
+    (folder / "zebra" / "readme.txt").write_text("photos to come")
+    for _ in range(2):  # decoded, then from the pixel cache
+        ds = load_dataset(str(folder), cache_dir=tmp_path / "c")
+        assert "class folders with no images, left out: zebra" in capsys.readouterr().err
+    assert ds.class_names == ("cat", "dog", "eel") and ds.info["empty class folders"] == "zebra"
+
+
+def test_predict_on_a_folder_without_images_is_an_error(tiny, tmp_path):
+    from featx.errors import DataError
+    from featx.predict import predict_files
+
+    fit_head("logreg", "vgg19", tiny, cache_dir=tmp_path, **FAST)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="No image files in .*empty"):
+        list(predict_files([tmp_path / "empty"], "logreg", "vgg19", tiny, cache_dir=tmp_path, **FAST))
+
+
+def test_reference_rows_say_what_made_them(tmp_path):
+    from featx.compare import compare
+
+    folder = make_class_folders(tmp_path / "ds", classes=("a", "b", "c", "d"), n_train=6, n_test=2)
+    results, _ = compare(["trunk"], ["logreg"], folder, weights="none", cache_dir=tmp_path / "c",
+                         reports_dir=tmp_path / "r")  # fmt: skip
+    notes = {r.features: r.note for r in results}
+    assert notes["trunk 32px flatten, random init"] == "reference: the trunk's 800-d flatten output (random init)"
+    assert "split-CIFAR" not in " ".join(notes.values())

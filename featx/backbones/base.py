@@ -198,6 +198,10 @@ class Backbone:
         """A spec whose features are the reference row of ``compare`` for ``spec``, or None."""
         return None
 
+    def reference_note(self, spec: FeatureSpec) -> str:
+        """What ``compare``'s table says of the reference row made by :meth:`reference_spec`."""
+        return "reference"
+
     # ------------------------------------------------------------------ weights
 
     def resolve(self, spec: FeatureSpec, *, seed: int = 0, data=None, cache_dir=None) -> tuple[dict, str]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import cache_dir as resolve_cache_dir
 from ..config import slug
-from ..data import Dataset, load_dataset
+from ..data import Dataset, load_dataset, make_task
 from ..errors import SettingsError, WeightsError
 from .base import Backbone
 
@@ -231,7 +231,16 @@ def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None):
         source = data if isinstance(data, Dataset) and data.task == "source" else None
         if source is None:
             name = data.name if isinstance(data, Dataset) else data
-            source = load_dataset(name, "source", cache_dir=cache_dir, seed=seed)
+            full = data if isinstance(data, Dataset) and data.task == "full" else None
+            full = full or load_dataset(name, "full", cache_dir=cache_dir, seed=seed)
+            if full.n_classes < 4:
+                raise SettingsError(
+                    f"The trunk's 'trained' weights are trained on the first half of the classes of the data, and "
+                    f"{full.name} has {full.n_classes}, too few (at least 4). Pass --weights none (a random trunk), "
+                    "--weights PATH (a trunk saved by pretrain on other data), or another backbone "
+                    "(--backbone resnet50, say)."
+                )
+            source = make_task(full, "source", seed=seed)
         return load_or_train_trunk(source, seed=seed, cache_dir=cache_dir)[0]
     if weights == "none":
         return build_trunk_classifier(5, seed)
@@ -294,6 +303,12 @@ class Trunk(Backbone):
 
     def reference_spec(self, spec):
         return spec.replace(layers=["flatten"], flip=False)
+
+    def reference_note(self, spec) -> str:
+        if spec.weights == "trained":
+            return "reference: split-CIFAR protocol"
+        what = "random init" if spec.weights == "none" else Path(spec.weights).name
+        return f"reference: the trunk's 800-d flatten output ({what})"
 
     def resolve(self, spec, *, seed: int = 0, data=None, cache_dir=None) -> tuple[dict, str]:
         """The trunk's embedding weights (a few thousand floats: they travel to workers) and their hash."""
