@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -27,6 +29,8 @@ from .errors import ClusterError, SettingsError
 
 #: Seconds to wait for a scheduler before giving up.
 CONNECT_TIMEOUT = 10
+#: Seconds a Dask scheduler has to greet a new connection (it does at once).
+GREETING_TIMEOUT = 5
 _ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})/?$")
 _HELP = "Pass 'local', a scheduler address such as tcp://host:8786, or a distributed.Client"
 
@@ -155,9 +159,10 @@ def connect(cluster, workers: int | None = None):
             yield client
         return
     address = cluster.strip().rstrip("/")
+    greet(address)
     try:
         client = distributed.Client(address, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError, ValueError) as exc:
+    except (OSError, TimeoutError, ValueError, MemoryError, OverflowError) as exc:
         raise ClusterError(
             f"No Dask scheduler answered at {address} within {CONNECT_TIMEOUT} s ({exc.__class__.__name__}). "
             "Check the address and that `dask scheduler` runs there, or use --cluster local."
@@ -168,6 +173,42 @@ def connect(cluster, workers: int | None = None):
             print(f"the scheduler at {address} has no workers yet: tasks wait for one", file=sys.stderr, flush=True)
         _announce(client, f"Dask scheduler {address}, {n} worker{'s' if n != 1 else ''}")
         yield client
+
+
+def greet(address: str, timeout: float = GREETING_TIMEOUT) -> None:
+    """Check that a Dask scheduler listens at a ``tcp://`` address before handing it to Dask.
+
+    A Dask scheduler speaks first: a message's 8-byte length as soon as a connection is
+    made. Something else (a web server) says nothing, or something else, and Dask would wait
+    on it for minutes or read its bytes as a length of exabytes: one line here instead.
+    """
+    m = _ADDRESS.match(address)
+    if m is None or address.split("://")[0] not in ("tcp", address):  # tls, ucx, ...: left to Dask
+        return
+    host, port = m.group(1).strip("[]"), int(m.group(2))
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        raise ClusterError(
+            f"No Dask scheduler answered at {address} within {CONNECT_TIMEOUT} s ({exc.__class__.__name__}). Check "
+            "the address and that `dask scheduler` runs there, or use --cluster local."
+        ) from None
+    with sock:
+        sock.settimeout(timeout)
+        first = b""
+        try:
+            while len(first) < 8:
+                chunk = sock.recv(8 - len(first))
+                if not chunk:
+                    break
+                first += chunk
+        except OSError:  # a timeout included
+            pass
+    if len(first) < 8 or struct.unpack("<Q", first)[0] > 2**32:
+        raise ClusterError(
+            f"Something listens at {address}, but it is not a Dask scheduler (it did not greet as one within "
+            f"{timeout:g} s). Check the address and port (a scheduler's is 8786 by default), or use --cluster local."
+        )
 
 
 @contextmanager

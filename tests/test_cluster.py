@@ -284,6 +284,28 @@ def test_unreachable_scheduler_fails_fast(monkeypatch):
     assert time.time() - t0 < 30
 
 
+def test_something_else_at_the_address_is_one_line_not_a_hang(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(100):  # until it listens
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        t0 = time.time()
+        with pytest.raises(ClusterError, match=f"Something listens at tcp://127.0.0.1:{port}, but it is not a Dask "
+                                               "scheduler"):  # fmt: skip
+            extract_features("trunk", "no/such/data", cluster=f"tcp://127.0.0.1:{port}")
+        assert time.time() - t0 < 30
+    finally:
+        web.kill()
+        web.wait()
+
+
 def test_connect_to_a_scheduler_by_address(client, tiny, tmp_path, capsys):
     fs = extract_features("trunk", tiny, cache_dir=tmp_path, cluster=client.scheduler.address, **TRUNK)
     out = capsys.readouterr().out
