@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 import traceback
 
@@ -380,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # Dask logs every scheduler and worker event at INFO (its workers too): -v shows them
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         return args.func(args)
     except (FeatxError, ValueError, TypeError, OSError) as exc:

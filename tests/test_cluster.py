@@ -364,6 +364,7 @@ def test_cli_cluster_local(tiny, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "local Dask cluster, 1 CPU worker; dashboard" in res.stdout
     assert "3 shards of up to 16 images on 1 worker" in res.stdout
+    assert "distributed." not in res.stderr  # Dask's own INFO log stays off the screen without -v
     [path] = (tmp_path / "features").glob("trunk-*.h5")
     with h5py.File(path) as f:
         assert json.loads(f.attrs["info"])["cluster"]["shards_run"] == 3
