@@ -14,12 +14,13 @@ and one substitution is made in the text, an address that cannot exist here:
 """
 
 import os
-import re
 import subprocess
 import sys
 import tarfile
 import textwrap
 from pathlib import Path
+
+from mktestdocs import grab_code_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -69,10 +70,6 @@ if os.environ.get("README_SAMPLE"):
 '''
 
 
-def python_blocks(text: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
-
-
 def small_sample(dest: Path, per_class: int = 10) -> Path:
     """The first ``per_class`` images of each class of the shipped sample (8 train, 2 test)."""
     from featx.data import sample_path
@@ -98,7 +95,7 @@ def test_readme_python_blocks_run(tmp_path):
         assert old in text, f"README no longer holds {old!r}: update SUBSTITUTIONS"
     for old, new in SUBSTITUTIONS.items():
         text = text.replace(old, new)
-    blocks = python_blocks(text)
+    blocks = grab_code_blocks(text, lang="python")  # mktestdocs, the markdown reader of embetter's docs
     assert len(blocks) >= 8
     site = tmp_path / "site"
     site.mkdir()
