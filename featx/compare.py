@@ -100,16 +100,42 @@ def compare(
     return results, paths
 
 
-def format_table(results: list[FitResult]) -> str:
-    """The results as a text table, one row per head and feature set."""
-    width = max([len("features"), *(len(r.features or r.backbone) for r in results)])
-    head = (f"{'features':<{width}} {'head':<8} {'accuracy':>8} {'macro-F1':>8} {'fit s':>7} "
-            f"{'predict ms/img':>14}  chosen / note")  # fmt: skip
-    lines = [head, "-" * len(head)]
+def format_table(results: list[FitResult], width: int | None = None) -> str:
+    """The results as a text table, one row per head and feature set, best first.
+
+    At most ``width`` characters wide (default: the terminal's, 120 when output
+    is not a terminal): where the feature descriptions make rows wider, each
+    feature set gets a number in the table and its description in a legend
+    below, and a note still too long is cut short with "…" (the CSV, JSON and
+    HTML report keep everything whole).
+    """
+    import shutil
+
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    names = [r.features or r.backbone for r in results]
+    legend = list(dict.fromkeys(names))
+    notes = []
     for r in results:
         chosen = " ".join(f"{k}={v}" for k, v in sorted(r.params.items()))
         if r.cv_accuracy is not None:
             chosen += f" (cv {r.cv_accuracy:.2%})"
-        lines.append(f"{r.features or r.backbone:<{width}} {r.head:<8} {r.accuracy:>8.2%} {r.macro_f1:>8.3f} "
-                     f"{r.fit_seconds:>7.2f} {r.predict_ms_per_image:>14.4f}  {' '.join(filter(None, [chosen, r.note]))}")  # fmt: skip
+        notes.append(" ".join(filter(None, [chosen, r.note])))
+
+    def table(labels: list[str]) -> list[str]:
+        w = max([len("features"), *map(len, labels)])
+        head = (f"{'features':<{w}} {'head':<8} {'accuracy':>8} {'macro-F1':>8} {'fit s':>7} "
+                f"{'predict ms/img':>14}  chosen / note")  # fmt: skip
+        lines = [head, "-" * min(len(head), width)]
+        for label, r, note in zip(labels, results, notes):
+            row = (f"{label:<{w}} {r.head:<8} {r.accuracy:>8.2%} {r.macro_f1:>8.3f} {r.fit_seconds:>7.2f} "
+                   f"{r.predict_ms_per_image:>14.4f}  ")  # fmt: skip
+            room = max(12, width - len(row))
+            lines.append((row + (note if len(note) <= room else note[: room - 1] + "…")).rstrip())
+        return lines
+
+    lines = table(names)
+    if max(map(len, lines)) <= width:
+        return "\n".join(lines)
+    lines = table([f"[{legend.index(n) + 1}]" for n in names]) + [""]
+    lines += [f"[{i}] {n}" for i, n in enumerate(legend, 1)]
     return "\n".join(lines)

@@ -96,3 +96,23 @@ def test_svm_heads_predict_a_calibrated_probability(head, tiny, tmp_path):
 def test_predict_without_a_fitted_head_says_what_to_run(tiny, tmp_path):
     with pytest.raises(CacheError, match="python cli.py fit --head svm"):
         list(predict_files([tiny], "svm", "vgg19", tiny, cache_dir=tmp_path))
+
+
+def test_the_table_fits_the_terminal_with_a_legend_of_feature_sets():
+    from featx.compare import format_table
+    from featx.fit import FitResult
+
+    def row(features, head, acc, note=""):
+        return FitResult("trunk", head, acc, 0.7, 2.5, 0.02, None, np.zeros(1), np.zeros(1), (), note=note,
+                         features=features)  # fmt: skip
+
+    long = "trunk 32px max, trained, layers conv1+pool+flatten, grid 4, flip"
+    results = [row(long, "dense", 0.79), row("trunk 32px flatten, trained", "svm", 0.70, "reference: split-CIFAR protocol"),
+               row(long, "logreg", 0.75, "C=0.1 (cv 74.00%) and a long note that goes on and on and on")]  # fmt: skip
+    wide = format_table(results, 200).splitlines()
+    assert wide[2].startswith(long) and "[1]" not in "\n".join(wide)
+    narrow = format_table(results, 95).splitlines()
+    assert all(len(line) <= 95 for line in narrow)
+    assert [line.split()[0] for line in narrow[2:5]] == ["[1]", "[2]", "[1]"]
+    assert narrow[-2:] == [f"[1] {long}", "[2] trunk 32px flatten, trained"]
+    assert "reference: split-CIFAR protocol" in narrow[3] and narrow[4].endswith("…")
