@@ -123,6 +123,9 @@ def test_round_trip_and_description(tmp_path):
     assert spec.describe() == "resnet50 64px avg, random init, interpolation nearest, float16"
     recorded = spec.key_settings(spec.backbone_.resolve(spec, seed=3)[1])
     assert describe(recorded) == "resnet50 64px avg, random init (seed 3), interpolation nearest, float16"
+    # a trunk's weights are named by their hash: trained or a seeded random init, the hash does not say
+    assert describe({**recorded, "backbone": "trunk", "weights": "trunk:sha256=0123456789abcdef"}).startswith(
+        "trunk 64px avg, trunk weights 01234567")  # fmt: skip
     trunk = FeatureSpec("trunk", grid=2)
     assert FeatureSpec.from_dict(json.loads(json.dumps(trunk.to_dict()))) == trunk
     assert trunk.describe() == "trunk 32px max, trained, layers conv1+pool+flatten, grid 2, flip"
