@@ -75,10 +75,24 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="cache folder (default ./cache or $FEATX_CACHE_DIR)")
 
 
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    """How photos of a folder or archive are stored (featx.images.ImageOptions; FeatureSpec's aspect, image_side)."""
+    from .images import ASPECTS
+
+    p.add_argument("--aspect", choices=ASPECTS, default="crop",
+                   help="photos of another shape than the stored one: crop (shorter side to size, centre kept; "
+                   "default), pad (letterbox) or squash (resized out of shape)")
+    p.add_argument("--image-side", type=int, default=None, metavar="PIXELS",
+                   help="side of the stored photos (default 256, or --size where larger); images of one size "
+                   "within it, such as CIFAR tiles, are stored as they are")
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import load_dataset
+    from .images import DEFAULT_SIDE, ImageOptions
 
-    ds = load_dataset(args.data, args.task, cache_dir=args.cache_dir, seed=args.seed)
+    images = ImageOptions(side=DEFAULT_SIDE if args.image_side is None else args.image_side, aspect=args.aspect)
+    ds = load_dataset(args.data, args.task, cache_dir=args.cache_dir, seed=args.seed, images=images)
     print(ds.describe())
     return 0
 
@@ -114,6 +128,7 @@ def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="what the backbone computes in (default auto: bfloat16 on GPUs that compute in it natively, "
                    "float32 on CPUs; the trunk and model files always float32)")
+    _add_image_args(p)
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -306,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     sub.add_parser = functools.partial(sub.add_parser, parents=[verbose])
 
-    p = sub.add_parser("data", help="show what a dataset holds: sizes, classes, image shape")
+    p = sub.add_parser("data", help="show what a dataset holds: sizes, classes, image shape, pixel cache")
     _add_data_args(p)
+    _add_image_args(p)
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("extract", help="run a frozen backbone once over a dataset, cache embeddings in HDF5")

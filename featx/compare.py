@@ -80,8 +80,13 @@ def compare(
     feature_sets = []
     with connect(opts.cluster, opts.workers) as client:
         opts = opts.replace(cluster=client, workers=None)
-        ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed)
+        loaded: dict = {}  # one decode per way of storing the images that the specs ask for
         for spec in specs:
+            if isinstance(data, Dataset):
+                ds = data
+            elif (ds := loaded.get(spec.images)) is None:
+                ds = loaded[spec.images] = load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed,
+                                                        images=spec.images)  # fmt: skip
             fs = extract_features(spec, ds, options=opts)
             X_train, y_train, X_test, y_test = fs.load()
             feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info,

@@ -26,12 +26,12 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .config import cache_dir as resolve_cache_dir
 from .config import slug
 from .errors import DataError
-from .images import decode_image, is_image_name, resize_image
+from .images import ImageOptions, is_image_name
+from .images import image_size as image_size_of
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ CIFAR10_CLASSES = (
 )  # fmt: skip
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
 # Bump when decoding changes, so stale pixel caches are not reused.
-_PIXEL_CACHE_VERSION = 1
+_PIXEL_CACHE_VERSION = 2
 _LAYOUT_HELP = (
     "featx expects class folders: 'train/<class>/*.jpg' and 'test/<class>/*.jpg', "
     "or only '<class>/*.jpg' (then split train/test for you), or a CIFAR-10 "
@@ -73,7 +73,14 @@ class Dataset:
     fingerprint : str
         Hash of the pixels, labels and class names; it keys every cache.
     info : dict
-        How the data was read: split, resized images, skipped files.
+        How the data was read: split, sizes found and stored, resized images,
+        skipped files, the pixel cache.
+    images : ImageOptions or None
+        How the images of a folder or archive were brought to the stored size
+        (None for data that came as arrays).
+    pixel_cache : Path or None
+        The folder of the pixel cache that holds these images (None for data
+        that came as arrays).
     """
 
     name: str
@@ -85,6 +92,8 @@ class Dataset:
     fingerprint: str
     task: str = "full"
     info: dict = field(default_factory=dict)
+    images: ImageOptions | None = None
+    pixel_cache: Path | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -118,6 +127,13 @@ class Dataset:
             lines.append(f"  {i:>2} {c:<{width}}  {tr[i]:>6} train {te[i]:>6} test")
         for k, v in self.info.items():
             lines.append(f"{k:<12} {v}")
+        if self.pixel_cache is not None:
+            from .pixels import disk_bytes
+
+            try:
+                lines.append(f"pixel cache  {disk_bytes(self.pixel_cache) / 1e6:,.1f} MB in {self.pixel_cache}")
+            except OSError:
+                pass
         return "\n".join(lines)
 
 
@@ -134,6 +150,7 @@ def load_dataset(
     seed: int = 0,
     test_fraction: float = 0.2,
     image_size: tuple[int, int] | None = None,
+    images: ImageOptions | None = None,
     progress: bool | None = None,
 ) -> Dataset:
     """Load a dataset and select a task.
@@ -155,9 +172,17 @@ def load_dataset(
         Test share of the splits featx makes (folders with no train/test
         folders, and the source/target tasks).
     image_size : (height, width), optional
-        Size every image is brought to. By default the most common size in
-        the source; images of other sizes are resized to it and counted in
-        ``Dataset.info``.
+        Size every image is brought to, by the ``images`` aspect policy.
+    images : ImageOptions, optional
+        How images of a folder or archive are stored (default
+        ``ImageOptions()``): images of one size within 256 pixels as they are
+        (CIFAR tiles); larger photos, or images of mixed sizes, as 256 x 256
+        squares, centre-cropped ("crop"), letterboxed ("pad") or resized
+        ("squash"). Photos are decoded straight to that size, in parallel and
+        into the pixel cache as they go (:mod:`featx.pixels`): memory stays flat
+        in the number of images, and an interrupted decode goes on from where it
+        stopped. ``Dataset.info`` says the sizes found, how many were changed,
+        the stored size and the cache's size on disk.
     progress : bool, optional
         Show a progress bar while decoding (default: when on a terminal).
 
@@ -176,8 +201,11 @@ def load_dataset(
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task. Expected one of {', '.join(TASKS)}. Received: task={task!r}")
+    images = ImageOptions() if images is None else images
+    if not isinstance(images, ImageOptions):
+        raise TypeError(f"images must be an ImageOptions. Received: images={images!r}")
     if data is None or str(data) == "sample":
-        ds = _load_path(sample_path(), cache_dir, seed, test_fraction, image_size, progress)
+        ds = _load_path(sample_path(), cache_dir, seed, test_fraction, image_size, images, progress)
         ds = replace(ds, name="sample")
     elif str(data) == "cifar10":
         ds = _load_keras_cifar10()
@@ -189,7 +217,7 @@ def load_dataset(
                 f"{', '.join(DATASETS)}. Pass a folder or archive of class folders, 'sample' or "
                 "'cifar10'."
             )
-        ds = _load_path(path, cache_dir, seed, test_fraction, image_size, progress)
+        ds = _load_path(path, cache_dir, seed, test_fraction, image_size, images, progress)
     if ds.info.get("empty class folders"):
         print(f"{ds.name}: class folders with no images, left out: {ds.info['empty class folders']}",
               file=sys.stderr, flush=True)  # fmt: skip
@@ -240,6 +268,8 @@ def make_task(ds: Dataset, task: str, *, seed: int = 0, test_fraction: float = 0
         fingerprint=fp,
         task=task,
         info=info,
+        images=ds.images,
+        pixel_cache=ds.pixel_cache,
     )
 
 
@@ -326,11 +356,15 @@ def _cifar_batches(blobs: dict[str, bytes], where: str) -> Dataset:
 # ------------------------------------------------------------- folders, archives
 
 
-def _load_path(path, cache_dir, seed, test_fraction, image_size, progress) -> Dataset:
+def _load_path(path, cache_dir, seed, test_fraction, image_size, images, progress) -> Dataset:
+    from filelock import FileLock, Timeout
+
+    from .pixels import lock_file
+
     path = path.resolve()
     key = _hash_strings(
         str(_PIXEL_CACHE_VERSION), str(path), _source_stamp(path), str(seed),
-        str(test_fraction), str(image_size),
+        str(test_fraction), str(image_size), images.describe(),
     )  # fmt: skip
     root = resolve_cache_dir(cache_dir) / "pixels"
     entry = root / f"{slug(path.name)}-{key[:16]}"
@@ -338,43 +372,150 @@ def _load_path(path, cache_dir, seed, test_fraction, image_size, progress) -> Da
     if cached is not None:
         logger.info("decoded pixels of %s loaded from %s", path, entry)
         return cached
-    ds = _read_source(path, seed, test_fraction, image_size, progress)
-    _write_pixel_cache(entry, ds, str(path))
-    return ds
+    try:
+        lock_file(entry).parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_file(entry)))
+    except OSError as exc:
+        raise DataError(f"Cannot write the pixel cache in '{root}' ({exc}): pass a writable --cache-dir.") from None
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"another featx process is decoding {path.name} into {root}; waiting for it", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        cached = _read_pixel_cache(entry)  # another process decoded it while we waited
+        if cached is not None:
+            return cached
+        return _read_source(path, entry, seed, test_fraction, image_size, images, progress)
+    finally:
+        lock.release()
 
 
-def _read_source(path: Path, seed, test_fraction, image_size, progress) -> Dataset:
+def _read_source(path: Path, entry: Path, seed, test_fraction, image_size, images, progress) -> Dataset:
+    """Decode ``path`` into the pixel cache ``entry`` (see :mod:`featx.pixels`) and load it."""
     where = str(path)
     if path.is_dir():
-        files = {
-            p.relative_to(path).as_posix(): p
-            for p in sorted(path.rglob("*"))
-            if p.is_file()
-        }
+        files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
         if _is_cifar_batches(files):
             prefix = _cifar_prefix(files)
             blobs = {k[len(prefix):]: v.read_bytes() for k, v in files.items() if k.startswith(prefix)}
-            return _cifar_batches(blobs, where)
+            return _write_pixel_cache(entry, _cifar_batches(blobs, where), where)
         entries = {k: v for k, v in files.items() if is_image_name(k)}
         skipped = [k for k in files if not is_image_name(k)]
-    elif path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        blobs, skipped = _read_archive(path)
-        if _is_cifar_batches(blobs):
-            prefix = _cifar_prefix(blobs)
-            return _cifar_batches({k[len(prefix):]: v for k, v in blobs.items() if k.startswith(prefix)}, where)
-        entries = {k: v for k, v in blobs.items() if is_image_name(k)}
-        skipped += [k for k in blobs if not is_image_name(k)]
-    else:
+        if not entries:
+            raise DataError(f"No image files (*.jpg, *.png, ...) found in '{path}'. {_LAYOUT_HELP}")
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            sizes = dict(zip(entries, pool.map(lambda k: image_size_of(entries[k], f"{where}/{k}"), entries)))
+
+        def read(wanted):
+            return ((k, entries[k]) for k in entries if k in wanted)
+
+        empty = _empty_class_folders(path, entries.values())
+        return _decode(entry, where, sizes, read, skipped, seed, test_fraction, image_size, images, progress,
+                       {"empty class folders": ", ".join(empty)} if empty else {})  # fmt: skip
+    if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise DataError(
             f"Cannot read '{path}': expected a folder or an archive ending in "
             f"{', '.join(ARCHIVE_SUFFIXES)}. {_LAYOUT_HELP}"
         )
-    if not entries:
+    names, sizes = [], {}
+    for name, blob in _archive_members(path, lambda n: True, header_only=True):
+        names.append(name)
+        if blob is not None:
+            sizes[name] = image_size_of(blob, f"{where}/{name}")
+    if _is_cifar_batches(names):
+        blobs, _ = _read_archive(path)
+        prefix = _cifar_prefix(blobs)
+        ds = _cifar_batches({k[len(prefix):]: v for k, v in blobs.items() if k.startswith(prefix)}, where)
+        return _write_pixel_cache(entry, ds, where)
+    if not sizes:
         raise DataError(f"No image files (*.jpg, *.png, ...) found in '{path}'. {_LAYOUT_HELP}")
-    layout = _layout(entries.keys(), where)
-    ds = _decode_layout(layout, entries, where, skipped, seed, test_fraction, image_size, progress)
-    if path.is_dir() and (empty := _empty_class_folders(path, entries.values())):
-        ds.info["empty class folders"] = ", ".join(empty)
+    skipped = [n for n in names if not is_image_name(n)]
+
+    def read(wanted):
+        return _archive_members(path, lambda n: n in wanted)
+
+    return _decode(entry, where, sizes, read, skipped, seed, test_fraction, image_size, images, progress)
+
+
+def _archive_members(path: Path, want, header_only: bool = False):
+    """``(name, bytes)`` of the files of an archive that ``want(name)``, in one streaming pass (the
+    bytes are None for a file that is not an image, with ``header_only``)."""
+    try:
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if not info.is_dir() and not _junk(info.filename) and want(info.filename):
+                        image = is_image_name(info.filename)
+                        yield info.filename, (zf.read(info) if image or not header_only else None)
+        else:
+            # One streaming pass: random access into a gzip stream restarts it every time.
+            with tarfile.open(path, "r|*") as tar:
+                for member in tar:
+                    if member.isfile() and not _junk(member.name) and want(member.name):
+                        image = is_image_name(member.name)
+                        yield member.name, (tar.extractfile(member).read() if image or not header_only else None)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(
+            f"Cannot read archive '{path}' ({exc.__class__.__name__}: {exc}). It is truncated or "
+            "not a tar/zip archive: download or pack it again."
+        ) from None
+
+
+def _decode(entry, where, sizes, read, skipped, seed, test_fraction, image_size, images, progress,
+            notes: dict | None = None) -> Dataset:  # fmt: skip
+    from . import pixels
+
+    groups = _layout(sizes.keys(), where)
+    classes = sorted({c for _, c in groups})
+    order = [(s, classes.index(c), n) for (s, c), names in sorted(groups.items(), key=str) for n in sorted(names)]
+    names = tuple(n for _, _, n in order)
+    y = np.array([label for _, label, _ in order], dtype=np.int64)
+    split = np.array([s for s, _, _ in order], dtype=object)
+    info: dict = {}
+    if groups and next(iter(groups))[0] is None:
+        tr, te = stratified_split(y, test_fraction, seed)
+        info["split"] = f"stratified {1 - test_fraction:.0%}/{test_fraction:.0%}, seed {seed}"
+    else:
+        tr, te = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+        info["split"] = "train/ and test/ folders"
+    for label, c in enumerate(classes):
+        if not (y[tr] == label).any():
+            raise DataError(f"'{where}': class '{c}' has no training images. Add images or remove the folder.")
+    seen = [sizes[n] for n in names]
+    target = tuple(image_size) if image_size else images.target(seen)
+    n_changed = sum(hw != target for hw in seen)
+    by_area = sorted(seen, key=lambda hw: (hw[0] * hw[1], hw))
+    info["sizes"] = "min {}x{}, median {}x{}, max {}x{}".format(*by_area[0], *by_area[len(by_area) // 2], *by_area[-1])
+    info["stored"] = f"{target[0]}x{target[1]}"
+    if n_changed:
+        shapes = Counter(seen)
+        info["resized"] = f"{n_changed} of {len(seen)} images to {target[0]}x{target[1]} by {images.aspect} (sizes seen: " + \
+            ", ".join(f"{h}x{w}: {c}" for (h, w), c in shapes.most_common(5)) + ")"  # fmt: skip
+        logger.info("%s: %s", where, info["resized"])
+    if skipped:
+        info["skipped"] = f"{len(skipped)} non-image files, e.g. {skipped[0]}"
+        logger.warning("%s: skipped %d files that are not images, e.g. %s", where, len(skipped), skipped[0])
+    info.update(notes or {})
+    plan = pixels.Plan(names, y, tr, te, target, images.aspect)
+    try:
+        part = pixels.decode_to_entry(entry, plan, read, where=where, progress=progress)
+    except OSError as exc:
+        raise DataError(f"Cannot decode '{where}' into the pixel cache ({exc.__class__.__name__}: {exc}). "
+                        "Free some disk space or pass another --cache-dir, then run again: it goes on "
+                        "from the images done.") from None  # fmt: skip
+    np.save(part / "y_train.npy", y[tr])
+    np.save(part / "y_test.npy", y[te])
+    fp = pixels.fingerprint(part, classes)
+    if n_changed:  # the policy made these pixels: it keys them too
+        fp = _hash_strings(fp, images.aspect, info["stored"])
+    meta = {"name": where, "class_names": classes, "fingerprint": fp, "info": info, "source": where,
+            "images": {"side": images.side, "aspect": images.aspect}}  # fmt: skip
+    (part / "meta.json").write_text(json.dumps(meta, indent=1))
+    _install(entry, part, where)
+    ds = _read_pixel_cache(entry)
+    if ds is None:
+        raise DataError(f"The pixel cache entry {entry} could not be read back: check the disk, then run again.")
     return ds
 
 
@@ -484,56 +625,6 @@ def _layout(names, where: str) -> dict[tuple[str | None, str], list[str]]:
     return groups
 
 
-def _decode_layout(groups, entries, where, skipped, seed, test_fraction, image_size, progress):
-    classes = sorted({c for _, c in groups})
-    order = [(s, classes.index(c), n) for (s, c), names in sorted(groups.items(), key=str) for n in sorted(names)]
-    names = [n for _, _, n in order]
-
-    def decode(n):
-        return decode_image(entries[n], name=f"{where}/{n}")
-
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        images = list(
-            tqdm(pool.map(decode, names, chunksize=256), total=len(names), desc="decoding",
-                 unit="img", disable=_no_bar(progress), leave=False)
-        )  # fmt: skip
-    shapes = Counter(im.shape[:2] for im in images)
-    size = tuple(image_size) if image_size else shapes.most_common(1)[0][0]
-    n_resized = sum(k != size for k in [im.shape[:2] for im in images])
-    if n_resized:
-        logger.warning("%s: resized %d of %d images to %dx%d", where, n_resized, len(images), *size)
-        images = [resize_image(im, size) for im in images]
-    X = np.stack(images)
-    y = np.array([label for _, label, _ in order], dtype=np.int64)
-    split = np.array([s for s, _, _ in order], dtype=object)
-    info: dict = {}
-    if groups and next(iter(groups))[0] is None:
-        tr, te = stratified_split(y, test_fraction, seed)
-        info["split"] = f"stratified {1 - test_fraction:.0%}/{test_fraction:.0%}, seed {seed}"
-    else:
-        tr, te = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
-        info["split"] = "train/ and test/ folders"
-    if n_resized:
-        info["resized"] = f"{n_resized} images to {size[0]}x{size[1]} (sizes seen: " + ", ".join(
-            f"{h}x{w}: {c}" for (h, w), c in shapes.most_common(5)
-        ) + ")"
-    if skipped:
-        info["skipped"] = f"{len(skipped)} non-image files, e.g. {skipped[0]}"
-        logger.warning("%s: skipped %d files that are not images, e.g. %s", where, len(skipped), skipped[0])
-    X_train, y_train, X_test, y_test = X[tr], y[tr], X[te], y[te]
-    for label, c in enumerate(classes):
-        if not (y_train == label).any():
-            raise DataError(f"'{where}': class '{c}' has no training images. Add images or remove the folder.")
-    return Dataset(
-        where, X_train, y_train, X_test, y_test, tuple(classes),
-        _fingerprint(X_train, y_train, X_test, y_test, classes), info=info,
-    )  # fmt: skip
-
-
-def _no_bar(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress
-
-
 # ------------------------------------------------------------ decoded-pixel cache
 
 
@@ -557,14 +648,16 @@ def _read_pixel_cache(entry: Path) -> Dataset | None:
     try:
         meta = json.loads(meta_file.read_text())
         arrays = {k: np.load(entry / f"{k}.npy", mmap_mode="r") for k in ("X_train", "y_train", "X_test", "y_test")}
-    except (OSError, ValueError) as exc:
+        images = ImageOptions(**meta["images"]) if meta.get("images") else None
+    except (OSError, ValueError, TypeError) as exc:
         logger.warning("ignoring unreadable pixel cache %s (%s)", entry, exc)
         return None
     return Dataset(meta["name"], class_names=tuple(meta["class_names"]), fingerprint=meta["fingerprint"],
-                   info=meta["info"], **arrays)  # fmt: skip
+                   info=meta["info"], images=images, pixel_cache=entry, **arrays)  # fmt: skip
 
 
-def _write_pixel_cache(entry: Path, ds: Dataset, source: str) -> None:
+def _write_pixel_cache(entry: Path, ds: Dataset, source: str) -> Dataset:
+    """Cache the pixels of ``ds`` (read whole: CIFAR-10 batches) in ``entry``; return ``ds``."""
     root = entry.parent
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -574,18 +667,24 @@ def _write_pixel_cache(entry: Path, ds: Dataset, source: str) -> None:
         meta = {"name": ds.name, "class_names": list(ds.class_names), "fingerprint": ds.fingerprint,
                 "info": ds.info, "source": source}  # fmt: skip
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        # Earlier decodes of the same source are stale now.
-        for old in root.iterdir():
-            if old.is_dir() and old not in (entry, tmp) and (old / "meta.json").exists():
-                try:
-                    if json.loads((old / "meta.json").read_text()).get("source") == source:
-                        shutil.rmtree(old, ignore_errors=True)
-                except (OSError, ValueError):
-                    pass
-        shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)  # atomic: a crash leaves no half-written entry
+        _install(entry, tmp, source)
     except OSError as exc:
         logger.warning("could not cache decoded pixels in %s (%s)", root, exc)
+    return ds
+
+
+def _install(entry: Path, complete: Path, source: str) -> None:
+    """Give the complete folder ``complete`` the entry's name; earlier decodes of ``source`` go."""
+    root = entry.parent
+    for old in root.iterdir():
+        if old.is_dir() and old not in (entry, complete) and not old.name.startswith(".") and (old / "meta.json").exists():
+            try:
+                if json.loads((old / "meta.json").read_text()).get("source") == source:
+                    shutil.rmtree(old, ignore_errors=True)
+            except (OSError, ValueError):
+                pass
+    shutil.rmtree(entry, ignore_errors=True)
+    os.replace(complete, entry)  # atomic: a crash leaves no half-written entry
 
 
 def _fingerprint(X_train, y_train, X_test, y_test, classes) -> str:

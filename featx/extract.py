@@ -76,7 +76,8 @@ def extract_features(
     if opts.cluster is not None and opts.cluster != "local" and not is_client(opts.cluster):
         with connect(opts.cluster, opts.workers) as client:  # an address is tried before any work: a bad one fails at once
             return extract_features(spec, data, task, options=opts.replace(cluster=client, workers=None))
-    ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed)
+    ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed,
+                                                             images=spec.images)  # fmt: skip
     extractor = Extractor(spec, seed=opts.seed, data=ds, cache_dir=opts.cache_dir)
     settings = feature_settings(extractor, ds)
     path = cache.feature_path(settings, opts.cache_dir)

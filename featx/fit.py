@@ -146,7 +146,8 @@ def fit_head(
     check_tune(head, params, tune)
     with connect(opts.cluster, opts.workers) as client:
         opts = opts.replace(cluster=client, workers=None)
-        ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed)
+        ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir,
+                                                                 seed=opts.seed, images=spec.images)  # fmt: skip
         fs = extract_features(spec, ds, options=opts)
         X_train, y_train, X_test, y_test = fs.load()
         [res] = evaluate_heads([(head, estimator)], (X_train, y_train, X_test, y_test), client, n_jobs=1,

@@ -44,7 +44,7 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     images are classified. ``options`` (or run options by name in ``kwargs``):
     ``cache_dir``, ``seed`` and ``batch_size`` apply.
     """
-    from .images import decode_image, is_image_name, resize_image
+    from .images import is_image_name, load_image
 
     settings, run = split_kwargs(kwargs)
     spec = as_spec(spec, **settings)
@@ -69,17 +69,18 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     if not paths:
         raise DataError(f"No image files in {', '.join(map(str, files)) or 'the list given'}: name image files, or "
                         "folders that hold some (jpg, png, ...).")  # fmt: skip
+    # each photo is stored as the head's training images were: their size, by the same aspect policy
+    size = tuple(shape[:2]) if shape else (32, 32)
     decoded: list = []
     for p in paths:
         try:
-            decoded.append(decode_image(p))
+            decoded.append(load_image(p, size, fitted_spec.aspect))
         except FeatxError as exc:
             decoded.append(exc)
     good = [im for im in decoded if isinstance(im, np.ndarray)]
     predictions, score_name = iter(()), "probability"
     if good:
-        size = tuple(shape[:2]) if shape else (32, 32)
-        X = np.stack([resize_image(im, size) for im in good])
+        X = np.stack(good)
         feats = extractor.transform(X, batch_size=opts.batch_size)
         if hasattr(est, "predict_proba"):
             scores = est.predict_proba(feats)

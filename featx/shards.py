@@ -174,7 +174,11 @@ def _rows(ref: dict, split: str, start: int, stop: int):
 
     key = json.dumps(ref, sort_keys=True)
     if key not in _DATA:
-        ds = load_dataset(ref["name"], ref["task"], cache_dir=ref["cache_dir"], seed=ref["seed"], progress=False)
+        from .images import ImageOptions
+
+        images = ImageOptions(**ref["images"]) if ref.get("images") else None
+        ds = load_dataset(ref["name"], ref["task"], cache_dir=ref["cache_dir"], seed=ref["seed"], progress=False,
+                          images=images)  # fmt: skip
         if ds.fingerprint != ref["fingerprint"]:
             raise CacheError(f"the dataset {ref['name']!r} reads differently on this worker (fingerprint "
                              f"{ds.fingerprint}, the driver's {ref['fingerprint']}): give the workers the same "
@@ -197,13 +201,15 @@ def data_reference(ds, cache_dir: Path, seed: int) -> dict | None:
     name = str(ds.name)
     if name != "sample" and not Path(name).exists():
         return None
+    images = {"side": ds.images.side, "aspect": ds.images.aspect} if ds.images is not None else None
     try:
-        again = load_dataset(name, ds.task, cache_dir=cache_dir, seed=seed, progress=False)
+        again = load_dataset(name, ds.task, cache_dir=cache_dir, seed=seed, progress=False, images=ds.images)
     except FeatxError:
         return None
     if again.fingerprint != ds.fingerprint:
         return None
-    return {"name": name, "task": ds.task, "seed": seed, "cache_dir": str(cache_dir), "fingerprint": ds.fingerprint}
+    return {"name": name, "task": ds.task, "seed": seed, "cache_dir": str(cache_dir), "fingerprint": ds.fingerprint,
+            "images": images}  # fmt: skip
 
 
 def run_sharded(client, *, ds, extractor, settings: dict, path: Path, info: dict, cache_dir: Path,

@@ -22,6 +22,7 @@ import numpy as np
 
 from .backbones import INTERPOLATIONS, POOLINGS, Backbone, get_backbone
 from .errors import FeatxError, SettingsError
+from .images import DEFAULT_SIDE, MAX_SIDE, ImageOptions
 
 #: Storage types of the features.
 DTYPES = ("float32", "float16")
@@ -80,6 +81,13 @@ class FeatureSpec:
         compute in it natively, float32 on every CPU (so that a CPU's features and
         cache keys are the same on every CPU). The trunk and a user's model
         always run in float32.
+    aspect : {"crop", "pad", "squash"}, default="crop"
+        How photos of a folder or archive of another shape than the stored one
+        are brought to it when decoded (:class:`featx.images.ImageOptions`):
+        the centre kept, letterboxed, or resized out of shape. Images of one
+        size that fits (CIFAR tiles) are stored as they are, whatever it says.
+    image_side : int, optional
+        Side of the stored photos (default 256, or ``size`` where that is larger).
 
     Examples
     --------
@@ -109,6 +117,8 @@ class FeatureSpec:
     grid: int | None = field(default=None, metadata={"neutral": 1})
     flip: bool | None = field(default=None, metadata={"neutral": False})
     precision: str = field(default="auto", metadata={"neutral": "float32"})
+    aspect: str = field(default="crop", metadata={"neutral": "crop"})
+    image_side: int | None = field(default=None, metadata={"neutral": None})
 
     def __post_init__(self):
         bb = get_backbone(self.backbone)
@@ -132,6 +142,7 @@ class FeatureSpec:
         if not isinstance(flip, (bool, np.bool_)):
             raise SettingsError(f"flip must be True or False. Received: flip={flip!r}")
         precision = bb.check_precision(self.precision)
+        ImageOptions(side=DEFAULT_SIDE if self.image_side is None else self.image_side, aspect=self.aspect)
         if all(name in bb.flat_layers for name in layers):
             pooling = "flatten"  # vectors already: nothing to pool
         if pooling == "flatten":
@@ -140,6 +151,13 @@ class FeatureSpec:
                   "grid": int(grid), "flip": bool(flip), "precision": precision}  # fmt: skip
         for name, value in values.items():
             object.__setattr__(self, name, value)
+
+    @property
+    def images(self) -> ImageOptions:
+        """How a folder's or archive's images are stored for these features: ``aspect``, and
+        ``image_side`` (default 256, or the input size where that is larger)."""
+        side = self.image_side or min(MAX_SIDE, max(DEFAULT_SIDE, self.size))
+        return ImageOptions(side=side, aspect=self.aspect)
 
     @property
     def backbone_(self) -> Backbone:
