@@ -287,7 +287,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     failed = 0
     for i, p in enumerate(predict_files(args.images, args.head, _spec(args), args.data, args.task,
-                                        options=_options(args))):  # fmt: skip
+                                        trust_pickle=args.trust_pickle, options=_options(args))):  # fmt: skip
         if i == 0:
             print(f"file\tclass\t{p.score_name}")
         if p.error:
@@ -296,6 +296,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             print(f"{p.file}\t{p.label}\t{p.score:.3f}")
     return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_classifier
+
+    path = export_classifier(args.out, args.head, _spec(args), args.data, args.task, format=args.format,
+                             force=args.force, trust_pickle=args.trust_pickle, options=_options(args))  # fmt: skip
+    print(f"exported {args.head} head and {args.backbone} backbone ({args.format or 'from the name'}): {path}")
+    return 0
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -374,9 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify image files with a fitted head and its backbone")
     _add_data_args(p)
     _add_spec_args(p)  # the head fitted with these feature options
-    p.add_argument("--head", default="logreg")
+    p.add_argument("--head", default="logreg", metavar="NAME|PATH",
+                   help="a head fitted with `fit` (default logreg), or a model made by `export` (.keras, .onnx, "
+                   "a SavedModel folder)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a head that an earlier featx saved as a pickle (loading one can run any code in it)")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a fitted head and its backbone as one model (.keras, ONNX, SavedModel)")
+    _add_data_args(p)
+    _add_spec_args(p)  # the head fitted with these feature options
+    p.add_argument("--head", default="logreg", help="the fitted head to export (default logreg)")
+    p.add_argument("--format", choices=["keras", "onnx", "saved_model"], default=None,
+                   help="default: from OUT's ending (.keras, .onnx; else a SavedModel folder)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a head that an earlier featx saved as a pickle (loading one can run any code in it)")
+    p.add_argument("out", metavar="OUT")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("backbones", help="list the backbones: name, input size, preprocessing, weights")
     p.add_argument("--widths", action="store_true", help="also the width of each default embedding (slow)")

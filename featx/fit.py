@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import joblib
 import numpy as np
 from sklearn.base import clone
 from sklearn.metrics import accuracy_score, f1_score
@@ -17,10 +16,11 @@ from .cluster import connect
 from .config import cache_dir as resolve_cache_dir
 from .config import slug
 from .data import Dataset, load_dataset
-from .errors import HeadError
+from .errors import CacheError, HeadError
 from .extract import extract_features
 from .heads import make_head
 from .options import RunOptions, as_options, split_kwargs
+from .persistence import PICKLE_SUFFIX, SUFFIX, load_head, save_head
 from .spec import FeatureSpec, as_spec
 
 
@@ -93,15 +93,15 @@ def head_path(head: str, spec: FeatureSpec, data_name: str, task: str, seed: int
     (split with ``seed``): a head fitted on other features, or other splits, is another file."""
     tag = hashlib.sha256(json.dumps({"spec": spec.to_dict(), "seed": seed}, sort_keys=True).encode()).hexdigest()
     prefix = _heads_prefix(head, spec.backbone_.label, data_name, task, cache_dir)
-    return prefix.with_name(f"{prefix.name}-{tag[:10]}.joblib")
+    return prefix.with_name(f"{prefix.name}-{tag[:10]}{SUFFIX}")
 
 
 def fitted_heads(head: str, backbone_label: str, data_name: str, task: str, cache_dir=None) -> list[Path]:
     """Every saved ``head`` on this backbone's features of a dataset's ``task``, whatever the
-    settings (those saved before heads were named by their settings too)."""
+    settings: skops files first, then pickles of earlier versions (named by their settings, or not)."""
     prefix = _heads_prefix(head, backbone_label, data_name, task, cache_dir)
-    return sorted(p for p in prefix.parent.glob(f"{prefix.name}*.joblib")
-                  if p.stem == prefix.name or p.stem[len(prefix.name):].startswith("-"))  # fmt: skip
+    return [p for suffix in (SUFFIX, PICKLE_SUFFIX) for p in sorted(prefix.parent.glob(f"{prefix.name}*{suffix}"))
+            if p.stem == prefix.name or p.stem[len(prefix.name):].startswith("-")]  # fmt: skip
 
 
 def _heads_prefix(head: str, backbone_label: str, data_name: str, task: str, cache_dir) -> Path:
@@ -130,7 +130,7 @@ def fit_head(
     extraction). ``tune`` chooses the head's parameters by cross-validation on
     the train split first (see :mod:`featx.tune`). Returns the result
     (accuracy, macro-F1, times, fitted estimator) and the path of the saved
-    head: a joblib file holding the estimator and a record of the feature cache
+    head: a skops file (:mod:`featx.persistence`, no pickle) holding the estimator and a record of the feature cache
     it was trained on.
 
     With ``cluster``, the features are extracted in shards on the Dask cluster
@@ -171,9 +171,7 @@ def fit_head(
             "metrics": res.row(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        tmp = path.with_suffix(".tmp")
-        joblib.dump({"estimator": res.estimator, "record": record}, tmp)
-        tmp.replace(path)
+        save_head(path, res.estimator, record)
     return res, path
 
 
@@ -209,3 +207,56 @@ def check_tune(head: str, params: dict, tune: bool) -> None:
             f"The {head} head's {', '.join(both)} is both given and tuned (its search: "
             f"{SEARCHES[head]}). Drop the parameter or drop --tune."
         )
+
+
+def find_head(head: str, spec: FeatureSpec, data=None, task: str = "full", *, options: RunOptions | None = None,
+              trust_pickle: bool = False) -> tuple[object, dict, Path]:  # fmt: skip
+    """``(estimator, record, path)`` of the saved ``head`` fitted on ``spec``'s features of ``data``
+    (a name or path, as given to :func:`fit_head`), ``task`` and the options' seed; else a one-line
+    error that lists the heads fitted on other settings (or the pickles of earlier versions, which
+    are read only with ``trust_pickle``)."""
+    opts = as_options(options)
+    name = "sample" if data is None else str(data)
+    ds_name = "sample" if name == "sample" else (name if name == "cifar10" else str(Path(name).expanduser().resolve()))
+    path = head_path(head, spec, ds_name, task, opts.seed, opts.cache_dir)
+    if path.exists():
+        est, rec = load_head(path)
+        return est, rec, path
+    others, pickles = [], []
+    for p in fitted_heads(head, spec.backbone_.label, ds_name, task, opts.cache_dir):
+        if p.suffix == PICKLE_SUFFIX and not trust_pickle:
+            pickles.append(p.name)
+            continue
+        try:
+            est, rec = load_head(p, trust_pickle=trust_pickle)
+            fitted, _, seed = recorded_spec(rec)
+        except Exception:  # noqa: BLE001 - an unreadable head is not the one asked for
+            continue
+        if fitted == spec and seed == opts.seed:
+            return est, rec, p  # saved before heads were named by their settings
+        others.append(f"{fitted.describe()}, seed {seed}")
+    wanted = f"{spec.describe()} features of {name} ({task}, seed {opts.seed})"
+    if pickles:
+        raise CacheError(
+            f"No {head} head saved by this featx for {wanted}; there are {len(pickles)} saved by an earlier "
+            f"featx as pickles ({', '.join(pickles[:3])}), which can run any code when loaded. If you trust "
+            "them, run again with --trust-pickle (Python: trust_pickle=True); or fit the head again."
+        )
+    if others:
+        raise CacheError(
+            f"No {head} head fitted on {wanted}; there are {head} heads fitted on: {'; '.join(others)}. "
+            "Pass the feature options (and --seed) they were fitted with, or fit one on these."
+        )
+    raise CacheError(
+        f"No {head} head fitted on {wanted} yet. Run `python cli.py fit --head {head}` with the same options first."
+    )
+
+
+def recorded_spec(record: dict) -> tuple[FeatureSpec, str, int]:
+    """The spec, data and seed a saved head's features were made with (records of
+    featx 0.1 kept the spec's fields in "extract_args")."""
+    if "spec" in record:
+        return FeatureSpec.from_dict(record["spec"]), record["data"], int(record.get("seed", 0))
+    args = dict(record["extract_args"])
+    spec = FeatureSpec.from_dict({**args, "dtype": record["feature_settings"].get("dtype", "float32")})
+    return spec, args["data"], int(args.get("seed", 0))

@@ -175,6 +175,23 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
+    def to_keras(self, features):
+        """The fitted head as Keras layers on ``features`` (a Keras tensor): its Dense layers, the
+        scaler folded into the first, Dropout left out. Returns the probabilities tensor."""
+        import keras
+
+        check_is_fitted(self)
+        x, first = features, True
+        dense = [layer for layer in self.model_.layers if isinstance(layer, keras.layers.Dense)]
+        for i, layer in enumerate(dense):
+            kernel, bias = (np.asarray(w, dtype=np.float64) for w in layer.get_weights())
+            if first and self.scaler_ is not None:
+                kernel, bias = _fold_scaler(self.scaler_, kernel, bias)
+            first = False
+            act = layer.activation.__name__
+            x = _dense(x, kernel, bias, "probabilities" if i == len(dense) - 1 else f"head_dense_{i}", act)
+        return x
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
@@ -346,6 +363,39 @@ class RBFSVMClassifier(_OptionalProbability):
         Xt = self._transform(X)
         return self.pipeline_[-1].predict(Xt)
 
+    def to_keras(self, features):
+        """The fitted head as Keras layers: standardisation, the Nystroem RBF map (exp of a
+        distance made of two Dense layers), then the linear SVM and its sigmoid calibration as one
+        Dense layer. Only the Nystroem solver, with ``probability=True``, can be exported."""
+        import keras
+
+        check_is_fitted(self)
+        if self.solver_ == "exact SVC":
+            raise HeadError(
+                "This svm-rbf head was fitted with the exact SVC solver (one-vs-one votes over its support "
+                "vectors), which featx does not export: fit it with max_exact_samples=1 (--param "
+                "max_exact_samples=1: the Nystroem map) to export it, or export logreg, svm or dense."
+            )
+        scaler, nys, svm = self.pipeline_
+        x = _standardize(features, scaler)
+        gamma, c = float(nys.gamma), np.asarray(nys.components_, dtype=np.float64)
+        # -gamma |x - c|^2 = 2 gamma x.c - gamma |c|^2 - gamma |x|^2
+        cross = _dense(x, 2 * gamma * c.T, -gamma * (c**2).sum(1), "rbf_cross")
+        sq = keras.layers.Dot(axes=1, name="rbf_norm")([x, x])
+        norm = _dense(sq, np.full((1, len(c)), -gamma), np.zeros(len(c)), "rbf_norm_term")
+        kernel = keras.layers.Activation("exponential", name="rbf_kernel")(keras.layers.Add(name="rbf_exponent")([cross, norm]))
+        W, b = _linear_decision(svm)
+        W = np.asarray(nys.normalization_, dtype=np.float64).T @ W  # the map's normalisation, folded in
+        return _calibrated_probabilities(kernel, W, b, self._calibration(), len(self.classes_))
+
+    def _calibration(self):
+        if not self.probability:
+            raise HeadError(
+                "This head was fitted without probability=True: it has margins, not probabilities, to "
+                "export. Fit it again with probability=True (featx fit does so)."
+            )
+        return self.calibrator_
+
 
 RBFSVMClassifier.__doc__ %= _PROBABILITY_DOC
 
@@ -379,6 +429,80 @@ class _ScaledLinear(_OptionalProbability):
     def predict(self, X):
         Xt = self._transform(X)
         return self.classifier_.predict(Xt)
+
+    def to_keras(self, features):
+        """The fitted head as one Dense layer (the scaler and, for the SVM, its sigmoid calibration
+        folded in) and the activations that make its probabilities."""
+        check_is_fitted(self)
+        W, b = _fold_scaler(self.scaler_, *_linear_decision(self.classifier_))
+        if isinstance(self.classifier_, LogisticRegression):
+            if W.shape[1] == 1:  # binary: p = sigmoid(z) = softmax([0, z])
+                W, b = np.hstack([np.zeros_like(W), W]), np.concatenate([[0.0], b])
+            return _dense(features, W, b, "probabilities", "softmax")
+        if not getattr(self, "probability", False):
+            raise HeadError(
+                "This svm head was fitted without probability=True: it has margins, not probabilities, to "
+                "export. Fit it again with probability=True (featx fit does so)."
+            )
+        return _calibrated_probabilities(features, W, b, self.calibrator_, len(self.classes_))
+
+
+def _linear_decision(classifier) -> tuple[np.ndarray, np.ndarray]:
+    """``(kernel (d, k), bias (k,))`` of a fitted linear classifier's decision function."""
+    return np.asarray(classifier.coef_, dtype=np.float64).T, np.asarray(classifier.intercept_, dtype=np.float64)
+
+
+def _fold_scaler(scaler, kernel: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(kernel, bias)`` acting on raw features as ``kernel``, ``bias`` act on standardised ones."""
+    mean = scaler.mean_ if scaler.with_mean else np.zeros(kernel.shape[0])
+    scale = scaler.scale_ if scaler.with_std else np.ones(kernel.shape[0])
+    return kernel / scale[:, None], bias - (mean / scale) @ kernel
+
+
+def _standardize(x, scaler):
+    """``scaler`` as a layer: a BatchNormalization at inference, its statistics the scaler's (its
+    weights are variables, which every export format keeps; Keras's Normalization holds constants
+    that the ONNX export takes for inputs)."""
+    import keras
+
+    eps = 1e-12
+    layer = keras.layers.BatchNormalization(epsilon=eps, name="standardize")
+    y = layer(x)
+    d = len(scaler.scale_)
+    mean = scaler.mean_ if scaler.with_mean else np.zeros(d)
+    var = np.maximum(np.asarray(scaler.scale_, dtype=np.float64) ** 2 - eps, 0.0)
+    layer.set_weights([np.ones(d, np.float32), np.zeros(d, np.float32), mean.astype(np.float32), var.astype(np.float32)])
+    return y
+
+
+def _dense(x, kernel: np.ndarray, bias: np.ndarray, name: str, activation=None):
+    """A Dense layer of fixed ``kernel`` and ``bias`` on ``x``, in float32."""
+    import keras
+
+    layer = keras.layers.Dense(kernel.shape[1], activation=activation, name=name)
+    y = layer(x)
+    layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return y
+
+
+def _calibrated_probabilities(x, W: np.ndarray, b: np.ndarray, calibrator, n_classes: int):
+    """scikit-learn's sigmoid calibration of a one-vs-rest decision ``x @ W + b``, as layers.
+
+    Each class's probability is ``sigmoid(-(a f + b'))`` of its decision ``f``, an affine map of
+    ``x`` again (so one Dense layer holds both); the probabilities are then divided by their sum,
+    which is the softmax of their logarithms. Binary: ``[1 - p, p]``, the same softmax of
+    ``log_sigmoid(-z), log_sigmoid(z)``.
+    """
+    import keras
+
+    cals = calibrator.calibrated_classifiers_[0].calibrators
+    a = np.array([c.a_ for c in cals], dtype=np.float64)
+    c0 = np.array([c.b_ for c in cals], dtype=np.float64)
+    W, b = W * -a, -(a * b + c0)  # z = -(a f + b'): p = sigmoid(z)
+    if n_classes == 2:
+        W, b = np.hstack([-W, W]), np.concatenate([-b, b])
+    z = _dense(x, W, b, "calibrated_logits", "log_sigmoid")
+    return keras.layers.Activation("softmax", name="probabilities")(z)
 
 
 _LINEAR_CONSTRAINTS: dict = {

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-import joblib
 import numpy as np
 
-from .errors import CacheError, DataError, FeatxError
+from .errors import DataError, FeatxError
 from .extractor import Extractor
-from .fit import fitted_heads, head_path
+from .fit import find_head, recorded_spec
 from .options import RunOptions, as_options, split_kwargs
 from .spec import FeatureSpec, as_spec
 
@@ -26,42 +25,64 @@ class Prediction(NamedTuple):
 
 
 def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19", data=None, task: str = "full",
-                  *, options: RunOptions | None = None, **kwargs):  # fmt: skip
-    """Classify image files with a saved head and its backbone.
+                  *, trust_pickle: bool = False, options: RunOptions | None = None, **kwargs):  # fmt: skip
+    """Classify image files with a saved head and its backbone, or with an exported classifier.
 
     The head is the one :func:`featx.fit.fit_head` fitted on the features of
     ``spec`` (a :class:`~featx.spec.FeatureSpec`, or a backbone and the feature
     settings among ``kwargs``, as given to ``fit_head``) for ``data``, ``task``
     and ``seed``; its backbone is rebuilt from the spec recorded with it. A head
     fitted on other settings is not used: the error lists the heads there are.
+    A head saved as a pickle by an earlier featx is loaded only with
+    ``trust_pickle``. ``head`` may also be the path of a classifier made by
+    :func:`featx.export.export_classifier` (``.keras``, ``.onnx`` or a SavedModel
+    folder): then ``spec``, ``data`` and ``task`` are not used.
 
     Yields a :class:`Prediction` ``(file, label, score, error, score_name)``
     per image: ``score`` is the head's probability of ``label``
     (``score_name`` "probability"; the SVM heads fitted by :func:`fit_head`
     carry a calibration for it), or, for a head saved without one, its
-    decision margin (``score_name`` "margin"). A file that cannot be read gets
-    its error and the others still run. ``files`` may name folders: their
-    images are classified. ``options`` (or run options by name in ``kwargs``):
-    ``cache_dir``, ``seed`` and ``batch_size`` apply.
+    decision margin (``score_name`` "margin"). Each image is brought to the
+    size of the head's training images by their aspect policy (``crop`` by
+    default). A file that cannot be read gets its error and the others still
+    run. ``files`` may name folders: their images are classified. ``options``
+    (or run options by name in ``kwargs``): ``cache_dir``, ``seed`` and
+    ``batch_size`` apply.
     """
-    from .images import is_image_name, load_image
+    from .export import is_exported, load_exported
 
+    paths = _image_paths(files)
+    if is_exported(head):
+        model = load_exported(head)
+        yield from _predictions(paths, model.image_shape, model.aspect, model.class_names,
+                                lambda X: (model.predict_proba(X), "probability"))  # fmt: skip
+        return
     settings, run = split_kwargs(kwargs)
     spec = as_spec(spec, **settings)
     opts = as_options(options, **run)
-    cache_dir = opts.cache_dir
-    name = "sample" if data is None else str(data)
-    ds_name = "sample" if name == "sample" else (name if name == "cifar10" else str(Path(name).expanduser().resolve()))
-    path = _find_head(head, spec, name, ds_name, task, opts)
-    saved = joblib.load(path)
-    est, rec = saved["estimator"], saved["record"]
-    fitted_spec, fitted_data, seed = _recorded_spec(rec)
-    extractor = Extractor(fitted_spec, seed=seed, data=fitted_data, cache_dir=cache_dir)
+    est, rec, path = find_head(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
+    fitted_spec, fitted_data, seed = recorded_spec(rec)
+    extractor = Extractor(fitted_spec, seed=seed, data=fitted_data, cache_dir=opts.cache_dir)
     for k, v in extractor.settings.items():
         if v != rec["feature_settings"].get(k):
             raise FeatxError(f"The backbone rebuilt for {path.name} differs from the one it was trained on "
                              f"({k}: {v} vs {rec['feature_settings'].get(k)}). Fit the head again.")  # fmt: skip
     shape = tuple(rec.get("image_shape", ())) or None
+
+    def scores(X):
+        feats = extractor.transform(X, batch_size=opts.batch_size)
+        if hasattr(est, "predict_proba"):
+            return est.predict_proba(feats), "probability"
+        margins = est.decision_function(feats)  # margins of SVMs saved without a calibration
+        return (margins if margins.ndim == 2 else np.stack([-margins, margins], 1)), "margin"
+
+    names = [str(rec["class_names"][int(c)]) for c in est.classes_]
+    yield from _predictions(paths, tuple(shape[:2]) if shape else (32, 32), fitted_spec.aspect, names, scores)
+
+
+def _image_paths(files) -> list[Path]:
+    from .images import is_image_name
+
     paths = []
     for f in files:
         p = Path(f)
@@ -69,68 +90,29 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     if not paths:
         raise DataError(f"No image files in {', '.join(map(str, files)) or 'the list given'}: name image files, or "
                         "folders that hold some (jpg, png, ...).")  # fmt: skip
-    # each photo is stored as the head's training images were: their size, by the same aspect policy
-    size = tuple(shape[:2]) if shape else (32, 32)
+    return paths
+
+
+def _predictions(paths, size, aspect, class_names, scores):
+    """One :class:`Prediction` per path: each image stored at ``size`` by ``aspect`` (as the head's
+    training images were), ``scores(X)`` -> ``(scores per class, score name)`` in ``class_names`` order."""
+    from .images import load_image
+
     decoded: list = []
     for p in paths:
         try:
-            decoded.append(load_image(p, size, fitted_spec.aspect))
+            decoded.append(load_image(p, tuple(size), aspect))
         except FeatxError as exc:
             decoded.append(exc)
     good = [im for im in decoded if isinstance(im, np.ndarray)]
     predictions, score_name = iter(()), "probability"
     if good:
-        X = np.stack(good)
-        feats = extractor.transform(X, batch_size=opts.batch_size)
-        if hasattr(est, "predict_proba"):
-            scores = est.predict_proba(feats)
-        else:  # margins of SVMs saved without a calibration
-            score_name = "margin"
-            scores = est.decision_function(feats)
-            scores = scores if scores.ndim == 2 else np.stack([-scores, scores], 1)
-        labels = np.asarray(est.predict(feats))
-        cols = np.searchsorted(est.classes_, labels)
-        predictions = iter(zip(labels, scores[np.arange(len(labels)), cols]))
-    classes = rec["class_names"]
+        s, score_name = scores(np.stack(good))
+        best = np.argmax(s, axis=1)
+        predictions = iter(zip(best, s[np.arange(len(best)), best]))
     for p, im in zip(paths, decoded):
         if isinstance(im, Exception):
             yield Prediction(str(p), None, None, str(im), score_name)
         else:
-            label, score = next(predictions)
-            yield Prediction(str(p), str(classes[int(label)]), float(score), None, score_name)
-
-
-def _find_head(head: str, spec: FeatureSpec, name: str, ds_name: str, task: str, opts: RunOptions) -> Path:
-    """The saved head fitted on ``spec``'s features of these data and seed; else a one-line error
-    that lists the heads fitted on other settings."""
-    path = head_path(head, spec, ds_name, task, opts.seed, opts.cache_dir)
-    if path.exists():
-        return path
-    others = []
-    for p in fitted_heads(head, spec.backbone_.label, ds_name, task, opts.cache_dir):
-        try:
-            fitted, _, seed = _recorded_spec(joblib.load(p)["record"])
-        except Exception:  # noqa: BLE001 - an unreadable head is not the one asked for
-            continue
-        if fitted == spec and seed == opts.seed:
-            return p  # saved before heads were named by their settings
-        others.append(f"{fitted.describe()}, seed {seed}")
-    wanted = f"{spec.describe()} features of {name} ({task}, seed {opts.seed})"
-    if others:
-        raise CacheError(
-            f"No {head} head fitted on {wanted}; there are {head} heads fitted on: {'; '.join(others)}. "
-            "Pass the feature options (and --seed) they were fitted with, or fit one on these."
-        )
-    raise CacheError(
-        f"No {head} head fitted on {wanted} yet. Run `python cli.py fit --head {head}` with the same options first."
-    )
-
-
-def _recorded_spec(record: dict) -> tuple[FeatureSpec, str, int]:
-    """The spec, data and seed a saved head's features were made with (records of
-    featx 0.1 kept the spec's fields in "extract_args")."""
-    if "spec" in record:
-        return FeatureSpec.from_dict(record["spec"]), record["data"], int(record.get("seed", 0))
-    args = dict(record["extract_args"])
-    spec = FeatureSpec.from_dict({**args, "dtype": record["feature_settings"].get("dtype", "float32")})
-    return spec, args["data"], int(args.get("seed", 0))
+            col, score = next(predictions)
+            yield Prediction(str(p), str(class_names[int(col)]), float(score), None, score_name)

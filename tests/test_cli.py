@@ -15,7 +15,8 @@ def test_help_lists_commands():
 
     out = run_cli("--help").stdout
     listed = re.findall(r"^ {4}(\w+) {2,}\S", out, flags=re.M)  # the command column, not the description
-    assert listed == ["data", "extract", "pretrain", "fit", "compare", "predict", "backbones", "layers", "cache"]
+    assert listed == ["data", "extract", "pretrain", "fit", "compare", "predict", "export", "backbones", "layers",
+                      "cache"]
 
 
 def test_data_command_describes_sample():

@@ -1,7 +1,6 @@
 import csv
 import json
 
-import joblib
 import numpy as np
 import pytest
 from conftest import make_class_folders
@@ -11,6 +10,7 @@ from featx.cache import read_features
 from featx.compare import compare
 from featx.errors import CacheError
 from featx.fit import fit_head
+from featx.persistence import load_head
 from featx.predict import predict_files
 
 
@@ -47,9 +47,9 @@ def test_compare_rejects_unknown_head_before_work(tiny, tmp_path):
 def test_fit_saves_head_with_its_feature_record(tiny, tmp_path):
     res, path = fit_head("logreg", "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path,
                          params={"C": 0.5})
-    saved = joblib.load(path)
-    rec = saved["record"]
-    assert rec["params"] == {"C": 0.5} and saved["estimator"].C == 0.5
+    assert path.suffix == ".skops"  # not a pickle
+    est, rec = load_head(path)
+    assert rec["params"] == {"C": 0.5} and est.C == 0.5
     assert rec["feature_settings"]["backbone"] == "vgg19" and rec["features"].endswith(".h5")
     assert rec["metrics"]["accuracy"] == pytest.approx(res.accuracy, abs=1e-4)
     assert 0 <= res.accuracy <= 1 and res.fit_seconds > 0
@@ -67,9 +67,9 @@ def test_predict_images_with_a_bad_file(tiny, tmp_path):
         _, label, proba, err, kind = by_file[str(g)]
         assert err is None and kind == "probability" and label in ("cat", "dog", "eel") and 0 < proba <= 1
     # The saved head is the fitted one: it scores on the cached test features what fit measured.
-    saved = joblib.load(head_file)
-    X_train, y_train, X_test, y_test = read_features(saved["record"]["features"]).load()
-    assert saved["estimator"].score(X_test, y_test) == pytest.approx(saved["record"]["metrics"]["accuracy"], abs=1e-4)
+    est, rec = load_head(head_file)
+    X_train, y_train, X_test, y_test = read_features(rec["features"]).load()
+    assert est.score(X_test, y_test) == pytest.approx(rec["metrics"]["accuracy"], abs=1e-4)
     folder = list(predict_files([tiny / "test" / "cat"], "logreg", "vgg19", tiny, cache_dir=tmp_path, weights="none",
                                 size=32))  # fmt: skip
     assert len(folder) == 4
@@ -78,8 +78,8 @@ def test_predict_images_with_a_bad_file(tiny, tmp_path):
 @pytest.mark.parametrize("head", ["svm", "svm-rbf"])
 def test_svm_heads_predict_a_calibrated_probability(head, tiny, tmp_path):
     res, path = fit_head(head, "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path)
-    est = joblib.load(path)["estimator"]
-    assert est.probability and joblib.load(path)["record"]["params"]["probability"] is True
+    est, rec = load_head(path)
+    assert est.probability and rec["params"]["probability"] is True
     # the calibration does not change the classifier: same predictions as without it
     plain, _ = fit_head(head, "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path, save=False)
     assert np.array_equal(res.y_pred, plain.y_pred)

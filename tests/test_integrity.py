@@ -178,7 +178,9 @@ def test_heads_fitted_on_other_features_are_other_files_and_predict_takes_the_on
     _, p64 = fit_head("logreg", "vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 64})
     assert p32 != p64 and p32.exists() and p64.exists()  # the second did not replace the first
     img = tiny / "test" / "cat" / "000.png"
-    with mock.patch("featx.predict.joblib.load", wraps=__import__("joblib").load) as loaded:
+    from featx import fit as fit_mod
+
+    with mock.patch.object(fit_mod, "load_head", wraps=fit_mod.load_head) as loaded:
         (out,) = predict_files([img], "logreg", "vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 64})
     assert out.error is None and loaded.call_args_list[0].args[0] == p64
     with pytest.raises(CacheError, match=r"No logreg head fitted on resnet50 .*features of .* yet"):

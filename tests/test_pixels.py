@@ -20,6 +20,7 @@ from featx import pixels
 from featx.data import load_dataset
 from featx.errors import DataError, SettingsError
 from featx.images import ImageOptions, image_size, load_image
+from featx.persistence import load_head
 
 
 def _scene(h: int, w: int, seed: int = 0, cell: int = 16) -> np.ndarray:
@@ -241,8 +242,6 @@ def re_cache(text: str) -> bool:
 
 
 def test_predict_stores_a_photo_as_the_heads_training_images(tmp_path):
-    import joblib
-
     from featx.extract import extract_features
     from featx.fit import fit_head
     from featx.predict import predict_files
@@ -252,7 +251,7 @@ def test_predict_stores_a_photo_as_the_heads_training_images(tmp_path):
         _photo_folder(root / split, [(300, 450), (450, 300), (330, 330)][:n])
     opts = dict(weights="none", size=32, aspect="pad", image_side=48, precision="float32", cache_dir=tmp_path / "c")
     _, path = fit_head("logreg", "vgg19", root, **opts)
-    est = joblib.load(path)["estimator"]
+    est = load_head(path)[0]
     X_train = extract_features("vgg19", root, **opts).load()[0]
     want = est.predict_proba(np.asarray(X_train[:2])).max(axis=1)  # train/cat/000.jpg, train/cat/001.jpg
     files = [root / "train" / "cat" / "000.jpg", root / "train" / "cat" / "001.jpg"]

@@ -18,6 +18,7 @@ from featx.data import Dataset
 from featx.errors import CacheError, SettingsError, WeightsError
 from featx.extract import extract_features
 from featx.fit import fit_head
+from featx.persistence import load_head
 from featx.predict import predict_files
 from featx.spec import FeatureSpec, as_spec, describe, specs_for
 
@@ -204,7 +205,7 @@ def test_entry_points_take_a_spec_or_its_settings(tmp_path):
     assert a.path == b.path == c.path and a.info["spec"] == spec.to_dict()
     res, path = fit_head("logreg", spec, tiny, cache_dir=tmp_path / "c")
     assert res.features == "vgg19 32px avg, random init"
-    assert joblib.load(path)["record"]["spec"] == spec.to_dict()
+    assert load_head(path)[1]["spec"] == spec.to_dict()
     img = tiny / "test" / "cat" / "000.png"
     (out,) = predict_files([img], "logreg", spec, tiny, cache_dir=tmp_path / "c")
     assert out[3] is None and out[1] in ("cat", "dog", "eel")
@@ -218,14 +219,19 @@ def test_a_head_saved_by_featx_0_1_still_predicts(tmp_path):
     # featx 0.1 made the classic embedding; its records name no layers, grid or flip
     _, path = fit_head("logreg", "vgg19", tiny, weights="none", size=32, layers=["block5_pool"],
                        cache_dir=tmp_path / "c")  # fmt: skip
-    saved = joblib.load(path)
-    rec = saved["record"]
+    est, rec = load_head(path)
+    saved = {"estimator": est, "record": rec}
     for k in ("spec", "data", "seed"):
         rec.pop(k)
     rec["extract_args"] = {"backbone": "vgg19", "data": str(tiny.resolve()), "task": "full", "weights": "none",
                            "size": 32, "pooling": "avg", "interpolation": "bilinear", "seed": 0}  # fmt: skip
     path.unlink()
     joblib.dump(saved, path.with_name(f"logreg-vgg19-{slug(str(tiny.resolve()))}-full.joblib"))  # 0.1's file name
-    (out,) = predict_files([tiny / "test" / "dog" / "000.png"], "logreg", "vgg19", tiny, cache_dir=tmp_path / "c",
-                           weights="none", size=32, layers=["block5_pool"])  # fmt: skip
+    settings = dict(cache_dir=tmp_path / "c", weights="none", size=32, layers=["block5_pool"])
+    img = tiny / "test" / "dog" / "000.png"
+    with pytest.raises(CacheError, match=r"saved by an earlier featx as pickles \(logreg-vgg19-.*-full.joblib\), "
+                                         r"which can run any code when loaded. If you trust them, run again with "
+                                         r"--trust-pickle"):  # fmt: skip
+        list(predict_files([img], "logreg", "vgg19", tiny, **settings))
+    (out,) = predict_files([img], "logreg", "vgg19", tiny, trust_pickle=True, **settings)
     assert out[3] is None and out[1] in ("cat", "dog", "eel")

@@ -1,0 +1,233 @@
+"""Ship the classifier: the frozen backbone and a fitted head as one model.
+
+:func:`export_classifier` takes a head saved by :func:`featx.fit.fit_head`,
+rebuilds the backbone its features came from, turns the head into Keras layers
+(each head's ``to_keras``: ``dense`` as it is, ``logreg`` and ``svm`` as one
+Dense layer with the scaler and the SVM's sigmoid calibration folded in,
+``svm-rbf`` as its Nystroem RBF map plus one Dense layer) and writes
+
+- ``keras``: a ``.keras`` file (Keras's own format; loads with ``safe_mode``),
+- ``onnx``: an ``.onnx`` file through Keras's own ``export(format="onnx")``,
+  which runs with ``onnxruntime`` alone, without featx,
+- ``saved_model``: a TensorFlow SavedModel folder.
+
+The model takes uint8 RGB images ``(n, h, w, 3)`` of any size (resized inside,
+as in extraction) and returns class probabilities ``(n, classes)``. What it
+needs beside the weights travels with it as JSON (:data:`META`): the class names
+in output order, the size and aspect policy of the images the head was trained
+on, the features and the head: inside the ``.keras`` zip as ``featx.json``, in
+the ONNX file's metadata (``class_names`` and ``featx``), in the SavedModel's
+``assets/featx.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FeatxError, HeadError, SettingsError
+from .extractor import Extractor
+from .fit import find_head, recorded_spec
+from .options import RunOptions, as_options, split_kwargs
+from .spec import FeatureSpec, as_spec
+
+#: Export formats, by the name ``--format`` takes.
+FORMATS = ("keras", "onnx", "saved_model")
+#: The JSON that travels with an exported model.
+META = "featx.json"
+_INSTALL = "pip install 'featx[export]'"
+
+
+def export_classifier(out, head: str = "logreg", spec: FeatureSpec | str = "vgg19", data=None, task: str = "full", *,
+                      format: str | None = None, force: bool = False, trust_pickle: bool = False,
+                      options: RunOptions | None = None, **kwargs) -> Path:  # fmt: skip
+    """Export the saved ``head`` and its backbone as one model at ``out``; return its path.
+
+    ``head``, ``spec`` (or a backbone and feature settings among ``kwargs``),
+    ``data``, ``task`` and the options' seed find the head as
+    :func:`featx.predict.predict_files` does. ``format``: one of
+    :data:`FORMATS` (default: from ``out``'s ending: ``.keras``, ``.onnx``, else
+    a SavedModel folder). An existing ``out`` is replaced only with ``force``.
+
+    Examples
+    --------
+    >>> path = export_classifier("classifier.onnx", "logreg", "trunk")  # doctest: +SKIP
+    """
+    settings, run = split_kwargs(kwargs)
+    spec = as_spec(spec, **settings)
+    opts = as_options(options, **run)
+    out = Path(out).expanduser()
+    fmt = _format(out, format)
+    if out.exists() and not force:
+        raise SettingsError(f"{out} exists: pass another path, or --force (force=True) to replace it.")
+    _check_installed(fmt)
+    est, rec, path = find_head(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
+    if not hasattr(est, "to_keras"):
+        raise HeadError(f"The {head} head cannot be exported: featx exports {', '.join(exportable())}.")
+    fitted_spec, fitted_data, seed = recorded_spec(rec)
+    extractor = Extractor(fitted_spec, seed=seed, data=fitted_data, cache_dir=opts.cache_dir)
+    for k, v in extractor.settings.items():
+        if v != rec["feature_settings"].get(k):
+            raise FeatxError(f"The backbone rebuilt for {path.name} differs from the one it was trained on "
+                             f"({k}: {v} vs {rec['feature_settings'].get(k)}). Fit the head again.")  # fmt: skip
+    model = classifier_model(extractor, est)
+    shape = list(rec.get("image_shape", [32, 32, 3]))[:2]
+    meta = {"class_names": [str(rec["class_names"][int(c)]) for c in est.classes_], "image_shape": shape,
+            "aspect": fitted_spec.aspect, "head": head, "features": fitted_spec.describe(),
+            "input": "uint8 RGB images (n, h, w, 3), any size: resized inside",
+            "output": "class probabilities (n, classes), in class_names order"}  # fmt: skip
+    return _write(model, meta, out, fmt)
+
+
+def exportable() -> list[str]:
+    """The heads that :func:`export_classifier` can export."""
+    from .heads import HEADS
+
+    return [name for name, (factory, _) in HEADS.items() if hasattr(type(factory()), "to_keras")]
+
+
+def classifier_model(extractor: Extractor, estimator):
+    """The Keras model ``uint8 images -> class probabilities``: ``extractor``'s frozen model, then
+    the fitted ``estimator`` as layers."""
+    import keras
+
+    base = extractor.model
+    probs = estimator.to_keras(base.output)
+    model = keras.Model(base.inputs, probs, name="featx_classifier")
+    model.trainable = False
+    return model
+
+
+@dataclass
+class ExportedModel:
+    """A classifier exported by featx, loaded: ``predict_proba(uint8 images)`` and what travels with it."""
+
+    path: Path
+    class_names: list
+    image_shape: tuple
+    aspect: str
+    run: object
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.run(np.asarray(images, dtype=np.uint8)), dtype=np.float64)
+
+
+def is_exported(head) -> bool:
+    """Whether ``head`` names an exported model (a path to a .keras or .onnx file or a SavedModel folder)."""
+    if not isinstance(head, (str, os.PathLike)):
+        return False
+    p = Path(head).expanduser()
+    return p.suffix in (".keras", ".onnx") or (p.is_dir() and (p / "saved_model.pb").exists())
+
+
+def load_exported(path) -> ExportedModel:
+    """Load a classifier written by :func:`export_classifier` (``.keras`` with ``safe_mode`` on;
+    ``.onnx`` with onnxruntime; a SavedModel with TensorFlow)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SettingsError(f"Exported model not found: {p}. Export one with `python cli.py export`.")
+    try:
+        if p.suffix == ".keras":
+            import zipfile
+
+            import keras
+
+            from .layers import featx_layers
+
+            featx_layers()  # featx's layers, registered for safe_mode
+            with zipfile.ZipFile(p) as zf:
+                meta = json.loads(zf.read(META))
+            model = keras.saving.load_model(p, safe_mode=True)
+
+            def run(x):
+                return model.predict_on_batch([x])
+        elif p.suffix == ".onnx":
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+            meta = json.loads(sess.get_modelmeta().custom_metadata_map[META.split(".")[0]])
+            name = sess.get_inputs()[0].name
+
+            def run(x):
+                return sess.run(None, {name: x})[0]
+        else:
+            import tensorflow as tf
+
+            meta = json.loads((p / "assets" / META).read_text())
+            loaded = tf.saved_model.load(str(p))
+
+            def run(x):
+                return loaded.serve([x]).numpy()  # the signature takes the list of inputs
+    except ImportError as exc:
+        raise SettingsError(f"Loading {p.name} needs {exc.name}: {_INSTALL}.") from None
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"{p} is not a classifier exported by featx ({exc.__class__.__name__}: {exc}).") from None
+    return ExportedModel(p, list(meta["class_names"]), tuple(meta["image_shape"]), meta.get("aspect", "crop"), run)
+
+
+def _format(out: Path, fmt: str | None) -> str:
+    if fmt is None:
+        fmt = {".keras": "keras", ".onnx": "onnx"}.get(out.suffix, "saved_model")
+    if fmt not in FORMATS:
+        raise SettingsError(f"format must be one of {', '.join(FORMATS)}. Received: format={fmt!r}")
+    want = {"keras": ".keras", "onnx": ".onnx"}.get(fmt)
+    if want and out.suffix != want:
+        raise SettingsError(f"A {fmt} model is a file ending in {want}. Received: {out}")
+    if fmt == "saved_model" and out.suffix in (".keras", ".onnx"):
+        raise SettingsError(f"A SavedModel is a folder, not a {out.suffix} file. Received: {out}")
+    return fmt
+
+
+def _check_installed(fmt: str) -> None:
+    import importlib.util
+
+    import keras
+
+    need = {"onnx": ["onnx", "onnxruntime"], "saved_model": ["tensorflow"], "keras": []}[fmt]
+    if fmt == "onnx" and keras.backend.backend() in ("tensorflow", "jax"):
+        need.append("tf2onnx")
+    missing = [m for m in need if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SettingsError(f"Exporting to {fmt} needs {', '.join(missing)}: {_INSTALL}.")
+
+
+def _write(model, meta: dict, out: Path, fmt: str) -> Path:
+    """Write ``model`` and ``meta`` beside ``out``, then give them ``out``'s name: complete or not at all."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = tmp_dir / out.name
+        model([np.zeros((1, *meta["image_shape"], 3), np.uint8)])  # traced once: export needs a called model
+        if fmt == "keras":
+            import zipfile
+
+            model.save(tmp)
+            with zipfile.ZipFile(tmp, "a") as zf:
+                zf.writestr(META, json.dumps(meta, indent=1))
+        elif fmt == "onnx":
+            import onnx
+
+            with warnings.catch_warnings():  # Keras's ONNX module probes numpy for np.object
+                warnings.simplefilter("ignore", FutureWarning)
+                model.export(tmp, format="onnx", verbose=False)
+            proto = onnx.load(tmp)
+            onnx.helper.set_model_props(proto, {"class_names": json.dumps(meta["class_names"]),
+                                                META.split(".")[0]: json.dumps(meta)})  # fmt: skip
+            onnx.save(proto, tmp)
+        else:
+            model.export(tmp, format="tf_saved_model", verbose=False)
+            (tmp / "assets").mkdir(exist_ok=True)
+            (tmp / "assets" / META).write_text(json.dumps(meta, indent=1))
+        if out.is_dir():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out

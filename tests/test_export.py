@@ -1,0 +1,172 @@
+"""Exported classifiers equal featx's predictions, run without featx; heads are saved without pickle."""
+
+import fractions
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_class_folders
+
+from featx.errors import CacheError, HeadError, SettingsError
+from featx.export import export_classifier, exportable, load_exported
+from featx.extractor import Extractor
+from featx.fit import fit_head
+from featx.images import load_image
+from featx.persistence import TRUSTED_TYPES, load_head
+from featx.predict import predict_files
+from featx.spec import FeatureSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = FeatureSpec("trunk", weights="none")
+HEAD_PARAMS = {"dense": {"epochs": 3}, "svm-rbf": {"max_exact_samples": 1, "n_components": 20}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_class_folders(tmp_path_factory.mktemp("export") / "ds", n_train=6, n_test=2)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("export-cache")
+
+
+@pytest.fixture(scope="module")
+def images(tiny):
+    files = sorted((tiny / "test").rglob("*.png"))
+    return files, np.stack([load_image(f, (32, 32)) for f in files])
+
+
+def _featx_proba(head, tiny, cache, X):
+    est, rec = load_head(fit_head(head, SPEC, tiny, cache_dir=cache, params=HEAD_PARAMS.get(head))[1])
+    ex = Extractor(SPEC, cache_dir=cache)
+    return est.predict_proba(ex.transform(X)), [rec["class_names"][int(c)] for c in est.classes_]
+
+
+def test_every_head_featx_fits_can_be_exported_or_says_why():
+    assert exportable() == ["dense", "logreg", "svm", "svm-rbf"]
+
+
+@pytest.mark.parametrize("fmt", ["keras", "onnx"])
+@pytest.mark.parametrize("head", ["logreg", "svm", "svm-rbf", "dense"])
+def test_exported_probabilities_equal_featx_predict_proba(head, fmt, tiny, cache, images, tmp_path):
+    files, X = images
+    want, names = _featx_proba(head, tiny, cache, X)
+    out = export_classifier(tmp_path / f"clf.{fmt}", head, SPEC, tiny, cache_dir=cache)
+    model = load_exported(out)  # .keras: loaded with safe_mode on
+    got = model.predict_proba(X)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert (got.argmax(1) == want.argmax(1)).all() and model.class_names == names
+    # predict takes the exported model as it takes the saved head: same classes, same probabilities
+    by_head = list(predict_files(files, head, SPEC, tiny, cache_dir=cache))
+    by_model = list(predict_files(files, str(out)))
+    assert [p.label for p in by_head] == [p.label for p in by_model]
+    np.testing.assert_allclose([p.score for p in by_head], [p.score for p in by_model], atol=1e-5)
+
+
+def test_the_onnx_file_runs_without_featx(tiny, cache, images, tmp_path):
+    files, _ = images
+    fit_head("logreg", SPEC, tiny, cache_dir=cache)
+    out = export_classifier(tmp_path / "classifier.onnx", "logreg", SPEC, tiny, cache_dir=cache)
+    script = f"""
+import sys; sys.modules["featx"] = None  # featx cannot be imported here
+import json, numpy as np, onnxruntime as ort
+from PIL import Image
+sess = ort.InferenceSession({str(out)!r})
+names = json.loads(sess.get_modelmeta().custom_metadata_map["class_names"])
+for f in {[str(f) for f in files]!r}:
+    probs = sess.run(None, {{"images": np.asarray(Image.open(f).convert("RGB"))[None]}})[0][0]
+    print(f"{{f}}\\t{{names[probs.argmax()]}}\\t{{probs.max():.3f}}")
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    featx = [f"{p.file}\t{p.label}\t{p.score:.3f}" for p in predict_files(files, "logreg", SPEC, tiny, cache_dir=cache)]
+    assert res.stdout.strip().splitlines() == featx
+
+
+def test_a_saved_model_folder_too(tiny, cache, images, tmp_path):
+    files, X = images
+    want, _ = _featx_proba("logreg", tiny, cache, X)
+    out = export_classifier(tmp_path / "clf", "logreg", SPEC, tiny, cache_dir=cache, format="saved_model")
+    assert (out / "saved_model.pb").exists() and json.loads((out / "assets" / "featx.json").read_text())["class_names"]
+    np.testing.assert_allclose(load_exported(out).predict_proba(X), want, atol=1e-5)
+
+
+def test_heads_that_cannot_be_exported_say_so_in_one_line(tiny, cache, tmp_path):
+    fit_head("svm-rbf", SPEC, tiny, cache_dir=cache)  # exact SVC on 18 rows
+    with pytest.raises(HeadError, match=r"exact SVC solver .* fit it with max_exact_samples=1 .* or export logreg, "
+                                        r"svm or dense"):  # fmt: skip
+        export_classifier(tmp_path / "x.onnx", "svm-rbf", SPEC, tiny, cache_dir=cache)
+    fit_head("svm", SPEC, tiny, cache_dir=cache, params={"probability": False})
+    with pytest.raises(HeadError, match="fitted without probability=True: it has margins"):
+        export_classifier(tmp_path / "x.keras", "svm", SPEC, tiny, cache_dir=cache)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_export_refuses_to_overwrite_and_checks_the_format(tiny, cache, tmp_path):
+    fit_head("logreg", SPEC, tiny, cache_dir=cache)
+    out = tmp_path / "clf.keras"
+    out.write_text("mine")
+    with pytest.raises(SettingsError, match="exists: pass another path, or --force"):
+        export_classifier(out, "logreg", SPEC, tiny, cache_dir=cache)
+    assert out.read_text() == "mine"
+    with pytest.raises(SettingsError, match="A onnx model is a file ending in .onnx"):
+        export_classifier(tmp_path / "clf.keras", "logreg", SPEC, tiny, cache_dir=cache, format="onnx", force=True)
+    export_classifier(out, "logreg", SPEC, tiny, cache_dir=cache, force=True)
+    assert load_exported(out).class_names == ["cat", "dog", "eel"]
+
+
+def test_export_from_the_command_line(tiny, cache, images, tmp_path):
+    files, _ = images
+    args = ["--backbone", "trunk", "--weights", "none", "--data", str(tiny), "--cache-dir", str(cache)]
+
+    def cli(*a):
+        return subprocess.run([sys.executable, str(ROOT / "cli.py"), *a], capture_output=True, text=True, cwd=ROOT)
+
+    res = cli("fit", "--head", "logreg", *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = cli("export", "--head", "logreg", *args, "--format", "onnx", str(tmp_path / "c.onnx"))
+    assert res.returncode == 0 and "exported logreg head" in res.stdout, res.stderr[-2000:]
+    res = cli("export", "--head", "logreg", *args, str(tmp_path / "c.onnx"))
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "--force" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    a = cli("predict", "--head", "logreg", *args, str(files[0]))
+    b = cli("predict", "--head", str(tmp_path / "c.onnx"), str(files[0]))
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout, (a.stderr, b.stderr)
+
+
+# ------------------------------------------------------------- saved without pickle
+def test_a_tampered_skops_head_is_refused_naming_the_type(tiny, cache, images, tmp_path):
+    import skops.io as sio
+
+    files, _ = images
+    _, path = fit_head("logreg", SPEC, tiny, cache_dir=cache)
+    est, rec = load_head(path)
+    evil = tmp_path / "evil.skops"
+    sio.dump({"estimator": est, "record": rec, "payload": fractions.Fraction(1, 3)}, evil)
+    with pytest.raises(CacheError, match=r"holds a type featx does not trust: fractions.Fraction\. It was not made"):
+        load_head(evil)
+    backup = path.read_bytes()
+    try:
+        path.write_bytes(evil.read_bytes())  # in place of the good head: predict refuses it too
+        with pytest.raises(CacheError, match="fractions.Fraction"):
+            list(predict_files(files, "logreg", SPEC, tiny, cache_dir=cache))
+    finally:
+        path.write_bytes(backup)
+    assert all(t.startswith(("featx.heads.", "sklearn.calibration.")) for t in TRUSTED_TYPES)
+
+
+def test_a_pickled_head_loads_only_when_trusted(tiny, cache, tmp_path):
+    import joblib
+
+    _, path = fit_head("logreg", SPEC, tiny, cache_dir=cache)
+    est, rec = load_head(path)
+    old = tmp_path / "old.joblib"
+    joblib.dump({"estimator": est, "record": rec}, old)
+    with pytest.raises(CacheError, match="is a pickle .* run again with --trust-pickle"):
+        load_head(old)
+    again, rec2 = load_head(old, trust_pickle=True)
+    assert rec2 == rec and type(again) is type(est)
