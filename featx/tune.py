@@ -24,6 +24,8 @@ SEARCHES: dict[str, dict[str, list]] = {
     "logreg": {"C": [0.01, 0.1, 1.0]},
     "svm": {"C": [0.001, 0.01, 0.1]},
     "svm-rbf": {"C": [1.0, 10.0], "gamma": ["scale"]},
+    "knn": {"n_neighbors": [10, 20, 50]},
+    "centroid": {"temperature": [0.03, 0.07, 0.2]},
 }
 
 

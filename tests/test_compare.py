@@ -40,7 +40,7 @@ def test_compare_writes_table_and_pictures(tiny, tmp_path):
 
 def test_compare_rejects_unknown_head_before_work(tiny, tmp_path):
     with pytest.raises(ValueError, match="Known heads"):
-        compare(["vgg19"], ["knn"], tiny, weights="none", size=32, cache_dir=tmp_path)
+        compare(["vgg19"], ["kmeans"], tiny, weights="none", size=32, cache_dir=tmp_path)
     assert not (tmp_path / "features").exists()
 
 

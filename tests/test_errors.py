@@ -52,7 +52,7 @@ BAD_INPUTS = {
     "unknown dtype": (["extract", "--dtype", "int8"], "--dtype: invalid choice"),
     "unknown option": (["fit", "--heads", "logreg"], "unrecognized arguments: --heads"),
     "unknown command": (["train"], "invalid choice: 'train'"),
-    "unknown head": (["fit", "--head", "knn"], "Unknown head. Known heads: dense, logreg"),
+    "unknown head": (["fit", "--head", "kmeans"], "Unknown head. Known heads: dense, logreg"),
     "unknown heads": (["compare", "--heads", "foo"], "Unknown head. Known heads"),
     "unknown layer": (["extract", "--backbone", "trunk", "--layers", "conv9"], "Unknown layer 'conv9' for trunk"),
     "unknown head parameter": (["fit", "--head", "logreg", "--param", "foo=1"], "Unknown parameter 'foo' for head 'logreg'"),

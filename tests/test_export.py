@@ -47,11 +47,11 @@ def _featx_proba(head, tiny, cache, X):
 
 
 def test_every_head_featx_fits_can_be_exported_or_says_why():
-    assert exportable() == ["dense", "logreg", "svm", "svm-rbf"]
+    assert exportable() == ["dense", "logreg", "svm", "svm-rbf", "centroid"]
 
 
 @pytest.mark.parametrize("fmt", ["keras", "onnx"])
-@pytest.mark.parametrize("head", ["logreg", "svm", "svm-rbf", "dense"])
+@pytest.mark.parametrize("head", ["logreg", "svm", "svm-rbf", "dense", "centroid"])
 def test_exported_probabilities_equal_featx_predict_proba(head, fmt, tiny, cache, images, tmp_path):
     files, X = images
     want, names = _featx_proba(head, tiny, cache, X)
@@ -103,6 +103,10 @@ def test_heads_that_cannot_be_exported_say_so_in_one_line(tiny, cache, tmp_path)
     fit_head("svm", SPEC, tiny, cache_dir=cache, params={"probability": False})
     with pytest.raises(HeadError, match="fitted without probability=True: it has margins"):
         export_classifier(tmp_path / "x.keras", "svm", SPEC, tiny, cache_dir=cache)
+    fit_head("knn", SPEC, tiny, cache_dir=cache)
+    with pytest.raises(HeadError, match="The knn head cannot be exported: featx exports dense, logreg, svm, svm-rbf, "
+                                        "centroid"):  # fmt: skip
+        export_classifier(tmp_path / "x.onnx", "knn", SPEC, tiny, cache_dir=cache)
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 

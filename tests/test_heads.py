@@ -17,7 +17,7 @@ def _heads_for_checks():
     # Few epochs keep the Keras head's ~40 checks fast; the rest use their defaults.
     return [DenseClassifier(epochs=30, batch_size=32, learning_rate=0.01, random_state=0),
             RBFSVMClassifier(), RBFSVMClassifier(max_exact_samples=10, n_components=20)] + [
-        make_head(name) for name in ("logreg", "svm")
+        make_head(name) for name in ("logreg", "svm", "knn", "centroid")
     ]
 
 
@@ -97,8 +97,8 @@ def test_params_from_strings():
         parse_params(["C"])
     assert make_head("svm", C=2.0).C == 2.0
     assert make_head("dense", epochs=3).epochs == 3
-    with pytest.raises(ValueError, match="Known heads: dense, logreg, svm, svm-rbf. Received: head='knn'"):
-        make_head("knn")
+    with pytest.raises(ValueError, match="Known heads: dense, logreg, svm, svm-rbf, knn, centroid. Received: head='kmeans'"):
+        make_head("kmeans")
     with pytest.raises(ValueError, match="Unknown parameter 'epochs' for head 'logreg'. Its parameters: C"):
         make_head("logreg", epochs=3)
     with pytest.raises(ValueError, match="'C' parameter of LogisticRegressionHead must be a float"):
@@ -108,3 +108,25 @@ def test_params_from_strings():
 def test_dense_needs_two_classes():
     with pytest.raises(ValueError, match="at least 2 classes"):
         DenseClassifier().fit(np.ones((4, 2)), [1, 1, 1, 1])
+
+
+def test_knn_votes_by_cosine_similarity_and_centroid_is_the_nearest_class_mean():
+    from featx.heads import KNNClassifier, NearestCentroidHead
+
+    X = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0.05]], dtype=np.float64)
+    y = np.array(["a", "a", "b", "b", "b"])
+    # scale does not matter (cosine); with k=1 the nearest row decides
+    q = np.array([[10, 1], [0.2, 3], [-5, 0]])
+    assert KNNClassifier(n_neighbors=1).fit(X, y).predict(q).tolist() == ["a", "b", "b"]
+    knn = KNNClassifier(n_neighbors=3, temperature=0.1).fit(X, y)
+    p = knn.predict_proba(q)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (X / np.linalg.norm(X, axis=1, keepdims=True)).T
+    top = np.argsort(-sims[0])[:3]
+    w = np.exp(sims[0, top] / 0.1)
+    assert p[0, 0] == pytest.approx(w[y[top] == "a"].sum() / w.sum())
+    cen = NearestCentroidHead().fit(X, y)
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    want = unit[y == "a"].mean(0)
+    np.testing.assert_allclose(cen.centroids_[0], want / np.linalg.norm(want))
+    assert cen.predict(q).tolist() == ["a", "b", "b"] and cen.predict_proba(q).argmax(1).tolist() == [0, 1, 1]
