@@ -273,6 +273,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     results, paths = compare(specs_for(backbones, **_spec_settings(args)), heads, args.data, args.task,
                              params={h: parse_params(v) for h, v in params.items()}, tune=args.tune,
                              reference=args.reference, reports_dir=args.reports_dir, n_jobs=args.n_jobs,
+                             repeats=args.repeats, train_sizes=args.train_sizes, features=args.features,
                              options=_options(args))  # fmt: skip
     print()
     print(format_table(results))
@@ -374,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                    help="also fit the heads on the split-CIFAR protocol's trunk features, as a reference row")
     _add_spec_args(p, backbone=None)  # each applies to the backbones that can take it
+    p.add_argument("--repeats", type=_positive_int, default=1,
+                   help="fit every head on N seeded splits of the cached features: mean and s.d. (default 1)")
+    p.add_argument("--train-sizes", default=None, metavar="N,N,...,all",
+                   help="learning curves: fit every head on seeded class-balanced subsets of N train images per "
+                   "class (and all), --repeats times each, scored on the whole test split")
+    p.add_argument("--features", default=None, metavar="FILE",
+                   help="compare the heads on embeddings made elsewhere: an .npz or .h5 file holding X_train, "
+                   "y_train, X_test, y_test (and class_names); no backbone runs")
     p.add_argument("--reports-dir", default="reports", help="where the table and pictures go (default reports/)")
     p.add_argument("--n-jobs", type=_n_jobs, default=2, help="parallel fits of the scikit-learn heads")
     p.add_argument("--force", action="store_true", help="recompute the features even if cached")

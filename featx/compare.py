@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .cluster import connect
 from .data import Dataset, load_dataset
 from .errors import HeadError, SettingsError
@@ -26,6 +28,9 @@ def compare(
     reference: bool = True,
     reports_dir="reports",
     n_jobs: int = 2,
+    repeats: int = 1,
+    train_sizes=None,
+    features=None,
     options: RunOptions | None = None,
     **kwargs,
 ) -> tuple[list[FitResult], dict[str, Path]]:
@@ -52,10 +57,31 @@ def compare(
     the Dask cluster and every head, the Keras one and any parameter search
     included, is fitted on its workers through joblib's dask backend.
 
+    Every accuracy comes with its 95 % exact binomial interval over the test
+    images, and every result but the best with McNemar's exact test against
+    the best on the same images (:mod:`featx.stats`). ``repeats`` fits every
+    head on that many seeded splits of the cached features and reports mean
+    and standard deviation; ``train_sizes`` (images per class, or "all"; a
+    list or "5,50,all") fits every head on seeded class-balanced subsets of the
+    train rows, ``repeats`` times each, for a learning curve (:mod:`featx.curves`).
+    ``features``: the path of an ``.npz`` or ``.h5`` file of embeddings made
+    elsewhere (``X_train``, ``y_train``, ``X_test``, ``y_test``, optionally
+    ``class_names``): the heads, table and report run on those, no backbone.
+
     Returns the results, best first, and the paths of the report files.
     """
+    from .curves import parse_train_sizes
+
     settings, run = split_kwargs(kwargs)
     opts = as_options(options, **run)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
+        raise SettingsError(f"repeats must be an integer from 1 to 100. Received: repeats={repeats!r}")
+    if train_sizes is not None:
+        try:
+            train_sizes = parse_train_sizes(train_sizes if isinstance(train_sizes, str) else
+                                            ",".join(map(str, train_sizes)))  # fmt: skip
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
     specs = specs_for([specs] if isinstance(specs, (str, FeatureSpec)) else specs, **settings)
     if not specs:
         raise SettingsError("No backbones to compare: name at least one, e.g. trunk or vgg19.")
@@ -76,8 +102,11 @@ def compare(
         make_head(h, **params.get(h, {}))  # unknown heads and bad parameters fail before any work
         check_tune(h, params.get(h, {}), tune)
     Path(reports_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the fits
+    if features is not None:
+        return _compare_embeddings(features, heads, params=params, tune=tune, reports_dir=reports_dir,
+                                   n_jobs=n_jobs, repeats=repeats, train_sizes=train_sizes, opts=opts)  # fmt: skip
     results: list[FitResult] = []
-    feature_sets = []
+    feature_sets, curves = [], []
     with connect(opts.cluster, opts.workers) as client:
         opts = opts.replace(cluster=client, workers=None)
         loaded: dict = {}  # one decode per way of storing the images that the specs ask for
@@ -100,9 +129,58 @@ def compare(
                     r.note = " ".join(filter(None, [spec.backbone_.reference_note(spec), r.note]))
                 r.extract_seconds = extract_s
                 results.append(r)
+                curves += _refits(r, (X_train, y_train, X_test, y_test), repeats, train_sizes, opts.seed)
+    return _finish(results, ds, reports_dir, feature_sets, curves)
+
+
+def _refits(r: FitResult, data, repeats: int, train_sizes, seed: int) -> list[dict]:
+    """Fill ``r``'s repeated-split accuracies; return its learning-curve rows (the head as fitted,
+    tuned parameters included, refitted on each split or subset)."""
+    from .curves import learning_curve, repeat_accuracies
+
+    if repeats > 1:
+        r.repeat_accuracies = repeat_accuracies(r.estimator, *data, repeats, seed, first=r.accuracy)
+    if not train_sizes:
+        return []
+    return [{"features": r.features, "head": r.head, **row}
+            for row in learning_curve(r.estimator, *data, train_sizes, repeats, seed)]  # fmt: skip
+
+
+def _finish(results: list[FitResult], ds, reports_dir, feature_sets, curves) -> tuple[list[FitResult], dict]:
     results.sort(key=lambda r: (-r.accuracy, -r.macro_f1, r.fit_seconds))
-    paths = write_report(results, ds, reports_dir, feature_sets)
+    mark_vs_best(results)
+    paths = write_report(results, ds, reports_dir, feature_sets, curves=curves)
     return results, paths
+
+
+def mark_vs_best(results: list[FitResult]) -> None:
+    """Set each result's McNemar p-value against the first (the best), on the same test images."""
+    from .stats import mcnemar
+
+    if not results:
+        return
+    best = results[0]
+    right = np.asarray(best.y_test) == np.asarray(best.y_pred)
+    for r in results[1:]:
+        if len(r.y_test) == len(best.y_test) and np.array_equal(r.y_test, best.y_test):
+            r.p_vs_best = mcnemar(right, np.asarray(r.y_test) == np.asarray(r.y_pred))
+
+
+def _compare_embeddings(path, heads, *, params, tune, reports_dir, n_jobs, repeats, train_sizes, opts):
+    """compare on embeddings made by another tool (see :func:`featx.data.load_embeddings`)."""
+    from .data import load_embeddings
+
+    ds, (X_train, y_train, X_test, y_test) = load_embeddings(path)
+    results, curves = [], []
+    label = f"{Path(path).name} ({X_train.shape[1]}-d)"
+    jobs = [(h, make_head(h, **(params or {}).get(h, {}))) for h in heads]
+    for r in evaluate_heads(jobs, (X_train, y_train, X_test, y_test), None, n_jobs=n_jobs, backbone=Path(path).stem,
+                            class_names=ds.class_names, features=label, tune=tune):  # fmt: skip
+        results.append(r)
+        curves += _refits(r, (X_train, y_train, X_test, y_test), repeats, train_sizes, opts.seed)
+    feature_sets = [{"features": label, "settings": {"file": str(Path(path).resolve())}, "info": {}, "path": str(path),
+                     "map": feature_map(X_test, y_test, seed=opts.seed)}]  # fmt: skip
+    return _finish(results, ds, reports_dir, feature_sets, curves)
 
 
 def format_table(results: list[FitResult], width: int | None = None) -> str:
@@ -126,21 +204,40 @@ def format_table(results: list[FitResult], width: int | None = None) -> str:
             chosen += f" (cv {r.cv_accuracy:.2%})"
         notes.append(" ".join(filter(None, [chosen, r.note])))
 
+    repeats = any(len(r.repeat_accuracies) > 1 for r in results)
+
+    def cells(r) -> str:
+        lo, hi = r.accuracy_interval
+        vs = "best" if r.p_vs_best is None else f"{'worse' if r.distinguishable else 'same'} p={r.p_vs_best:.2f}"
+        out = f"{r.accuracy:>8.2%} {f'{lo:.1%}-{hi:.1%}':>11} {vs:<12}"
+        if repeats:
+            reps = np.asarray(r.repeat_accuracies, dtype=float)
+            out += f" {f'{reps.mean():.2%}±{reps.std(ddof=1):.2%}' if len(reps) > 1 else '':>13}"
+        return out
+
     def table(labels: list[str]) -> list[str]:
         w = max([len("features"), *map(len, labels)])
-        head = (f"{'features':<{w}} {'head':<8} {'accuracy':>8} {'macro-F1':>8} {'fit s':>7} "
-                f"{'predict ms/img':>14}  chosen / note")  # fmt: skip
+        head = (f"{'features':<{w}} {'head':<8} {'accuracy':>8} {'95% CI':>11} {'vs best':<12}"
+                + (f" {'mean±sd':>13}" if repeats else "")
+                + f" {'macro-F1':>8} {'fit s':>7} {'ms/img':>7}  chosen / note")  # fmt: skip
         lines = [head, "-" * min(len(head), width)]
         for label, r, note in zip(labels, results, notes):
-            row = (f"{label:<{w}} {r.head:<8} {r.accuracy:>8.2%} {r.macro_f1:>8.3f} {r.fit_seconds:>7.2f} "
-                   f"{r.predict_ms_per_image:>14.4f}  ")  # fmt: skip
+            row = (f"{label:<{w}} {r.head:<8} {cells(r)} {r.macro_f1:>8.3f} {r.fit_seconds:>7.2f} "
+                   f"{r.predict_ms_per_image:>7.4f}  ")  # fmt: skip
             room = max(12, width - len(row))
             lines.append((row + (note if len(note) <= room else note[: room - 1] + "…")).rstrip())
         return lines
 
+    import textwrap
+
+    text = ("95% CI: exact binomial interval over the test images. vs best: McNemar's exact test on the same images "
+            "(same: p >= 0.05, not distinguishable from the best). ms/img: predict time per image.")  # fmt: skip
+    if repeats:
+        text += " mean±sd: over seeded splits of the cached features (--repeats)."
+    foot = ["", *textwrap.wrap(text, max(40, width))]
     lines = table(names)
     if max(map(len, lines)) <= width:
-        return "\n".join(lines)
-    lines = table([f"[{legend.index(n) + 1}]" for n in names]) + [""]
+        return "\n".join(lines + foot)
+    lines = table([f"[{legend.index(n) + 1}]" for n in names]) + foot + [""]
     lines += [f"[{i}] {n}" for i, n in enumerate(legend, 1)]
     return "\n".join(lines)

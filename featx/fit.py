@@ -43,13 +43,58 @@ class FitResult:
     params: dict = field(default_factory=dict)
     cv_accuracy: float | None = None
     extract_seconds: float | None = None
+    proba: np.ndarray | None = None  # test-split probabilities, columns in label order (heads that have them)
+    p_vs_best: float | None = None  # McNemar's exact test against the best result (None: this is the best)
+    repeat_accuracies: list = field(default_factory=list)  # with compare(repeats=N): this split's, then N-1 more
+
+    @property
+    def accuracy_interval(self) -> tuple[float, float]:
+        """The 95 % exact binomial (Clopper-Pearson) interval of :attr:`accuracy` on these test images."""
+        from .stats import accuracy_interval
+
+        return accuracy_interval(int(np.sum(np.asarray(self.y_test) == np.asarray(self.y_pred))), len(self.y_test))
+
+    @property
+    def distinguishable(self) -> bool | None:
+        """Whether McNemar's test tells this result from the best at the 5 % level (None for the best)."""
+        from .stats import ALPHA
+
+        return None if self.p_vs_best is None else bool(self.p_vs_best < ALPHA)
+
+    @property
+    def calibration(self) -> dict | None:
+        """Expected calibration error and reliability bins (:func:`featx.stats.calibration`), or None."""
+        from .stats import calibration
+
+        return None if self.proba is None else calibration(self.proba, self.y_test)
+
+    def per_class(self) -> list[dict]:
+        """Precision, recall, F1 and support of every class on the test split."""
+        from sklearn.metrics import precision_recall_fscore_support
+
+        labels = np.arange(len(self.class_names)) if self.class_names else np.unique(self.y_test)
+        p, r, f, n = precision_recall_fscore_support(self.y_test, self.y_pred, labels=labels, zero_division=0)
+        names = self.class_names or [str(k) for k in labels]
+        return [{"class": str(names[i]), "precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
+                 "f1": round(float(f[i]), 4), "support": int(n[i])} for i in range(len(labels))]  # fmt: skip
 
     def row(self) -> dict:
+        lo, hi = self.accuracy_interval
+        reps = np.asarray(self.repeat_accuracies, dtype=np.float64)
+        cal = self.calibration
         return {
             "backbone": self.backbone,
             "features": self.features,
             "head": self.head,
             "accuracy": round(self.accuracy, 4),
+            "accuracy_ci_low": round(lo, 4),
+            "accuracy_ci_high": round(hi, 4),
+            "p_vs_best": "" if self.p_vs_best is None else float(f"{self.p_vs_best:.4g}"),
+            "distinguishable_from_best": {None: "best", True: "yes", False: "no"}[self.distinguishable],
+            "repeats": max(1, len(reps)),
+            "accuracy_mean": round(float(reps.mean()), 4) if len(reps) > 1 else "",
+            "accuracy_std": round(float(reps.std(ddof=1)), 4) if len(reps) > 1 else "",
+            "ece": "" if cal is None else round(cal["ece"], 4),
             "macro_f1": round(self.macro_f1, 4),
             "fit_seconds": round(self.fit_seconds, 3),
             "predict_ms_per_image": round(self.predict_ms_per_image, 4),
@@ -82,10 +127,13 @@ def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", h
     pred = est.predict(X_test)
     pred_ms = (time.perf_counter() - t0) * 1000 / max(1, len(X_test))
     note = getattr(est, "solver_", "")
+    proba = None
+    if hasattr(est, "predict_proba") and set(np.unique(y_train)) == set(range(len(class_names) or 0)):
+        proba = np.asarray(est.predict_proba(X_test), dtype=np.float64)  # columns = labels 0..k-1
     return FitResult(backbone, head, float(accuracy_score(y_test, pred)),
                      float(f1_score(y_test, pred, average="macro")), fit_s, pred_ms, est,
                      np.asarray(y_test), np.asarray(pred), tuple(class_names), note, features,
-                     params, cv_acc)  # fmt: skip
+                     params, cv_acc, proba=proba)  # fmt: skip
 
 
 def head_path(head: str, spec: FeatureSpec, data_name: str, task: str, seed: int = 0, cache_dir=None) -> Path:

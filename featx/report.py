@@ -2,10 +2,13 @@
 self-contained HTML page to look at (``index.html``: every picture embedded, no
 network, opens offline in any browser).
 
-The page holds the results table (sortable, best first), accuracy against fit
-time, the confusion matrix of every head, a grid of misclassified test images,
-a 2-D map of the test embeddings of every feature set, and the settings and
-library versions that made them.
+The page holds the results table (sortable, best first; every accuracy with
+its 95 % exact binomial interval and McNemar's test against the best),
+accuracy against fit time, the learning curves (where asked for), the
+reliability diagram and calibration error of every head with probabilities,
+per-class precision, recall and F1, the confusion matrix of every head, a grid
+of misclassified test images, a 2-D map of the test embeddings of every feature
+set, and the settings and library versions that made them.
 """
 
 from __future__ import annotations
@@ -43,8 +46,14 @@ def feature_map(X: np.ndarray, y: np.ndarray, *, seed: int = 0) -> dict:
     return {"xy": np.asarray(xy, dtype=np.float64), "y": np.asarray(y), "method": method}
 
 
-def write_report(results, ds, reports_dir, feature_sets=()) -> dict[str, Path]:
-    """Write compare.csv, compare.json, accuracy.png, confusion.png and index.html.
+INTERVAL = "95% exact binomial (Clopper-Pearson) interval over the test images"
+PAIRED = "McNemar's exact test against the best result, on the same test images"
+
+
+def write_report(results, ds, reports_dir, feature_sets=(), curves=()) -> dict[str, Path]:
+    """Write compare.csv, compare.json, accuracy.png, confusion.png and index.html (and, with
+    ``curves``, the learning-curve rows of :func:`featx.curves.learning_curve`,
+    learning_curve.csv and learning_curve.png).
 
     ``results`` are :class:`featx.compare.FitResult` objects, best first;
     ``ds`` the dataset they were measured on; ``feature_sets`` one dict per
@@ -61,17 +70,36 @@ def write_report(results, ds, reports_dir, feature_sets=()) -> dict[str, Path]:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    from .curves import summarize
+
+    curves = list(curves)
+    summary = summarize(curves)
     meta = {"data": ds.name, "task": ds.task, "classes": list(ds.class_names),
-            "n_train": len(ds.X_train), "n_test": len(ds.X_test), "results": rows}  # fmt: skip
+            "n_train": len(ds.y_train), "n_test": len(ds.y_test), "interval": INTERVAL, "paired_test": PAIRED,
+            "results": rows,
+            "per_class": [{"features": r.features, "head": r.head, "classes": r.per_class()} for r in results],
+            "calibration": [{"features": r.features, "head": r.head, **cal} for r in results
+                            if (cal := r.calibration) is not None],
+            "learning_curve": curves, "learning_curve_summary": summary}  # fmt: skip
     paths["json"].write_text(json.dumps(meta, indent=1))
     plt = _pyplot()
+    if curves:
+        paths["learning_curve_csv"] = out / "learning_curve.csv"
+        with open(paths["learning_curve_csv"], "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(curves[0]))
+            w.writeheader()
+            w.writerows(curves)
+        paths["learning_curve"] = out / "learning_curve.png"
+        fig = learning_curve_chart(summary, len(ds.class_names))
+        fig.savefig(paths["learning_curve"], dpi=100, bbox_inches="tight")
+        plt.close(fig)
     fig = accuracy_chart(results, ds)
-    fig.savefig(paths["accuracy"], dpi=100)
+    fig.savefig(paths["accuracy"], dpi=100, bbox_inches="tight")
     plt.close(fig)
     fig = confusion_chart(results[0])
-    fig.savefig(paths["confusion"], dpi=100)
+    fig.savefig(paths["confusion"], dpi=100, bbox_inches="tight")
     plt.close(fig)
-    paths["html"].write_text(html_report(results, ds, feature_sets), encoding="utf-8")
+    paths["html"].write_text(html_report(results, ds, feature_sets, summary), encoding="utf-8")
     return paths
 
 
@@ -97,13 +125,15 @@ def accuracy_chart(results, ds):
     # room for the longest label (about 0.075 inch a character at the default font size)
     fig, ax = plt.subplots(figsize=(4.5 + 0.075 * max(map(len, labels)), 1.2 + 0.4 * len(results)))
     accs = [r.accuracy for r in results][::-1]
-    ax.barh(labels, accs, color="tab:blue")
+    lo, hi = np.array([r.accuracy_interval for r in results][::-1]).T
+    ax.barh(labels, accs, color="tab:blue", xerr=[np.subtract(accs, lo), np.subtract(hi, accs)], capsize=3,
+            error_kw={"ecolor": "0.3"})  # fmt: skip
     for i, a in enumerate(accs):
-        ax.text(a, i, f" {a:.1%}", va="center")
-    ax.set_xlim(0, 1.1)
+        ax.text(hi[i], i, f" {a:.1%}", va="center")
+    ax.set_xlim(0, 1.15)
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.set_xlabel("held-out accuracy")
-    ax.set_title(f"{ds.name} / {ds.task}: {len(ds.X_test)} test images")
+    ax.set_xlabel("held-out accuracy (bars: 95% exact binomial interval)")
+    ax.set_title(f"{ds.name} / {ds.task}: {len(ds.y_test)} test images")
     fig.tight_layout()
     return fig
 
@@ -137,18 +167,21 @@ def tradeoff_chart(results):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8 + 0.15 * len({r.features or r.backbone for r in results})))
     features = list(dict.fromkeys(r.features or r.backbone for r in results))
-    markers = {"dense": "o", "logreg": "s", "svm": "^", "svm-rbf": "D"}
+    markers = {"dense": "o", "logreg": "s", "svm": "^", "svm-rbf": "D", "knn": "v", "centroid": "P"}
     for i, feat in enumerate(features):
         mine = [r for r in results if (r.features or r.backbone) == feat]
         for j, r in enumerate(mine):
             x = max(r.fit_seconds, 1e-3)
-            ax.scatter(x, r.accuracy, color=f"C{i % 10}", marker=markers.get(r.head, "o"), s=50,
-                       label=feat if j == 0 else None)  # fmt: skip
+            lo, hi = r.accuracy_interval
+            ax.errorbar(x, r.accuracy, yerr=[[r.accuracy - lo], [hi - r.accuracy]], color=f"C{i % 10}",
+                        marker=markers.get(r.head, "o"), markersize=7, capsize=3, linestyle="none",
+                        label=feat if j == 0 else None)  # fmt: skip
             ax.annotate(r.head, (x, r.accuracy), textcoords="offset points", xytext=(6, 3), fontsize=8)
     ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis, unit=" s")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlabel("fit time (seconds, log scale)")
-    ax.set_ylabel("held-out accuracy")
+    ax.set_ylabel("held-out accuracy (bars: 95% exact binomial interval)")
     ax.set_title("accuracy against fit time (up and left is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), title="features", title_fontsize=7)
@@ -156,9 +189,76 @@ def tradeoff_chart(results):
     return fig
 
 
+def _plain_log_axis(axis, unit: str = "") -> None:
+    """Tick labels of a log axis as plain numbers (0.5, 2, 30), not 2x10^0."""
+    import matplotlib.ticker
+
+    def fmt(v, _pos):
+        return f"{v:g}{unit}"
+
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(fmt))
+    axis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+    axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(fmt))
+
+
+def learning_curve_chart(summary: list[dict], n_classes: int):
+    """Accuracy against labelled images per class (log scale): a line per feature set and head,
+    a band of one standard deviation over the repeats. ``summary``: :func:`featx.curves.summarize` rows."""
+    import matplotlib.ticker
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    groups: dict = {}
+    for row in summary:
+        groups.setdefault((row["features"], row["head"]), []).append(row)
+    feats = list(dict.fromkeys(f for f, _ in groups))
+    styles = ["-", "--", ":", "-."]
+    for i, ((feat, head), rows) in enumerate(groups.items()):
+        rows = sorted(rows, key=lambda r: r["n_train"])
+        # images per class: the size asked for ("all": the train rows per class, on average)
+        x = np.array([r["per_class"] if r["per_class"] != "all" else r["n_train"] / max(1, n_classes) for r in rows],
+                     dtype=float)  # fmt: skip
+        m = np.array([r["accuracy_mean"] for r in rows])
+        s = np.array([r["accuracy_std"] for r in rows])
+        color = f"C{i % 10}"
+        ax.plot(x, m, marker="o", color=color, linestyle=styles[feats.index(feat) % len(styles)],
+                label=f"{head} on {feat}")  # fmt: skip
+        ax.fill_between(x, m - s, m + s, color=color, alpha=0.15)
+    ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_xlabel("labelled training images per class (log scale)")
+    ax.set_ylabel("test accuracy (band: ±1 s.d. over repeats)")
+    ax.set_title("learning curves: accuracy against labelled images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    return fig
+
+
+def reliability_chart(results):
+    """Reliability diagram: accuracy against confidence of the predicted class, a line per result
+    with probabilities, the diagonal for perfect calibration; ECE in the legend."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfectly calibrated")
+    for i, r in enumerate([r for r in results if r.proba is not None][:10]):
+        cal = r.calibration
+        conf = [b["confidence"] for b in cal["bins"]]
+        acc = [b["accuracy"] for b in cal["bins"]]
+        ax.plot(conf, acc, marker="o", markersize=3, color=f"C{i % 10}", label=f"{_label(r)} (ECE {cal['ece']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence of the predicted class (15 bins)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("reliability diagram")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    return fig
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")  # nothing cut at the edges
     _pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -242,23 +342,38 @@ def _fmt_params(r) -> str:
     return chosen
 
 
-def html_report(results, ds, feature_sets=()) -> str:
-    """The report page as one HTML string (see the module's docstring)."""
+def _vs_best(r) -> tuple[object, str]:
+    if r.p_vs_best is None:
+        return -1.0, "best"
+    word = "distinguishable" if r.distinguishable else "not distinguishable"
+    return r.p_vs_best, f"{word} (p={r.p_vs_best:.2g})"
+
+
+def html_report(results, ds, feature_sets=(), curves=()) -> str:
+    """The report page as one HTML string (see the module's docstring); ``curves``: the rows of
+    :func:`featx.curves.summarize`."""
     e = html.escape
     classes = list(ds.class_names)
     rows = []
     for rank, r in enumerate(results, 1):
         ext = getattr(r, "extract_seconds", None)
+        lo, hi = r.accuracy_interval
+        reps = np.asarray(r.repeat_accuracies, dtype=float)
+        rep = (f"{reps.mean():.2%} ± {reps.std(ddof=1):.2%} ({len(reps)})" if len(reps) > 1 else "")
+        cal = r.calibration
+        p, vs = _vs_best(r)
         cells = [
             (rank, str(rank)), (r.backbone, e(r.backbone)), (r.features, e(r.features)), (r.head, e(r.head)),
-            (r.accuracy, f"{r.accuracy:.2%}"), (r.macro_f1, f"{r.macro_f1:.3f}"),
+            (r.accuracy, f"{r.accuracy:.2%}"), (lo, f"{lo:.1%} – {hi:.1%}"), (p, e(vs)),
+            (reps.mean() if len(reps) > 1 else "", rep), ("" if cal is None else cal["ece"], "" if cal is None else f"{cal['ece']:.3f}"),
+            (r.macro_f1, f"{r.macro_f1:.3f}"),
             ("" if ext is None else ext, "" if ext is None else f"{ext:.1f}"),
             (r.fit_seconds, f"{r.fit_seconds:.2f}"), (r.predict_ms_per_image, f"{r.predict_ms_per_image:.4f}"),
             (_fmt_params(r), e(_fmt_params(r))), (r.note, e(r.note)),
         ]  # fmt: skip
         rows.append("<tr>" + "".join(f'<td data-sort="{e(str(v))}">{t}</td>' for v, t in cells) + "</tr>")
-    head_cells = ["#", "backbone", "features", "head", "accuracy", "macro-F1", "extract s", "fit s",
-                  "predict ms/img", "chosen parameters", "note"]  # fmt: skip
+    head_cells = ["#", "backbone", "features", "head", "accuracy", "95% interval", "vs best", "mean ± sd (repeats)",
+                  "ECE", "macro-F1", "extract s", "fit s", "predict ms/img", "chosen parameters", "note"]  # fmt: skip
     table = ('<table id="results" class="sortable"><thead><tr>'
              + "".join(f'<th title="click to sort">{h}</th>' for h in head_cells)
              + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")  # fmt: skip
@@ -271,7 +386,8 @@ def html_report(results, ds, feature_sets=()) -> str:
     )
 
     best = results[0]
-    wrong = misclassified(best)
+    has_pixels = len(ds.X_test) == len(best.y_test) and ds.X_test.size > 0
+    wrong = misclassified(best) if has_pixels else []
     tiles = "".join(
         f'<figure class="miss" data-index="{i}" data-true="{int(best.y_test[i])}" data-pred="{int(best.y_pred[i])}">'
         f'<img alt="test image {i}" src="{_thumb(ds.X_test[i])}">'
@@ -299,19 +415,52 @@ def html_report(results, ds, feature_sets=()) -> str:
     title = f"featx compare: {ds.name} / {ds.task}"
     return _PAGE.format(
         title=e(title),
-        summary=e(f"{len(ds.X_train)} train and {len(ds.X_test)} test images, {len(classes)} classes "
+        summary=e(f"{len(ds.y_train)} train and {len(ds.y_test)} test images, {len(classes)} classes "
                   f"({', '.join(classes)}). Made {time.strftime('%Y-%m-%d %H:%M')}."),  # fmt: skip
         table=table,
         tradeoff=f'<img id="tradeoff" alt="accuracy against fit time" src="{_png(tradeoff_chart(results))}">',
         confusions=confusions,
         miss_caption=e(f"{_label(best)} (the best result) got {n_wrong} of {len(best.y_test)} test images wrong; "
                        f"{len(wrong)} of them, drawn at random:"),  # fmt: skip
-        tiles=tiles or "<p>No test image was misclassified.</p>",
+        tiles=tiles or ("<p>No test image was misclassified.</p>" if has_pixels else
+                        "<p>No images to show: these embeddings came without them.</p>"),  # fmt: skip
         legend=legend,
         maps=maps or "<p>No feature map.</p>",
         settings=settings,
         versions=_kv_table(_versions()),
+        interval=e(INTERVAL), paired=e(PAIRED),
+        curves=(f'<img id="learning-curve" alt="learning curves" src="{_png(learning_curve_chart(curves, len(classes)))}">'
+                + _curve_table(curves)) if curves else
+        "<p>Not asked for: <code>compare --train-sizes 1,5,10,50,all</code> draws them from the cache.</p>",
+        reliability=(f'<img id="reliability" alt="reliability diagram" src="{_png(reliability_chart(results))}">'
+                     if any(r.proba is not None for r in results) else "<p>No head here has probabilities.</p>"),
+        per_class="".join(
+            f'<details{" open" if i == 0 else ""}><summary>{e(_label(r))}</summary>' + _per_class_table(r) + "</details>"
+            for i, r in enumerate(results)
+        ),
     )
+
+
+def _curve_table(summary: list[dict]) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(str(s['features']))}</td><td>{e(str(s['head']))}</td><td>{e(str(s['per_class']))}</td>"
+        f"<td>{s['n_train']}</td><td>{s['accuracy_mean']:.2%}</td><td>{s['accuracy_std']:.2%}</td><td>{s['repeats']}</td></tr>"
+        for s in summary
+    )
+    return ('<table id="curve-table"><thead><tr><th>features</th><th>head</th><th>per class</th><th>train images</th>'
+            "<th>accuracy (mean)</th><th>s.d.</th><th>repeats</th></tr></thead><tbody>" + rows + "</tbody></table>")
+
+
+def _per_class_table(r) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(c['class'])}</td><td>{c['precision']:.3f}</td><td>{c['recall']:.3f}</td><td>{c['f1']:.3f}</td>"
+        f"<td>{c['support']}</td></tr>"
+        for c in r.per_class()
+    )
+    return ('<table class="per-class"><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>'
+            "<th>test images</th></tr></thead><tbody>" + rows + "</tbody></table>")
 
 
 _PAGE = """<!DOCTYPE html>
@@ -323,7 +472,7 @@ body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 120
 h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: 3px 8px; border-bottom: 1px solid #eee; text-align: left; }}
 #results th {{ cursor: pointer; background: #f4f4f4; position: sticky; top: 0; }}
-#results td:nth-child(n+5):nth-child(-n+9) {{ text-align: right; font-variant-numeric: tabular-nums; }}
+#results td:nth-child(n+5):nth-child(-n+13) {{ text-align: right; font-variant-numeric: tabular-nums; }}
 #results tbody tr:first-child {{ font-weight: 600; }}
 .figs {{ display: flex; flex-wrap: wrap; gap: 12px; }}
 figure {{ margin: 0; max-width: 440px; }} figure.confusion {{ max-width: 320px; }} figcaption {{ font-size: 12px; color: #444; }}
@@ -337,10 +486,18 @@ figure {{ margin: 0; max-width: 440px; }} figure.confusion {{ max-width: 320px; 
 <p>{summary}</p>
 <h2>Results</h2>
 <p>Best first; click a column to sort. Accuracy and macro-F1 on the held-out test split; extract s is the time the
-features took when they were cached.</p>
+features took when they were cached. 95% interval: the {interval}. vs best: {paired}; "not distinguishable" (p &ge;
+0.05) means these test images cannot tell the two apart. mean &plusmn; sd: over seeded splits of the cached features
+(<code>--repeats</code>). ECE: expected calibration error of the probabilities (15 bins).</p>
 {table}
 <h2>Accuracy against fit time</h2>
 {tradeoff}
+<h2>Learning curves</h2>
+{curves}
+<h2>Calibration</h2>
+{reliability}
+<h2>Per-class precision, recall and F1</h2>
+{per_class}
 <h2>Confusion matrices</h2>
 <div class="figs">{confusions}</div>
 <h2>Misclassified test images</h2>

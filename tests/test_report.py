@@ -76,14 +76,15 @@ def test_report_holds_the_table_the_matrices_the_mistakes_and_the_maps(report):
         assert len(labels) == len(best.y_test) and sorted(map(int, labels)) == sorted(best.y_test.tolist())
     # every picture is embedded (a PNG in a data: URL), nothing is fetched
     imgs = page.find("img")
-    assert len(imgs) == 1 + len(results) + len(tiles)
+    assert len(imgs) == 2 + len(results) + len(tiles)  # accuracy/time, reliability, confusions, mistakes
     for im in imgs:
         assert im["src"].startswith("data:image/png;base64,")
         assert base64.b64decode(im["src"].split(",", 1)[1])[:4] == b"\x89PNG"
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)
     # the settings that made the features, and the library versions
-    assert text.count("<details") == 2 and "random-init-seed0" in text and "scikit-learn" in text
-    for section in ("Results", "Accuracy against fit time", "Confusion matrices", "Misclassified test images",
+    assert text.count("<details") == 2 + len(results) and "random-init-seed0" in text and "scikit-learn" in text
+    for section in ("Results", "Accuracy against fit time", "Learning curves", "Calibration",
+                    "Per-class precision, recall and F1", "Confusion matrices", "Misclassified test images",
                     "Test embeddings in 2-D", "Feature settings", "Library versions"):  # fmt: skip
         assert f"<h2>{section}</h2>" in text
 
