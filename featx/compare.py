@@ -208,8 +208,10 @@ def format_table(results: list[FitResult], width: int | None = None) -> str:
 
     def cells(r) -> str:
         lo, hi = r.accuracy_interval
-        vs = "best" if r.p_vs_best is None else f"{'worse' if r.distinguishable else 'same'} p={r.p_vs_best:.2f}"
-        out = f"{r.accuracy:>8.2%} {f'{lo:.1%}-{hi:.1%}':>11} {vs:<12}"
+        p = r.p_vs_best
+        vs = "best" if p is None else f"{'worse' if r.distinguishable else 'same'} " + (
+            "p<.001" if p < 0.001 else f"p={p:.3f}")  # fmt: skip
+        out = f"{r.accuracy:>8.2%} {f'{lo:.1%}-{hi:.1%}':>11} {vs:<13}"
         if repeats:
             reps = np.asarray(r.repeat_accuracies, dtype=float)
             out += f" {f'{reps.mean():.2%}±{reps.std(ddof=1):.2%}' if len(reps) > 1 else '':>13}"
@@ -217,7 +219,7 @@ def format_table(results: list[FitResult], width: int | None = None) -> str:
 
     def table(labels: list[str]) -> list[str]:
         w = max([len("features"), *map(len, labels)])
-        head = (f"{'features':<{w}} {'head':<8} {'accuracy':>8} {'95% CI':>11} {'vs best':<12}"
+        head = (f"{'features':<{w}} {'head':<8} {'accuracy':>8} {'95% CI':>11} {'vs best':<13}"
                 + (f" {'mean±sd':>13}" if repeats else "")
                 + f" {'macro-F1':>8} {'fit s':>7} {'ms/img':>7}  chosen / note")  # fmt: skip
         lines = [head, "-" * min(len(head), width)]

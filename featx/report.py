@@ -84,14 +84,14 @@ def write_report(results, ds, reports_dir, feature_sets=(), curves=()) -> dict[s
     paths["json"].write_text(json.dumps(meta, indent=1))
     plt = _pyplot()
     if curves:
-        paths["learning_curve_csv"] = out / "learning_curve.csv"
-        with open(paths["learning_curve_csv"], "w", newline="") as f:
+        paths["curve_csv"] = out / "learning_curve.csv"
+        with open(paths["curve_csv"], "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(curves[0]))
             w.writeheader()
             w.writerows(curves)
-        paths["learning_curve"] = out / "learning_curve.png"
+        paths["curve"] = out / "learning_curve.png"
         fig = learning_curve_chart(summary, len(ds.class_names))
-        fig.savefig(paths["learning_curve"], dpi=100, bbox_inches="tight")
+        fig.savefig(paths["curve"], dpi=100, bbox_inches="tight")
         plt.close(fig)
     fig = accuracy_chart(results, ds)
     fig.savefig(paths["accuracy"], dpi=100, bbox_inches="tight")
@@ -476,6 +476,7 @@ table {{ border-collapse: collapse; }} td, th {{ padding: 3px 8px; border-bottom
 #results tbody tr:first-child {{ font-weight: 600; }}
 .figs {{ display: flex; flex-wrap: wrap; gap: 12px; }}
 figure {{ margin: 0; max-width: 440px; }} figure.confusion {{ max-width: 320px; }} figcaption {{ font-size: 12px; color: #444; }}
+figure img {{ max-width: 100%; height: auto; }} .wide {{ overflow-x: auto; }}
 .miss {{ width: 104px; text-align: center; }}
 .miss img {{ width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; border: 1px solid #ccc; }}
 .key {{ margin-right: 12px; white-space: nowrap; }} .key i {{ display: inline-block; width: 10px; height: 10px; margin-right: 4px; }}
@@ -489,7 +490,7 @@ figure {{ margin: 0; max-width: 440px; }} figure.confusion {{ max-width: 320px; 
 features took when they were cached. 95% interval: the {interval}. vs best: {paired}; "not distinguishable" (p &ge;
 0.05) means these test images cannot tell the two apart. mean &plusmn; sd: over seeded splits of the cached features
 (<code>--repeats</code>). ECE: expected calibration error of the probabilities (15 bins).</p>
-{table}
+<div class="wide">{table}</div>
 <h2>Accuracy against fit time</h2>
 {tradeoff}
 <h2>Learning curves</h2>
