@@ -34,10 +34,15 @@ from .errors import HeadError
 
 
 class DenseClassifier(ClassifierMixin, BaseEstimator):
-    """Softmax head in Keras: Dense(hidden_units, relu) -> Dropout -> Dense(n_classes, softmax).
+    """Softmax head in Keras: Dense(hidden_units, relu) -> Dropout -> Dense(n_classes, softmax),
+    ``n_members`` of them trained from different seeds, their probabilities averaged.
 
     Parameters
     ----------
+    n_members : int, default=5
+        Networks in the ensemble, each from its own seed (``random_state + i``). On
+        the real CIFAR-10's frozen trunk features, 5 members scored 1.2-1.7 points
+        above one on a validation split of the train images (BENCHMARKS.md).
     hidden_units : int, default=128
     dropout : float, default=0.42
         Dropout rate after the hidden layer (the split-CIFAR trunk's rate).
@@ -64,10 +69,13 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
     ----------
     classes_ : ndarray of shape (n_classes,)
     n_features_in_ : int
+    models_ : list of keras.Model
+        The members.
     model_ : keras.Model
+        The first member.
     scaler_ : StandardScaler or None
     history_ : dict
-        Keras's training history.
+        Keras's training history of the first member.
 
     Examples
     --------
@@ -83,6 +91,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
+        "n_members": [Interval(Integral, 1, 100, closed="both")],
         "hidden_units": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "epochs": [Interval(Integral, 1, None, closed="left")],
@@ -98,6 +107,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
+        n_members: int = 5,
         hidden_units: int = 128,
         dropout: float = 0.42,
         epochs: int = 10,
@@ -110,6 +120,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         random_state: int | None = None,
         verbose: int = 0,
     ):
+        self.n_members = n_members
         self.hidden_units = hidden_units
         self.dropout = dropout
         self.epochs = epochs
@@ -123,8 +134,6 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     def fit(self, X, y):
-        import keras
-
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
@@ -136,12 +145,24 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         self.scaler_ = StandardScaler().fit(X) if self.standardize else None
         Xs = self._scale(X)
         seed = self.random_state if self.random_state is not None else int(np.random.randint(2**31 - 1))
+        self.models_, histories = [], []
+        for i in range(self.n_members):
+            model, hist = self._fit_member(Xs, y_idx, seed + i)
+            self.models_.append(model)
+            histories.append(hist)
+        self.model_ = self.models_[0]
+        self.history_ = histories[0]
+        return self
+
+    def _fit_member(self, Xs, y_idx, seed: int):
+        import keras
+
         from .runtime import seeded_build
 
         with seeded_build(seed):
             model = keras.Sequential(
                 [
-                    keras.Input(shape=(X.shape[1],)),
+                    keras.Input(shape=(Xs.shape[1],)),
                     keras.layers.Dense(self.hidden_units, activation="relu"),
                     keras.layers.Dropout(self.dropout),
                     keras.layers.Dense(len(self.classes_), activation="softmax"),
@@ -162,9 +183,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
             Xs, y_idx = Xs[tr], y_idx[tr]
         hist = model.fit(Xs, y_idx, epochs=self.epochs, batch_size=self.batch_size, shuffle=True,
                          verbose=self.verbose, **kw)  # fmt: skip
-        self.model_ = model
-        self.history_ = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-        return self
+        return model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
     def _scale(self, X):
         return X if self.scaler_ is None else self.scaler_.transform(X).astype(np.float32)
@@ -172,7 +191,11 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        return _dense_forward(self.model_, self._scale(X))
+        Xs = self._scale(X)
+        return np.mean([_dense_forward(m, Xs) for m in self._members()], axis=0)
+
+    def _members(self) -> list:
+        return getattr(self, "models_", None) or [self.model_]  # fitted by a featx of one member
 
     def predict(self, X):
         check_is_fitted(self)
@@ -184,16 +207,19 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         import keras
 
         check_is_fitted(self)
-        x, first = features, True
-        dense = [layer for layer in self.model_.layers if isinstance(layer, keras.layers.Dense)]
-        for i, layer in enumerate(dense):
-            kernel, bias = (np.asarray(w, dtype=np.float64) for w in layer.get_weights())
-            if first and self.scaler_ is not None:
-                kernel, bias = _fold_scaler(self.scaler_, kernel, bias)
-            first = False
-            act = layer.activation.__name__
-            x = _dense(x, kernel, bias, "probabilities" if i == len(dense) - 1 else f"head_dense_{i}", act)
-        return x
+        outs = []
+        for m, member in enumerate(self._members()):
+            x = features
+            dense = [layer for layer in member.layers if isinstance(layer, keras.layers.Dense)]
+            for i, layer in enumerate(dense):
+                kernel, bias = (np.asarray(w, dtype=np.float64) for w in layer.get_weights())
+                if i == 0 and self.scaler_ is not None:
+                    kernel, bias = _fold_scaler(self.scaler_, kernel, bias)
+                x = _dense(x, kernel, bias, f"head{m}_dense_{i}", layer.activation.__name__)
+            outs.append(x)
+        if len(outs) == 1:
+            return keras.layers.Identity(name="probabilities")(outs[0])
+        return keras.layers.Average(name="probabilities")(outs)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -203,26 +229,39 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
     # Keras models are saved in Keras's own format inside the pickle, never pickled directly.
     def __getstate__(self):
         state = self.__dict__.copy()
-        model = state.pop("model_", None)
-        if model is not None:
+        state.pop("model_", None)
+        members = state.pop("models_", None) or ([self.model_] if hasattr(self, "model_") else [])
+        if members:
+            blobs = []
             with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "model.keras")
-                model.save(path)
-                with open(path, "rb") as f:
-                    state["_model_keras_bytes"] = f.read()
+                for i, model in enumerate(members):
+                    path = os.path.join(tmp, f"model{i}.keras")
+                    model.save(path)
+                    with open(path, "rb") as f:
+                        blobs.append(f.read())
+            state["_model_keras_bytes"] = blobs[0]  # the first member: what featx of one member reads
+            state["_members_keras_bytes"] = blobs
         return state
 
     def __setstate__(self, state):
+        blobs = state.pop("_members_keras_bytes", None)
         blob = state.pop("_model_keras_bytes", None)
+        if blobs is None and blob is not None:
+            blobs = [blob]  # saved by a featx of one member
+        state.setdefault("n_members", 1 if blobs is not None and len(blobs) == 1 else state.get("n_members", 5))
         self.__dict__.update(state)
-        if blob is not None:
+        if blobs:
             import keras
 
+            models = []
             with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "model.keras")
-                with open(path, "wb") as f:
-                    f.write(blob)
-                self.model_ = keras.saving.load_model(path)
+                for i, b in enumerate(blobs):
+                    path = os.path.join(tmp, f"model{i}.keras")
+                    with open(path, "wb") as f:
+                        f.write(b)
+                    models.append(keras.saving.load_model(path))
+            self.models_ = models
+            self.model_ = models[0]
 
 
 def _dense_forward(model, X: np.ndarray) -> np.ndarray:

@@ -115,4 +115,4 @@ def test_the_table_fits_the_terminal_with_a_legend_of_feature_sets():
     assert all(len(line) <= 95 for line in narrow)
     assert [line.split()[0] for line in narrow[2:5]] == ["[1]", "[2]", "[1]"]
     assert narrow[-2:] == [f"[1] {long}", "[2] trunk 32px flatten, trained"]
-    assert "reference: split" in narrow[3] and narrow[4].endswith("…")  # notes cut to the room left
+    assert "reference: sp" in narrow[3] and narrow[4].endswith("…")  # notes cut to the room left

@@ -15,7 +15,7 @@ DENSE_XFAIL = {
 
 def _heads_for_checks():
     # Few epochs keep the Keras head's ~40 checks fast; the rest use their defaults.
-    return [DenseClassifier(epochs=30, batch_size=32, learning_rate=0.01, random_state=0),
+    return [DenseClassifier(n_members=1, epochs=30, batch_size=32, learning_rate=0.01, random_state=0),
             RBFSVMClassifier(), RBFSVMClassifier(max_exact_samples=10, n_components=20)] + [
         make_head(name) for name in ("logreg", "svm", "knn", "centroid")
     ]
@@ -74,7 +74,8 @@ def test_dense_survives_pickle_and_joblib(blobs, tmp_path, dump):
     clf = DenseClassifier(epochs=5, random_state=0).fit(X, y)
     if dump == "pickle":
         state = clf.__getstate__()
-        assert "model_" not in state and state["_model_keras_bytes"][:2] == b"PK"  # a .keras zip
+        assert "model_" not in state and "models_" not in state
+        assert len(state["_members_keras_bytes"]) == 5 and all(b[:2] == b"PK" for b in state["_members_keras_bytes"])
         again = pickle.loads(pickle.dumps(clf))
     else:
         joblib.dump(clf, tmp_path / "h.joblib")
@@ -130,3 +131,18 @@ def test_knn_votes_by_cosine_similarity_and_centroid_is_the_nearest_class_mean()
     want = unit[y == "a"].mean(0)
     np.testing.assert_allclose(cen.centroids_[0], want / np.linalg.norm(want))
     assert cen.predict(q).tolist() == ["a", "b", "b"] and cen.predict_proba(q).argmax(1).tolist() == [0, 1, 1]
+
+
+def test_dense_is_an_ensemble_whose_probabilities_are_the_members_mean(blobs):
+    X, y = blobs
+    ens = DenseClassifier(n_members=3, epochs=5, random_state=7).fit(X, y)
+    singles = [DenseClassifier(n_members=1, epochs=5, random_state=7 + i).fit(X, y).predict_proba(X) for i in range(3)]
+    np.testing.assert_allclose(ens.predict_proba(X), np.mean(singles, axis=0), atol=1e-6)
+    assert len(ens.models_) == 3 and ens.model_ is ens.models_[0]
+    # a head of one member saved by an earlier featx (no member list, no n_members) loads as one
+    state = DenseClassifier(n_members=1, epochs=5, random_state=0).fit(X, y).__getstate__()
+    state.pop("_members_keras_bytes")
+    state.pop("n_members")
+    old = DenseClassifier.__new__(DenseClassifier)
+    old.__setstate__(state)
+    assert old.n_members == 1 and len(old.models_) == 1 and old.predict_proba(X).shape == (len(X), 3)
