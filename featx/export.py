@@ -167,8 +167,9 @@ def load_exported(path) -> ExportedModel:
                 return loaded.serve([x]).numpy()  # the signature takes the list of inputs
     except ImportError as exc:
         raise SettingsError(f"Loading {p.name} needs {exc.name}: {_INSTALL}.") from None
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise SettingsError(f"{p} is not a classifier exported by featx ({exc.__class__.__name__}: {exc}).") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file, whatever its reader raised: one line
+        text = " ".join(str(exc).split())[:200]
+        raise SettingsError(f"{p} is not a classifier exported by featx ({exc.__class__.__name__}: {text}).") from None
     return ExportedModel(p, list(meta["class_names"]), tuple(meta["image_shape"]), meta.get("aspect", "crop"), run)
 
 

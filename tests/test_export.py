@@ -174,3 +174,11 @@ def test_a_pickled_head_loads_only_when_trusted(tiny, cache, tmp_path):
         load_head(old)
     again, rec2 = load_head(old, trust_pickle=True)
     assert rec2 == rec and type(again) is type(est)
+
+
+@pytest.mark.parametrize("name", ["garbage.onnx", "garbage.keras", "missing.onnx"])
+def test_a_file_that_is_no_exported_classifier_is_one_line(tmp_path, name):
+    if not name.startswith("missing"):
+        (tmp_path / name).write_bytes(b"not a model at all")
+    with pytest.raises(SettingsError, match="(is not a classifier exported by featx|Exported model not found)"):
+        load_exported(tmp_path / name)
