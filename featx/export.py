@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatxError, HeadError, SettingsError
+from .errors import HeadError, SettingsError
 from .extractor import Extractor
-from .fit import find_head, recorded_spec
+from .fit import find_head, head_extractor
 from .options import RunOptions, as_options, split_kwargs
 from .spec import FeatureSpec, as_spec
 
@@ -71,12 +71,7 @@ def export_classifier(out, head: str = "logreg", spec: FeatureSpec | str = "vgg1
     est, rec, path = find_head(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
     if not hasattr(est, "to_keras"):
         raise HeadError(f"The {head} head cannot be exported: featx exports {', '.join(exportable())}.")
-    fitted_spec, fitted_data, seed = recorded_spec(rec)
-    extractor = Extractor(fitted_spec, seed=seed, data=fitted_data, cache_dir=opts.cache_dir)
-    for k, v in extractor.settings.items():
-        if v != rec["feature_settings"].get(k):
-            raise FeatxError(f"The backbone rebuilt for {path.name} differs from the one it was trained on "
-                             f"({k}: {v} vs {rec['feature_settings'].get(k)}). Fit the head again.")  # fmt: skip
+    extractor, fitted_spec = head_extractor(rec, path, opts.cache_dir)
     model = classifier_model(extractor, est)
     shape = list(rec.get("image_shape", [32, 32, 3]))[:2]
     meta = {"class_names": [str(rec["class_names"][int(c)]) for c in est.classes_], "image_shape": shape,

@@ -308,3 +308,18 @@ def recorded_spec(record: dict) -> tuple[FeatureSpec, str, int]:
     args = dict(record["extract_args"])
     spec = FeatureSpec.from_dict({**args, "dtype": record["feature_settings"].get("dtype", "float32")})
     return spec, args["data"], int(args.get("seed", 0))
+
+
+def head_extractor(record: dict, path: Path, cache_dir=None):
+    """``(extractor, spec)`` of the backbone a saved head (``record``, from ``path``) was fitted on,
+    rebuilt from its record; an error if it does not rebuild the same (other weights, say)."""
+    from .errors import FeatxError
+    from .extractor import Extractor
+
+    spec, data, seed = recorded_spec(record)
+    extractor = Extractor(spec, seed=seed, data=data, cache_dir=cache_dir)
+    for k, v in extractor.settings.items():
+        if v != record["feature_settings"].get(k):
+            raise FeatxError(f"The backbone rebuilt for {path.name} differs from the one it was trained on "
+                             f"({k}: {v} vs {record['feature_settings'].get(k)}). Fit the head again.")  # fmt: skip
+    return extractor, spec

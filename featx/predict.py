@@ -8,8 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import DataError, FeatxError
-from .extractor import Extractor
-from .fit import find_head, recorded_spec
+from .fit import find_head, head_extractor
 from .options import RunOptions, as_options, split_kwargs
 from .spec import FeatureSpec, as_spec
 
@@ -61,12 +60,7 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     spec = as_spec(spec, **settings)
     opts = as_options(options, **run)
     est, rec, path = find_head(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
-    fitted_spec, fitted_data, seed = recorded_spec(rec)
-    extractor = Extractor(fitted_spec, seed=seed, data=fitted_data, cache_dir=opts.cache_dir)
-    for k, v in extractor.settings.items():
-        if v != rec["feature_settings"].get(k):
-            raise FeatxError(f"The backbone rebuilt for {path.name} differs from the one it was trained on "
-                             f"({k}: {v} vs {rec['feature_settings'].get(k)}). Fit the head again.")  # fmt: skip
+    extractor, fitted_spec = head_extractor(rec, path, opts.cache_dir)
     shape = tuple(rec.get("image_shape", ())) or None
 
     def scores(X):
