@@ -83,7 +83,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
     >>> from featx.heads import DenseClassifier
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(60, 4)); y = np.where(X[:, 0] > 0, "yes", "no")
-    >>> clf = DenseClassifier(epochs=50, learning_rate=0.01, random_state=0).fit(X, y)
+    >>> clf = DenseClassifier(n_members=2, epochs=50, learning_rate=0.01, random_state=0).fit(X, y)
     >>> clf.classes_
     array(['no', 'yes'], dtype='<U3')
     >>> bool(clf.score(X, y) > 0.9)

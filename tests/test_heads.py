@@ -46,7 +46,7 @@ def test_every_head_learns_string_labels(name, blobs):
 
 def test_dense_proba_follows_classes(blobs):
     X, y = blobs
-    clf = DenseClassifier(epochs=20, random_state=0).fit(X, y)
+    clf = DenseClassifier(n_members=1, epochs=20, random_state=0).fit(X, y)
     proba = clf.predict_proba(X)
     assert proba.shape == (120, 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
     assert (clf.classes_[proba.argmax(1)] == clf.predict(X)).all()
@@ -57,14 +57,14 @@ def test_dense_early_stopping_keeps_best():
     # Random labels: validation loss worsens at once, so training stops early.
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(200, 30)), rng.integers(0, 3, 200)
-    clf = DenseClassifier(epochs=200, early_stopping=True, patience=2, random_state=0).fit(X, y)
+    clf = DenseClassifier(n_members=1, epochs=200, early_stopping=True, patience=2, random_state=0).fit(X, y)
     assert len(clf.history_["val_loss"]) < 200
 
 
 def test_dense_is_reproducible_and_clonable(blobs):
     X, y = blobs
-    a = DenseClassifier(epochs=5, random_state=3).fit(X, y).predict_proba(X)
-    b = clone(DenseClassifier(epochs=5, random_state=3)).fit(X, y).predict_proba(X)
+    a = DenseClassifier(n_members=2, epochs=5, random_state=3).fit(X, y).predict_proba(X)
+    b = clone(DenseClassifier(n_members=2, epochs=5, random_state=3)).fit(X, y).predict_proba(X)
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 

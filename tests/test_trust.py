@@ -114,7 +114,8 @@ def curves_run(tmp_path_factory):
     tiny = make_class_folders(tmp / "ds", n_train=12, n_test=6)
     res = subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), "compare", "--backbones", "trunk", "--weights", "none",
-         "--heads", "knn,logreg,dense", "--train-sizes", "2,5,all", "--repeats", "3", "--no-reference",
+         "--heads", "knn,logreg,dense", "--param", "dense:n_members=1", "--train-sizes", "2,5,all", "--repeats", "3",
+         "--no-reference",
          "--data", str(tiny), "--task", "full", "--cache-dir", str(tmp / "c"), "--reports-dir", str(tmp / "rep")],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
