@@ -24,14 +24,12 @@ def _seeded(estimator, seed: int):
     return est
 
 
-def repeat_accuracies(estimator, X_train, y_train, X_test, y_test, repeats: int, seed: int = 0,
-                      first: float | None = None) -> list[float]:  # fmt: skip
-    """Accuracy on ``repeats`` seeded splits: the one given (``first`` if already measured), then
-    train and test pooled and split again (stratified, the same test share) with seeds
-    ``seed + 1, seed + 2, ...``; the head's ``random_state`` is the split's seed."""
-    out = [first] if first is not None else [float(np.mean(_seeded(estimator, seed).fit(X_train, y_train).predict(X_test) == y_test))]
-    if repeats <= 1:
-        return out
+def repeat_accuracies(estimator, X_train, y_train, X_test, y_test, repeats: int, seed: int,
+                      first: float) -> list[float]:  # fmt: skip
+    """Accuracy on ``repeats`` seeded splits: ``first``, measured on the split given, then train
+    and test pooled and split again (stratified, the same test share) with seeds ``seed + 1,
+    seed + 2, ...``; the head's ``random_state`` is the split's seed."""
+    out = [first]
     X = np.concatenate([np.asarray(X_train), np.asarray(X_test)])
     y = np.concatenate([np.asarray(y_train), np.asarray(y_test)])
     share = len(y_test) / len(y)

@@ -497,7 +497,7 @@ def _decode(entry, where, sizes, read, skipped, seed, test_fraction, image_size,
         info["skipped"] = f"{len(skipped)} non-image files, e.g. {skipped[0]}"
         logger.warning("%s: skipped %d files that are not images, e.g. %s", where, len(skipped), skipped[0])
     info.update(notes or {})
-    plan = pixels.Plan(names, y, tr, te, target, images.aspect)
+    plan = pixels.Plan(names, tr, te, target, images.aspect)
     try:
         part = pixels.decode_to_entry(entry, plan, read, where=where, progress=progress)
     except OSError as exc:
@@ -674,12 +674,19 @@ def _write_pixel_cache(entry: Path, ds: Dataset, source: str) -> Dataset:
 
 
 def _install(entry: Path, complete: Path, source: str) -> None:
-    """Give the complete folder ``complete`` the entry's name; earlier decodes of ``source`` go."""
+    """Give the complete folder ``complete`` the entry's name. Decodes of ``source`` as it was
+    before (another stamp: files changed since) go; those of the same files with other settings
+    (``--aspect``, ``--image-side``, seed) stay, so that switching between them decodes nothing."""
     root = entry.parent
+    meta_file = complete / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    stamp = meta["stamp"] = _source_stamp(Path(source)) if Path(source).exists() else ""
+    meta_file.write_text(json.dumps(meta, indent=1))
     for old in root.iterdir():
         if old.is_dir() and old not in (entry, complete) and not old.name.startswith(".") and (old / "meta.json").exists():
             try:
-                if json.loads((old / "meta.json").read_text()).get("source") == source:
+                was = json.loads((old / "meta.json").read_text())
+                if was.get("source") == source and was.get("stamp") != stamp:
                     shutil.rmtree(old, ignore_errors=True)
             except (OSError, ValueError):
                 pass

@@ -67,6 +67,9 @@ def export_classifier(out, head: str = "logreg", spec: FeatureSpec | str = "vgg1
     fmt = _format(out, format)
     if out.exists() and not force:
         raise SettingsError(f"{out} exists: pass another path, or --force (force=True) to replace it.")
+    if out.is_dir() and not (out / "saved_model.pb").exists():
+        raise SettingsError(f"{out} is a folder that is not a SavedModel: featx never replaces it, even with "
+                            "--force. Pass a new path.")  # fmt: skip
     _check_installed(fmt)
     est, rec, path = find_head(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
     if not hasattr(est, "to_keras"):

@@ -140,8 +140,8 @@ def load_image(source: bytes | str | os.PathLike, size: tuple[int, int] | None =
                 img.draft("RGB", need)
             img.load()
             img = _to_rgb(img)
-            if turn not in (None, 1):
-                img = _transpose(img, turn)
+            if turn in _TRANSPOSE:
+                img = img.transpose(_TRANSPOSE[turn])
             if size is not None:
                 img = fit_image(img, tuple(size), aspect)
             return np.asarray(img, dtype=np.uint8)
@@ -158,16 +158,10 @@ def _orientation(img) -> int | None:
         return None
 
 
-_TRANSPOSE = {2: [Image.Transpose.FLIP_LEFT_RIGHT], 3: [Image.Transpose.ROTATE_180],
-              4: [Image.Transpose.FLIP_TOP_BOTTOM], 5: [Image.Transpose.TRANSPOSE],
-              6: [Image.Transpose.ROTATE_270], 7: [Image.Transpose.TRANSVERSE],
-              8: [Image.Transpose.ROTATE_90]}  # fmt: skip
-
-
-def _transpose(img, turn: int):
-    for op in _TRANSPOSE.get(turn, []):
-        img = img.transpose(op)
-    return img
+#: EXIF orientation -> the transpose that shows the image upright.
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # fmt: skip
 
 
 def _to_rgb(img):

@@ -45,7 +45,6 @@ class Plan:
     to train or test, its row there, and the stored size."""
 
     names: tuple[str, ...]
-    labels: np.ndarray  # int64, per name
     train: np.ndarray  # indices into names, in row order of X_train
     test: np.ndarray
     size: tuple[int, int]  # (height, width)
@@ -85,7 +84,7 @@ def decode_to_entry(entry: Path, plan: Plan, read: Callable[[set[str]], Iterator
         f = part / f"X_{split}.npy"
         if not f.exists():
             np.lib.format.open_memmap(f, mode="w+", dtype=np.uint8, shape=(len(idx), h, w, 3))
-        files[split] = (f, _data_offset(f))
+        files[split] = (f, _header(f)[1])
     if not (part / "plan.json").exists():
         (part / "plan.json").write_text(plan_text)
     done_file = part / "done.npy"
@@ -130,14 +129,12 @@ def fingerprint(part: Path, classes: Iterable[str]) -> str:
     h = hashlib.sha256()
     for k in ARRAYS:
         f = part / f"{k}.npy"
-        arr = np.load(f, mmap_mode="r")
-        h.update(str(arr.shape).encode())
-        offset = _data_offset(f)
+        shape, offset = _header(f)
+        h.update(str(shape).encode())
         with open(f, "rb") as fh:
             fh.seek(offset)
             while block := fh.read(16 << 20):
                 h.update(block)
-        del arr
     h.update("\0".join(classes).encode())
     return h.hexdigest()[:16]
 
@@ -166,12 +163,13 @@ def _save_done(path: Path, done: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _data_offset(f: Path) -> int:
-    arr = np.load(f, mmap_mode="r")
-    try:
-        return int(arr.offset)
-    finally:
-        del arr
+def _header(f: Path) -> tuple[tuple, int]:
+    """``(shape, offset of the data)`` of an ``.npy`` file, from its header."""
+    with open(f, "rb") as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(fh)
+        return shape, fh.tell()
 
 
 def _plan_of(part: Path) -> str | None:

@@ -121,6 +121,12 @@ def test_export_refuses_to_overwrite_and_checks_the_format(tiny, cache, tmp_path
         export_classifier(tmp_path / "clf.keras", "logreg", SPEC, tiny, cache_dir=cache, format="onnx", force=True)
     export_classifier(out, "logreg", SPEC, tiny, cache_dir=cache, force=True)
     assert load_exported(out).class_names == ["cat", "dog", "eel"]
+    mine = tmp_path / "my-project"
+    (mine / "src").mkdir(parents=True)
+    (mine / "src" / "work.py").write_text("precious")
+    with pytest.raises(SettingsError, match="is a folder that is not a SavedModel: featx never replaces it"):
+        export_classifier(mine, "logreg", SPEC, tiny, cache_dir=cache, format="saved_model", force=True)
+    assert (mine / "src" / "work.py").read_text() == "precious"
 
 
 def test_export_from_the_command_line(tiny, cache, images, tmp_path):

@@ -274,3 +274,15 @@ def test_aspect_and_side_are_feature_settings_keyed_only_away_from_their_default
     assert FeatureSpec("vgg19", size=384, precision="float32").images.side == 384  # raised with the input size
     with pytest.raises(SettingsError, match="aspect must be one of crop, pad, squash"):
         a.replace(aspect="fill")
+
+
+def test_decodes_of_other_settings_stay_side_by_side(tmp_path):
+    root = _photo_folder(tmp_path / "photos", [(100, 150)] * 2)
+    cache = tmp_path / "cache"
+    load_dataset(root, cache_dir=cache, images=ImageOptions(side=32, aspect="pad"))
+    load_dataset(root, cache_dir=cache, images=ImageOptions(side=32, aspect="crop"))
+    entries = [p for p in (cache / "pixels").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 2  # the crop decode did not throw the pad one away
+    with mock.patch.object(pixels, "load_image", wraps=pixels.load_image) as spy:
+        load_dataset(root, cache_dir=cache, images=ImageOptions(side=32, aspect="pad"))
+    assert spy.call_count == 0
