@@ -79,6 +79,23 @@ def _register() -> dict:
         def compute_output_shape(self, shape):
             return (None if shape[0] is None else shape[0] // 2, *shape[1:])
 
+    def grid_pool(x, grid, mode):
+        """``(n, h, w, c) -> (n, grid * grid * c)``, as :class:`GridPooling` says."""
+        h, w = x.shape[1], x.shape[2]
+        if h % grid == 0 and w % grid == 0:  # equal windows: one pooling op
+            pool = ops.max_pool if mode == "max" else ops.average_pool
+            size = (h // grid, w // grid)
+            y = pool(x, pool_size=size, strides=size, padding="valid")
+            return ops.reshape(y, (-1, grid * grid * x.shape[-1]))
+        reduce = ops.max if mode == "max" else ops.mean
+        cells = []
+        for i in range(grid):
+            r0, r1 = (i * h) // grid, -((-(i + 1) * h) // grid)
+            for j in range(grid):
+                c0, c1 = (j * w) // grid, -((-(j + 1) * w) // grid)
+                cells.append(reduce(x[:, r0:r1, c0:c1, :], axis=(1, 2)))
+        return ops.concatenate(cells, axis=-1)
+
     @keras.saving.register_keras_serializable(package="featx")
     class GridPooling(keras.layers.Layer):
         """Pool a feature map ``(n, h, w, c)`` to ``(n, grid * grid * c)``.
@@ -94,20 +111,7 @@ def _register() -> dict:
             self.grid, self.mode = int(grid), mode
 
         def call(self, x):
-            h, w = x.shape[1], x.shape[2]
-            if h % self.grid == 0 and w % self.grid == 0:  # equal windows: one pooling op
-                pool = ops.max_pool if self.mode == "max" else ops.average_pool
-                size = (h // self.grid, w // self.grid)
-                y = pool(x, pool_size=size, strides=size, padding="valid")
-                return ops.reshape(y, (-1, self.grid * self.grid * x.shape[-1]))
-            reduce = ops.max if self.mode == "max" else ops.mean
-            cells = []
-            for i in range(self.grid):
-                r0, r1 = (i * h) // self.grid, -((-(i + 1) * h) // self.grid)
-                for j in range(self.grid):
-                    c0, c1 = (j * w) // self.grid, -((-(j + 1) * w) // self.grid)
-                    cells.append(reduce(x[:, r0:r1, c0:c1, :], axis=(1, 2)))
-            return ops.concatenate(cells, axis=-1)
+            return grid_pool(x, self.grid, self.mode)
 
         def compute_output_shape(self, shape):
             return (shape[0], self.grid * self.grid * shape[-1])
@@ -115,7 +119,57 @@ def _register() -> dict:
         def get_config(self):
             return {**super().get_config(), "grid": self.grid, "mode": self.mode}
 
-    return {c.__name__: c for c in (ToFloat, Preprocess, WithMirror, MirrorMean, GridPooling)}
+    @keras.saving.register_keras_serializable(package="featx")
+    class Affine(keras.layers.Layer):
+        """``x * scale + offset``, per channel or one number: a KerasHub image converter's preprocessing."""
+
+        def __init__(self, scale=1.0, offset=0.0, **kwargs):
+            super().__init__(**kwargs)
+            self.scale, self.offset = scale, offset
+
+        def call(self, x):
+            scale = ops.convert_to_tensor(np.asarray(self.scale, dtype="float32"), dtype=x.dtype)
+            offset = ops.convert_to_tensor(np.asarray(self.offset, dtype="float32"), dtype=x.dtype)
+            return x * scale + offset
+
+        def get_config(self):
+            return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class TokenPooling(keras.layers.Layer):
+        """A transformer's tokens ``(n, extra + g*g, d)`` to one vector: the class token (the first,
+        where there are tokens besides the patches: class, registers, distillation) and the patch
+        tokens, the last ``g*g``, pooled to ``grid`` x ``grid`` cells (``mode`` "avg" or "max", as
+        :class:`GridPooling`; "flatten" keeps them all). With ``grid`` 1 and "avg": the class token and
+        the mean of the patch tokens, the DINOv2 linear protocol."""
+
+        def __init__(self, patches: int, grid: int = 1, mode: str = "avg", **kwargs):
+            super().__init__(**kwargs)
+            self.patches, self.grid, self.mode = int(patches), int(grid), mode
+
+        def call(self, x):
+            g, d = self.patches, x.shape[-1]
+            extra = x.shape[1] - g * g
+            if extra < 0:
+                raise ValueError(f"{x.shape[1]} tokens cannot hold {g}x{g} patches")
+            patches = ops.reshape(x[:, extra:, :], (-1, g, g, d))
+            if self.mode == "flatten":
+                pooled = ops.reshape(patches, (-1, g * g * d))
+            elif self.grid == 1:
+                pooled = ops.mean(patches, axis=(1, 2)) if self.mode == "avg" else ops.max(patches, axis=(1, 2))
+            else:
+                pooled = grid_pool(patches, self.grid, "max" if self.mode == "max" else "avg")
+            return ops.concatenate([x[:, 0, :], pooled], axis=-1) if extra else pooled
+
+        def compute_output_shape(self, shape):
+            cells = self.patches**2 if self.mode == "flatten" else self.grid**2
+            extra = shape[1] is None or shape[1] > self.patches**2
+            return (shape[0], (cells + int(extra)) * shape[-1])
+
+        def get_config(self):
+            return {**super().get_config(), "patches": self.patches, "grid": self.grid, "mode": self.mode}
+
+    return {c.__name__: c for c in (ToFloat, Preprocess, WithMirror, MirrorMean, GridPooling, Affine, TokenPooling)}
 
 
 def featx_layers() -> dict:

@@ -64,17 +64,22 @@ def _named(name: str) -> Backbone:
 
     if name in constructors():
         return KerasApplication(name)
+    from .hub import KerasHubPreset, close_presets, is_hub_name
+
+    if is_hub_name(name):
+        return KerasHubPreset(name)
     names = ["trunk", *constructors()]
     if name.lower() in names:
         hint = f" (names are lower case: {name.lower()!r})"
     else:
-        close = difflib.get_close_matches(name.lower(), names, n=1)
+        close = difflib.get_close_matches(name.lower(), names, n=1) or close_presets(name)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
     examples = [n for n in ("vgg19", "resnet50", "efficientnetv2b0", "convnexttiny", "mobilenetv3small") if n in names]
     raise SettingsError(
         f"Unknown backbone{hint}. Known: trunk and the {len(names) - 1} keras.applications models by their "
-        f"lower-case names ({', '.join(examples)}, ...: `python cli.py backbones` lists them), or the path of "
-        f"a .keras model file. Received: backbone={name!r}"
+        f"lower-case names ({', '.join(examples)}, ...: `python cli.py backbones` lists them), a KerasHub "
+        f"preset (a name, an hf:// or kaggle:// handle or a preset folder; pip install 'featx[hub]'), or the path "
+        f"of a .keras model file. Received: backbone={name!r}"
     )
 
 
