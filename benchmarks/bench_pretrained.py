@@ -116,10 +116,10 @@ def _load(size: int, variant: str):
     return out
 
 
-def _score(head: str, seed: int, X, y, Xv, yv) -> tuple[float, float]:
+def _score(head: str, seed: int, X, y, Xv, yv, members: int = 5) -> tuple[float, float]:
     from featx.heads import make_head
 
-    est = make_head(head, random_state=seed) if head in ("dense",) else make_head(head)
+    est = make_head(head, random_state=seed, n_members=members) if head == "dense" else make_head(head)
     t0 = time.perf_counter()
     est.fit(X, y)
     return float(np.mean(est.predict(Xv) == yv)), time.perf_counter() - t0
@@ -129,7 +129,8 @@ def validate(args) -> None:
     from featx.data import stratified_split
 
     heads = args.heads.split(",")
-    print(f"validation: 80/20 of the train split (seed {args.seed}), size {args.size}; the test split is not read")
+    print(f"validation: 80/20 of the train split (seed {args.seed}), size {args.size}, dense of {args.members} "
+          "network(s); the test split is not read")
     print(f"{'variant':<22} {'dim':>5} " + " ".join(f"{h:>8} {'fit s':>6}" for h in heads), flush=True)
     for variant in (args.variants.split(",") if args.variants else VARIANTS):
         d = _load(args.size, variant)
@@ -137,7 +138,7 @@ def validate(args) -> None:
         tr, va = stratified_split(y, 0.2, args.seed)
         row = f"{variant:<22} {X.shape[1]:>5} "
         for h in heads:
-            acc, fit = _score(h, args.seed, X[tr], y[tr], X[va], y[va])
+            acc, fit = _score(h, args.seed, X[tr], y[tr], X[va], y[va], args.members)
             row += f" {acc:>8.2%} {fit:>6.1f}"
         print(row, flush=True)
 
@@ -152,7 +153,7 @@ def test(args) -> None:
         for h in heads:
             accs, fits = [], []
             for seed in seeds:
-                acc, fit = _score(h, seed, X, y, Xt, yt)
+                acc, fit = _score(h, seed, X, y, Xt, yt, args.members)
                 accs.append(acc)
                 fits.append(fit)
             print(f"{variant:<22} {X.shape[1]:>5} {h:<8} {np.mean(accs):.2%} +- {np.std(accs, ddof=1) * 100:.2f} "
@@ -190,6 +191,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--heads", default="logreg,dense")
     ap.add_argument("--variants", default=None)
+    ap.add_argument("--members", type=int, default=5, help="networks in the dense head's ensemble")
     ap.add_argument("--variant", default="probe")
     args = ap.parse_args()
     {"extract": extract, "validate": validate, "test": test, "check": check}[args.step](args)

@@ -105,8 +105,9 @@ def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -
 
     if backbone is not None:
         p.add_argument("--backbone", default=backbone, metavar="NAME|PATH",
-                       help=f"trunk, a keras.applications model by lower-case name (`featx backbones` lists them), "
-                       f"or a .keras model file (default {backbone})")  # fmt: skip
+                       help=f"trunk, a keras.applications model by lower-case name, a KerasHub preset (a name, an "
+                       f"hf:// or kaggle:// handle, or a preset folder; `featx backbones` lists them), or a .keras "
+                       f"model file (default {backbone})")  # fmt: skip
     p.add_argument("--weights", default="pretrained",
                    help="pretrained (default: imagenet for keras.applications models, trained for the trunk, saved "
                    "for a model file), imagenet, trained, none (a random init, seeded by --seed), or a weights "
@@ -194,6 +195,18 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     _print_table(rows)
     if not args.widths:
         print("\n(--widths adds the width of each default embedding: it builds every architecture, several minutes)")
+    from .backbones.hub import preset_rows
+    from .errors import SettingsError
+
+    try:
+        hub_rows = preset_rows()
+    except SettingsError as exc:
+        print(f"\nKerasHub presets (DINOv2, CLIP, SigLIP, ViT, ...): {exc}")
+        return 0
+    print(f"\nKerasHub image presets ({len(hub_rows)}, from KerasHub's registry; downloaded once when first used, "
+          "or pass a preset folder, an hf:// or a kaggle:// handle):\n")
+    _print_table([{**r, "size": r["size"] or "-", "params": f"{r['params'] / 1e6:,.1f}M" if r["params"] else "-",
+                   "description": r["description"][:70]} for r in hub_rows])  # fmt: skip
     return 0
 
 

@@ -62,8 +62,8 @@ def is_hub_name(name) -> bool:
     """Whether a backbone name is for this family: a remote handle, a preset folder, or a registry name."""
     if not isinstance(name, str):
         return False
-    if name.startswith(SCHEMES) or is_preset_folder(name):
-        return True
+    if name.startswith(SCHEMES) or os.path.isdir(os.path.expanduser(name)):
+        return True  # a folder that is no preset is told so by KerasHubPreset
     try:
         return name in all_presets()
     except SettingsError:
@@ -158,7 +158,7 @@ def _fetch_error(preset: str, exc: Exception) -> WeightsError:
         return WeightsError(f"Could not read the KerasHub preset folder '{preset}' ({exc.__class__.__name__}: "
                             f"{str(exc)[:200]}). Save it again with backbone.save_to_preset(FOLDER).")  # fmt: skip
     return WeightsError(
-        f"Could not fetch the KerasHub preset {preset!r} ({exc.__class__.__name__}: {str(exc)[:160]}). It downloads "
+        f"Could not fetch the KerasHub preset {preset!r} ({exc.__class__.__name__}: {str(exc)[:100]}). It downloads "
         "once from Kaggle or Hugging Face: on a machine without network, fetch it where there is one "
         f"(keras_hub.models.Backbone.from_preset({preset!r}).save_to_preset('FOLDER'), with the image converter: "
         f"keras_hub.layers.ImageConverter.from_preset({preset!r}).save_to_preset('FOLDER')), copy the folder "

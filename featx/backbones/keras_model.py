@@ -111,22 +111,16 @@ class KerasModel(Backbone):
                 "everywhere, or run again to key the features on the new one."
             )
 
-    def check_precision(self, precision: str) -> str:
-        if precision not in ("auto", "float32"):
-            raise SettingsError(
-                f"{self.path.name} runs in the dtypes it was saved with: precision applies to keras.applications "
-                f"backbones only. Leave precision at auto. Received: precision={precision!r}"
-            )
-        return "float32"
-
     def build_base(self, size: int, weights: str, seed: int | None):
         import keras
 
         from ..runtime import seeded_build
 
         model = self._load()
+        policy = keras.config.dtype_policy().name
         if weights == "saved":
-            return model
+            return model if policy == "float32" else with_policy(model, policy)
+        model = model if policy == "float32" else with_policy(model, policy)
         with fresh_names():
             if weights == "none":
                 if seed is None:
@@ -142,6 +136,29 @@ class KerasModel(Backbone):
                 f"{str(exc)[:300]}). Pass a weights file saved from this model (model.save_weights)."
             ) from None
         return clone
+
+
+def with_policy(model, policy: str):
+    """A copy of ``model`` whose layers compute under ``policy`` (a mixed policy: float32 weights,
+    bfloat16 or float16 arithmetic), with the same weights: ``--precision`` for a saved model."""
+    import keras
+
+    def clone(layer):
+        config = layer.get_config()
+        if "dtype" in config and not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    with fresh_names():
+        try:
+            copy = keras.models.clone_model(model, clone_function=clone)
+        except Exception as exc:
+            raise SettingsError(
+                f"{model.name} cannot be rebuilt under {policy} ({exc.__class__.__name__}: {str(exc)[:200]}): "
+                "use --precision float32."
+            ) from None
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _layers_of(model) -> list:
