@@ -281,6 +281,10 @@ class KerasHubPreset(Backbone):
         same = size == self.default_size or _size_free(native)
         if weights == "preset" and same and policy == "float32":
             return native
+        if weights == "preset" and not same:
+            own = _own_resize(self.preset, size, policy)
+            if own is not None:
+                return own
         config = keras.saving.serialize_keras_object(native)
         if not same:
             config = _with_image_shape(config, (size, size, 3))
@@ -400,6 +404,25 @@ def _load_native(preset: str):
         raise
     except Exception as exc:
         raise _fetch_error(preset, exc) from None
+
+
+def _own_resize(preset: str, size: int, policy: str):
+    """The preset at ``size`` by the model's own means (DINOv2 interpolates its position embeddings
+    itself, from those it was trained with), or None for a model that cannot (then featx does)."""
+    import warnings
+
+    import keras
+
+    keras_hub = hub()
+    try:
+        with fresh_names(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = keras_hub.models.Backbone.from_preset(preset, image_shape=(size, size, 3), dtype=policy)
+            x = keras.Input((size, size, 3))
+            model.get_vision_embeddings(x) if hasattr(model, "get_vision_embeddings") else model(x)
+        return model  # it takes the size (an image_shape it was given may not reach its image tower)
+    except Exception:
+        return None
 
 
 @functools.lru_cache(maxsize=8)
