@@ -40,7 +40,9 @@ class FeatureSpec:
     backbone : str, path or keras.Model, default="vgg19"
         "trunk", any ``keras.applications`` model by its lower-case name
         ("resnet50", "efficientnetv2b0", "convnexttiny", ...; see
-        :mod:`featx.backbones`), the path of a ``.keras`` model file, or a
+        :mod:`featx.backbones`), a KerasHub preset (a registry name such as
+        "dinov2_small", an ``hf://`` or ``kaggle://`` handle, or a preset folder;
+        :mod:`featx.backbones.hub`), the path of a ``.keras`` model file, or a
         ``keras.Model`` (saved once into the cache folder's ``models/``; the
         spec then names that file).
     weights : str, path or None, default="pretrained"
@@ -79,8 +81,9 @@ class FeatureSpec:
         float32), apart from the storage ``dtype``. "auto" is resolved here, by
         the hardware (:func:`featx.runtime.auto_precision`): bfloat16 on GPUs that
         compute in it natively, float32 on every CPU (so that a CPU's features and
-        cache keys are the same on every CPU). The trunk and a user's model
-        always run in float32.
+        cache keys are the same on every CPU). Every Keras backbone takes it (a
+        user's model is rebuilt under the policy with the same weights); the
+        trunk always runs in float32.
     aspect : {"crop", "pad", "squash"}, default="crop"
         How photos of a folder or archive of another shape than the stored one
         are brought to it when decoded (:class:`featx.images.ImageOptions`):

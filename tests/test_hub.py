@@ -198,11 +198,13 @@ def test_fit_export_and_predict(presets, tmp_path):
     assert len(result.y_test) == 6 and result.features.startswith("tiny_dinov2")
     files = sorted((data / "test").rglob("*.png"))
     by_head = list(predict_files(files, "logreg", spec, data, cache_dir=cache))
-    out = export_classifier(tmp_path / "clf.keras", "logreg", spec, data, cache_dir=cache)
-    model = load_exported(out)  # safe mode: KerasHub's and featx's layers are registered, nothing else runs
     X = np.stack([load_image(f, (32, 32)) for f in files])
-    got = model.predict_proba(X)
-    np.testing.assert_allclose(got.max(1), [p.score for p in by_head], atol=1e-5)
+    for fmt in ("keras", "onnx"):
+        out = export_classifier(tmp_path / f"clf.{fmt}", "logreg", spec, data, cache_dir=cache)
+        model = load_exported(out)  # .keras in safe mode: KerasHub's and featx's layers are registered
+        got = model.predict_proba(X)
+        np.testing.assert_allclose(got.max(1), [p.score for p in by_head], atol=1e-5)
+        assert [model.class_names[i] for i in got.argmax(1)] == [p.label for p in by_head]
 
 
 def test_one_line_errors(presets, tmp_path):

@@ -6,6 +6,9 @@
   ``efficientnetv2b0``, ``convnexttiny``, ``mobilenetv3small``, ...).
 - :class:`~featx.backbones.keras_model.KerasModel`: a user's own model, a
   ``.keras`` file or a ``keras.Model`` object.
+- :class:`~featx.backbones.hub.KerasHubPreset`: a KerasHub preset (DINOv2, CLIP,
+  SigLIP, ViT, ...) by registry name, ``hf://`` or ``kaggle://`` handle, or folder
+  (the ``hub`` extra).
 
 :func:`get_backbone` turns a name, a path or a model into one of them.
 
