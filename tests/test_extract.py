@@ -265,7 +265,8 @@ def test_local_weights_file(tiny, tmp_path):
     keras.utils.set_random_seed(7)
     keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(
         tmp_path / "w.weights.h5")
-    fs = extract_features("vgg19", tiny, weights=tmp_path / "w.weights.h5", size=32, cache_dir=tmp_path)
+    fs = extract_features("vgg19", tiny, weights=tmp_path / "w.weights.h5", size=32, cache_dir=tmp_path,
+                          layers="classic")  # fmt: skip
     assert fs.settings["weights"].startswith("file:w.weights.h5:sha256=")
     rand = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
     assert not np.allclose(fs.load()[0], rand.load()[0])

@@ -37,7 +37,8 @@ def test_defaults_are_filled_and_equal_specs_hash_alike():
                                                                                                    "flatten"])
     # the flatten output alone is a vector: nothing to pool, whatever pooling and grid were asked
     assert FeatureSpec("trunk", layers=["flatten"], pooling="avg", grid=8) == FeatureSpec("trunk", layers=["flatten"])
-    assert (a.layers, a.grid, a.flip) == (("block5_pool",), 1, False)  # the linear-probe feature
+    assert (a.layers, a.grid, a.flip) == (("block4_conv4", "block5_conv4", "block5_pool"), 1, False)
+    assert a.replace(layers="classic").layers == ("block5_pool",)  # the linear-probe feature
     assert FeatureSpec("resnet50", weights="pretrained") == FeatureSpec("resnet50", weights="imagenet")
     assert FeatureSpec("resnet50", weights=None) == FeatureSpec("resnet50", weights="none")  # Keras's None
     assert FeatureSpec("vgg19", weights="None").weights == "none"

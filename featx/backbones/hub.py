@@ -33,7 +33,7 @@ import numpy as np
 
 from ..config import slug
 from ..errors import SettingsError, WeightsError
-from .base import Backbone, fresh_names
+from .base import Backbone, fresh_names, layer_info, stage_ends
 
 #: Prefixes of remote preset handles.
 SCHEMES = ("hf://", "kaggle://", "modelscope://")
@@ -226,27 +226,34 @@ class KerasHubPreset(Backbone):
         return "embedding" if self.kind == "image-text" else "output"
 
     def _read_shapes(self, model) -> tuple:
+        """``(name, shape, kind)`` of what --layers can name: the embedding of an image-text model,
+        the blocks of a token model (``2 d`` wide: class token and mean of patches), a CNN's layers."""
         if self.kind == "image-text":
             import keras
 
             x = keras.Input((self.default_size, self.default_size, 3))
-            return (("embedding", tuple(model.get_vision_embeddings(x).shape[1:])),)
+            return (("embedding", tuple(model.get_vision_embeddings(x).shape[1:]), "Embedding"),)
         if self.kind == "tokens":
             d = int(model.output.shape[-1])
             names = [n for n in getattr(model, "pyramid_outputs", {}) if n != "stem"]
-            return tuple((n, (2 * d,)) for n in names) + (("output", (2 * d,)),)
-        from .keras_model import _layers_of
+            return tuple((n, (2 * d,), "Block") for n in names) + (("output", (2 * d,), "Block"),)
+        info = layer_info(model, self.default_size)
+        return info + (("output", info[-1][1], info[-1][2]),)
 
-        return tuple((layer.name, tuple(layer.output.shape[1:])) for layer in _layers_of(model)) + (
-            ("output", tuple(model.output.shape[1:])),)
-
-    def layer_shapes(self):
+    def layer_info(self):
         return self._shapes
 
-    def check_layers(self, layers):
+    @property
+    def default_layers(self) -> tuple[str, ...]:
+        if self.kind != "maps":
+            return (self.output_layer,)
+        layers = stage_ends(self._shapes[:-1], self._shapes[-2][0])
+        return (*layers[:-1], "output")  # the model's own output is its last layer
+
+    def check_layers(self, layers, weights=None):
         """Also ``lastN`` (a token model's last N blocks, by name)."""
         if isinstance(layers, str) and re.fullmatch(r"last\d+", layers.strip()):
-            blocks = [n for n, _ in self._shapes if n != "output"]
+            blocks = [n for n, _, _ in self._shapes if n != "output"]
             k = int(layers.strip()[4:])
             if not 1 <= k <= len(blocks):
                 raise SettingsError(
@@ -254,7 +261,7 @@ class KerasHubPreset(Backbone):
                     f"Received: layers={layers!r}"
                 )
             layers = blocks[-k:]
-        return super().check_layers(layers)
+        return super().check_layers(layers, weights)
 
     # ------------------------------------------------------------------ weights
 

@@ -28,7 +28,7 @@ import numpy as np
 from ..config import cache_dir as resolve_cache_dir
 from ..config import slug
 from ..errors import SettingsError, WeightsError
-from .base import Backbone, file_sha256, fresh_names
+from .base import Backbone, file_sha256, fresh_names, layer_info
 
 
 def is_model_file(name) -> bool:
@@ -79,7 +79,7 @@ class KerasModel(Backbone):
         self.fixed_size = h is not None
         self.default_size = int(h) if h is not None else 224
         self.min_size = self.default_size if self.fixed_size else 32
-        self._shapes = tuple((layer.name, tuple(layer.output.shape[1:])) for layer in _layers_of(model))
+        self._info = layer_info(model, self.default_size)
         self._output = _default_layer(model)
 
     @property
@@ -94,8 +94,8 @@ class KerasModel(Backbone):
     def output_layer(self) -> str:
         return self._output
 
-    def layer_shapes(self):
-        return self._shapes
+    def layer_info(self):
+        return self._info
 
     def _load(self):
         return _load_model(str(self.path), *_stamp(self.path))

@@ -269,6 +269,7 @@ class Trunk(Backbone):
     default_flip = True
     default_task = "target"
     flat_layers = ("flatten",)
+    classic_when_random = False  # its default was chosen on its own architecture, whatever its weights
 
     @property
     def output_layer(self) -> str:
@@ -278,9 +279,9 @@ class Trunk(Backbone):
     def default_layers(self) -> tuple[str, ...]:
         return ("conv1", "pool", "flatten")
 
-    def layer_shapes(self):
-        return (("conv1", (28, 28, 32)), ("conv2", (24, 24, 16)), ("pool", (12, 12, 16)), ("conv3", (10, 10, 8)),
-                ("flatten", (EMBEDDING_DIM,)))  # fmt: skip
+    def layer_info(self):
+        return (("conv1", (28, 28, 32), "Conv2D"), ("conv2", (24, 24, 16), "Conv2D"), ("pool", (12, 12, 16), "MaxPooling2D"),
+                ("conv3", (10, 10, 8), "Conv2D"), ("flatten", (EMBEDDING_DIM,), "Flatten"))  # fmt: skip
 
     def check_precision(self, precision: str) -> str:
         if precision not in ("auto", "float32"):
