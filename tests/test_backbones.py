@@ -153,7 +153,7 @@ def test_a_saved_keras_model_is_a_backbone_on_the_command_line(folder, tmp_path,
     common = ["--backbone", str(path), "--data", str(folder), "--size", "32", "--cache-dir", str(tmp_path / "c")]
     assert main(["extract", *common]) == 0
     out = capsys.readouterr().out
-    assert "train 18x36, test 9x36" in out  # p1, c2 (the ends of its last two stages) and hidden: 8 + 16 + 12
+    assert "train 18x28, test 9x28" in out  # c1, p1 (the ends of its two stages before c2) and hidden: 8 + 8 + 12
     assert main(["extract", *common, "--layers", "classic"]) == 0
     assert "train 18x12, test 9x12" in capsys.readouterr().out
     assert main(["extract", *common, "--layers", "c1,c2", "--grid", "2", "--flip"]) == 0

@@ -112,6 +112,18 @@ def test_sharded_vgg19_and_float16_storage(client, tiny, tmp_path):
     assert many.load()[0].dtype == np.float16
 
 
+def test_sharded_keras_hub_preset(client, tiny, tmp_path):
+    pytest.importorskip("keras_hub")
+    from hub_presets import make_presets
+
+    folder = str(make_presets(tmp_path / "presets")["dinov2"])  # workers load the preset folder themselves
+    kw = dict(precision="float32", progress=False)
+    one = extract_features(folder, tiny, cache_dir=tmp_path / "one", **kw)
+    many = extract_features(folder, tiny, cache_dir=tmp_path / "many", cluster=client, shard_size=16, **kw)
+    assert_same_file(one, many)
+    assert one.settings["backbone"] == "hub:tiny_dinov2"
+
+
 def test_killed_worker_mid_run_same_result(client, tmp_path):
     ds = subset(3000, 600)
     reference = extract_features("trunk", ds, cache_dir=tmp_path / "one", **TRUNK)

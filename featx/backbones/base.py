@@ -304,7 +304,8 @@ class Backbone:
 def layer_info(model, size: int) -> tuple[tuple[str, tuple, str], ...]:
     """``(name, output shape for size x size inputs, class name)`` of every layer of ``model`` but its
     inputs; shapes are traced symbolically (nothing is computed), so that a model of open input
-    size says the size of each map too."""
+    size says the size of each map too. Layers before the first one with trainable weights (its
+    preprocessing: rescaling, normalisation) have their class name prefixed with ``pre:``."""
     import keras
 
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
@@ -316,7 +317,9 @@ def layer_info(model, size: int) -> tuple[tuple[str, tuple, str], ...]:
             shapes = [tuple(sp.shape[1:]) for sp in specs]
         except Exception:  # a model that cannot be traced at that size keeps its open shapes
             pass
-    return tuple((layer.name, sh, type(layer).__name__) for layer, sh in zip(layers, shapes))
+    first = next((i for i, layer in enumerate(layers) if layer.trainable_weights), len(layers))
+    return tuple((layer.name, sh, type(layer).__name__ if i >= first else f"pre:{type(layer).__name__}")
+                 for i, (layer, sh) in enumerate(zip(layers, shapes)))  # fmt: skip
 
 
 def stage_ends(info, output_layer: str) -> tuple[str, ...]:
@@ -324,8 +327,9 @@ def stage_ends(info, output_layer: str) -> tuple[str, ...]:
     stages, and ``output_layer`` (the classic layer).
 
     A stage is the run of layers at one spatial resolution (padding and squeeze-excite maps left
-    out); its end is its last residual merge (``Add``) where the network has any, else its last
-    layer other than the classic one. EfficientNet: ``block5c_add``, ``block6d_add`` and the pooled
+    out, and the preprocessing layers before the first weights); its end is its last residual
+    merge (``Add``) where the network has any, else its last layer, other than the classic layer
+    and the map that the classic layer pools (nothing the classic layer lacks). EfficientNet: ``block5c_add``, ``block6d_add`` and the pooled
     top; ResNet50: ``conv4_block6_add``, ``conv5_block3_add`` and ``conv5_block3_out``; VGG19:
     ``block4_conv4``, ``block5_conv4`` and ``block5_pool``. A network with no maps before its
     classic layer (or none of known size) keeps the classic layer alone.
@@ -340,16 +344,18 @@ def stage_ends(info, output_layer: str) -> tuple[str, ...]:
         return (output_layer,)
     upto = info[: names.index(output_layer) + 1]
     maps = [(n, sh[:2], kind) for n, sh, kind in upto
-            if len(sh) == 3 and None not in sh[:2] and "Padding" not in kind]  # fmt: skip
+            if len(sh) == 3 and None not in sh[:2] and "Padding" not in kind and not kind.startswith("pre:")]  # fmt: skip
     if not maps:
         return (output_layer,)
+    feeds_output = maps[-1][0]  # the map the classic layer pools: nothing the classic layer lacks
     last = maps[-1][1][0] * maps[-1][1][1]
     maps = [m for m in maps if m[1][0] * m[1][1] >= last]  # the main path (not squeeze-excite's 1x1 maps)
     merges = any(kind == "Add" for _, _, kind in maps)
     resolutions = list(dict.fromkeys(res for _, res, _ in maps))
     picks = []
     for res in reversed(resolutions):
-        at = [n for n, r, kind in maps if r == res and n != output_layer and (kind == "Add" or not merges)]
+        at = [n for n, r, kind in maps
+              if r == res and n not in (output_layer, feeds_output) and (kind == "Add" or not merges)]  # fmt: skip
         if at:
             picks.insert(0, at[-1])
         if len(picks) == 2:
