@@ -197,6 +197,31 @@ def _check_installed(fmt: str) -> None:
         raise SettingsError(f"Exporting to {fmt} needs {', '.join(missing)}: {_INSTALL}.")
 
 
+def _check_onnx(proto, model, meta: dict) -> None:
+    """Refuse an ONNX graph that the converter could not express in ONNX (it writes the ops it does
+    not know as they are, and the file then fails to load), and one whose outputs are not the model's."""
+    import onnx
+
+    unknown = sorted({n.op_type for n in proto.graph.node if not onnx.defs.has(n.op_type, n.domain or "")})
+    if unknown:
+        raise SettingsError(
+            f"The ONNX converter cannot express this backbone: its ops {', '.join(unknown)} have no ONNX "
+            "equivalent here (Erfc is the exact GELU of transformers such as DINOv2 and ViT). Export to .keras "
+            "or a SavedModel folder instead."
+        )
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).integers(0, 256, (2, *meta["image_shape"], 3), dtype=np.uint8)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    want = np.asarray(model([x]) if isinstance(model.inputs, list) else model(x))
+    if not np.allclose(got, want, atol=1e-4):
+        raise SettingsError(
+            f"The ONNX converter changed this classifier's outputs (by up to {np.abs(got - want).max():.2g}): "
+            "export to .keras or a SavedModel folder instead."
+        )
+
+
 def _write(model, meta: dict, out: Path, fmt: str) -> Path:
     """Write ``model`` and ``meta`` beside ``out``, then give them ``out``'s name: complete or not at all."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +242,7 @@ def _write(model, meta: dict, out: Path, fmt: str) -> Path:
                 warnings.simplefilter("ignore", FutureWarning)
                 model.export(tmp, format="onnx", verbose=False)
             proto = onnx.load(tmp)
+            _check_onnx(proto, model, meta)
             onnx.helper.set_model_props(proto, {"class_names": json.dumps(meta["class_names"]),
                                                 META.split(".")[0]: json.dumps(meta)})  # fmt: skip
             onnx.save(proto, tmp)

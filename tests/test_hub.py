@@ -58,8 +58,11 @@ def test_image_text_models_give_the_projected_image_embedding(presets):
 def test_cnn_presets_are_pooled_and_tapped_like_keras_applications(presets):
     model = keras_hub.models.Backbone.from_preset(presets["resnet"])
     maps = np.asarray(model(_by_hand_input(presets["resnet"], IMAGES)))
-    got = Extractor(FeatureSpec(presets["resnet"], precision="float32")).transform(IMAGES)
+    got = Extractor(FeatureSpec(presets["resnet"], layers="classic", precision="float32")).transform(IMAGES)
     np.testing.assert_allclose(got, maps.mean(axis=(1, 2)), rtol=1e-4, atol=1e-4)
+    default = FeatureSpec(presets["resnet"], precision="float32")  # pretrained: the ends of its stages too
+    assert default.layers == ("stack0_block0_add", "stack1_block0_add", "output")
+    np.testing.assert_allclose(Extractor(default).transform(IMAGES)[:, -32:], got, atol=1e-5)
     inner = [n for n, s in get_backbone(presets["resnet"]).layer_shapes() if len(s) == 3][2]
     two = Extractor(FeatureSpec(presets["resnet"], layers=[inner, "output"], grid=2, precision="float32"))
     assert two.transform(IMAGES).shape[1] == 4 * (dict(get_backbone(presets["resnet"]).layer_shapes())[inner][-1] + 32)
@@ -83,6 +86,8 @@ def test_blocks_by_name_and_the_last_n(presets):
                                atol=1e-4)  # fmt: skip
     with pytest.raises(SettingsError, match="last1 to last3"):
         FeatureSpec(presets["dinov2"], layers="last9")
+    with pytest.raises(SettingsError, match="exposes no blocks: --layers takes output only"):
+        FeatureSpec(presets["vit"], layers="last2")
     grid = Extractor(FeatureSpec(presets["dinov2"], grid=2, precision="float32")).transform(IMAGES)
     assert grid.shape == (5, 16 * 5)  # class token and 2x2 cells of patch tokens
     np.testing.assert_allclose(grid[:, 16:].reshape(5, 4, 16).mean(1), got[:, 48:], atol=1e-4)
@@ -127,6 +132,10 @@ def test_a_second_size_interpolates_the_position_embeddings(presets, kind):
                 np.testing.assert_allclose(np.asarray(b), _interpolate_positions(np.asarray(a), tuple(b.shape), a.path))
     with pytest.raises(SettingsError, match="size must be an integer of at least"):
         FeatureSpec(presets[kind], size=2)
+    if kind in ("vit", "dinov2"):
+        patch = get_backbone(presets[kind]).patch
+        with pytest.raises(SettingsError, match=f"size must be a multiple of {patch}"):
+            FeatureSpec(presets[kind], size=32 + patch // 2)
 
 
 def test_the_interpolation_keeps_a_grid_of_the_same_size():
@@ -199,7 +208,13 @@ def test_fit_export_and_predict(presets, tmp_path):
     files = sorted((data / "test").rglob("*.png"))
     by_head = list(predict_files(files, "logreg", spec, data, cache_dir=cache))
     X = np.stack([load_image(f, (32, 32)) for f in files])
-    for fmt in ("keras", "onnx"):
+    with pytest.raises(SettingsError, match="ONNX converter cannot express this backbone: its ops Erfc"):
+        export_classifier(tmp_path / "clf.onnx", "logreg", spec, data, cache_dir=cache)  # DINOv2's exact GELU
+    assert not (tmp_path / "clf.onnx").exists() and not list(tmp_path.glob(".clf.onnx.*"))  # nothing left
+    fit_head("logreg", FeatureSpec(presets["resnet"], precision="float32"), data, cache_dir=cache)
+    for fmt, bb in (("keras", "dinov2"), ("onnx", "resnet")):
+        spec = FeatureSpec(presets[bb], precision="float32")
+        by_head = list(predict_files(files, "logreg", spec, data, cache_dir=cache))
         out = export_classifier(tmp_path / f"clf.{fmt}", "logreg", spec, data, cache_dir=cache)
         model = load_exported(out)  # .keras in safe mode: KerasHub's and featx's layers are registered
         got = model.predict_proba(X)

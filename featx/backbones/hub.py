@@ -250,11 +250,24 @@ class KerasHubPreset(Backbone):
         layers = stage_ends(self._shapes[:-1], self._shapes[-2][0])
         return (*layers[:-1], "output")  # the model's own output is its last layer
 
+    def check_size(self, size) -> int:
+        size = super().check_size(size)
+        if self.patch and size % self.patch:
+            raise SettingsError(
+                f"{self.label} cuts images into {self.patch}x{self.patch} patches: size must be a multiple of "
+                f"{self.patch} (e.g. {size - size % self.patch or self.patch} or {size - size % self.patch + self.patch}). "
+                f"Received: size={size}"
+            )
+        return size
+
     def check_layers(self, layers, weights=None):
         """Also ``lastN`` (a token model's last N blocks, by name)."""
         if isinstance(layers, str) and re.fullmatch(r"last\d+", layers.strip()):
             blocks = [n for n, _, _ in self._shapes if n != "output"]
             k = int(layers.strip()[4:])
+            if not blocks:
+                raise SettingsError(f"{self.label} exposes no blocks: --layers takes {self.output_layer} only. "
+                                    f"Received: layers={layers!r}")  # fmt: skip
             if not 1 <= k <= len(blocks):
                 raise SettingsError(
                     f"{self.label} has {len(blocks)} blocks that --layers can name: last1 to last{len(blocks)}. "
