@@ -171,6 +171,10 @@ def check(args) -> None:
     grid = {int(b[-1]) for b in blocks}.pop()
     spec = FeatureSpec(args.model, size=args.size, layers=layers, grid=grid, pooling="avg", flip=flip,
                        precision="float32")  # fmt: skip
+    default = FeatureSpec(args.model, size=args.size, precision="float32")
+    print(f"featx's default for this model: {default.describe()}")
+    if grid == 1 and not flip and len(layers) == len(default.layers):
+        spec = default  # the same columns: block5c_add, block6d_add, and the pooled top (= its avg_pool)
     ds = load_dataset(args.data, "full", cache_dir=args.cache_dir)
     ours = Extractor(spec).transform(np.asarray(ds.X_test[:64]))
     d = _load(args.size, args.variant)
