@@ -265,7 +265,7 @@ def test_predict_stores_a_photo_as_the_heads_training_images(tmp_path):
 def test_aspect_and_side_are_feature_settings_keyed_only_away_from_their_defaults():
     from featx.spec import FeatureSpec
 
-    a = FeatureSpec("vgg19", size=64, precision="float32")
+    a = FeatureSpec("vgg19", size=64, precision="float32", layers="classic")
     assert "aspect" not in a.key_settings("w") and "image_side" not in a.key_settings("w")  # old caches hit
     b = a.replace(aspect="pad", image_side=384)
     assert b.key_settings("w")["aspect"] == "pad" and b.key_settings("w")["image_side"] == 384
