@@ -156,7 +156,8 @@ def test(args) -> None:
                 acc, fit = _score(h, seed, X, y, Xt, yt, args.members)
                 accs.append(acc)
                 fits.append(fit)
-            print(f"{variant:<22} {X.shape[1]:>5} {h:<8} {np.mean(accs):.2%} +- {np.std(accs, ddof=1) * 100:.2f} "
+            spread = f"+- {np.std(accs, ddof=1) * 100:.2f}" if len(accs) > 1 else "(one seed)"
+            print(f"{variant:<22} {X.shape[1]:>5} {h:<8} {np.mean(accs):.2%} {spread} "
                   f"({', '.join(f'{a:.2%}' for a in accs)}) fit {np.mean(fits):.0f} s", flush=True)
 
 
