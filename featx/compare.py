@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import FeatureSet
 from .cluster import connect
 from .data import Dataset, load_dataset
 from .errors import HeadError, SettingsError
@@ -110,14 +111,14 @@ def compare(
     with connect(opts.cluster, opts.workers) as client:
         opts = opts.replace(cluster=client, workers=None)
         loaded: dict = {}  # one decode per way of storing the images that the specs ask for
+        made: dict = {}  # spec -> its feature set, for reference rows that are columns of another's
         for spec in specs:
             if isinstance(data, Dataset):
                 ds = data
             elif (ds := loaded.get(spec.images)) is None:
                 ds = loaded[spec.images] = load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed,
                                                         images=spec.images)  # fmt: skip
-            fs = extract_features(spec, ds, options=opts)
-            X_train, y_train, X_test, y_test = fs.load()
+            fs, X_train, y_train, X_test, y_test = _features_of(spec, ds, made, opts, protocol)
             feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info,
                                  "path": str(fs.path), "map": feature_map(X_test, y_test, seed=opts.seed)})  # fmt: skip
             extract_s = sum(fs.info.get("seconds", {}).values()) or None
@@ -131,6 +132,26 @@ def compare(
                 results.append(r)
                 curves += _refits(r, (X_train, y_train, X_test, y_test), repeats, train_sizes, opts.seed)
     return _finish(results, ds, reports_dir, feature_sets, curves)
+
+
+def _features_of(spec: FeatureSpec, ds, made: dict, opts, protocol: list):
+    """``(feature set, X_train, y_train, X_test, y_test)`` of ``spec``: the columns of a feature set
+    made in this run where its features are a part of that one's (the linear-probe reference of a
+    pretrained CNN), else extracted (or found in the cache)."""
+    for other, (fs, arrays) in made.items():
+        cols = spec.columns_in(other)
+        if cols is not None and cols.stop <= arrays[0].shape[1]:
+            X_train, y_train, X_test, y_test = arrays
+            if cols.stop - cols.start == X_train.shape[1] and cols.start == 0:
+                return fs, *arrays
+            info = {**fs.info, "seconds": {}, "columns_of": str(fs.path)}
+            part = FeatureSet(fs.path, {**fs.settings, **spec.key_settings(fs.settings["weights"])}, info)
+            return part, X_train[:, cols], y_train, X_test[:, cols], y_test
+    fs = extract_features(spec, ds, options=opts)
+    arrays = fs.load()
+    if any(p.columns_in(spec) is not None for p in protocol if p != spec):
+        made[spec] = (fs, arrays)  # kept only while a reference row may take its columns
+    return fs, *arrays
 
 
 def _refits(r: FitResult, data, repeats: int, train_sizes, seed: int) -> list[dict]:

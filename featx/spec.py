@@ -214,6 +214,28 @@ class FeatureSpec:
                 values[f.name] = _neutral(f, backbone)
         return cls(**values)
 
+    def columns_in(self, other: FeatureSpec) -> slice | None:
+        """Where this spec's features lie among ``other``'s columns, where they are a part of them
+        (the same settings but layers, this spec's layers a run of ``other``'s), else None.
+
+        >>> full = FeatureSpec("vgg19", size=64, precision="float32")
+        >>> full.replace(layers="classic").columns_in(full)
+        slice(1024, 1536, None)
+        """
+        mine, theirs = self.to_dict(), other.to_dict()
+        if {k: v for k, v in mine.items() if k != "layers"} != {k: v for k, v in theirs.items() if k != "layers"}:
+            return None
+        n = len(self.layers)
+        starts = [i for i in range(len(other.layers) - n + 1) if other.layers[i : i + n] == self.layers]
+        if not starts:
+            return None
+        bb = self.backbone_
+        widths = [bb.layer_width(name, other.grid, other.pooling) for name in other.layers]
+        if None in widths:
+            return None
+        start = sum(widths[: starts[0]])
+        return slice(start, start + sum(widths[starts[0] : starts[0] + n]))
+
     @property
     def classic(self) -> bool:
         """Whether this is the backbone's classic embedding: its last layer alone."""

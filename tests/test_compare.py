@@ -116,3 +116,40 @@ def test_the_table_fits_the_terminal_with_a_legend_of_feature_sets():
     assert [line.split()[0] for line in narrow[2:5]] == ["[1]", "[2]", "[1]"]
     assert narrow[-2:] == [f"[1] {long}", "[2] trunk 32px flatten, trained"]
     assert "reference: sp" in narrow[3] and narrow[4].endswith("…")  # notes cut to the room left
+
+
+def _residual_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(x)
+    x = keras.layers.Add(name="a1")([x, keras.layers.Conv2D(8, 3, padding="same", name="c2")(x)])
+    x = keras.layers.MaxPooling2D(name="p1")(x)
+    x = keras.layers.Add(name="a2")([x, keras.layers.Conv2D(8, 3, padding="same", name="c3")(x)])
+    return keras.Model(inp, keras.layers.Conv2D(16, 1, name="top")(x))
+
+
+def test_a_pretrained_cnn_gets_the_linear_probe_as_reference_without_a_second_pass(tiny, tmp_path):
+    from featx.extract import extract_features
+    from featx.spec import FeatureSpec
+
+    path = tmp_path / "res.keras"
+    _residual_model().save(path)
+    spec = FeatureSpec(str(path), size=32)
+    assert spec.layers == ("a1", "a2", "top")  # the ends of its two stages and its last layer
+    results, paths = compare([str(path)], ["logreg"], tiny, size=32, cache_dir=tmp_path / "c",
+                             reports_dir=tmp_path / "rep")  # fmt: skip
+    ref = [r for r in results if "reference: linear probe" in r.note]
+    assert len(results) == 2 and len(ref) == 1 and ref[0].features == "res.keras 32px avg, saved"
+    assert len(list((tmp_path / "c" / "features").glob("*.h5"))) == 1  # one extraction: its columns were taken
+    # the reference row is what the classic embedding alone gives, extracted on its own
+    alone = fit_head("logreg", spec.replace(layers="classic"), tiny, cache_dir=tmp_path / "other")[0]
+    assert alone.accuracy == ref[0].accuracy and (alone.y_pred == ref[0].y_pred).all()
+    full, part = (extract_features(s, tiny, cache_dir=tmp_path / "other").load()[0]
+                  for s in (spec, spec.replace(layers="classic")))  # fmt: skip
+    np.testing.assert_allclose(full[:, spec.replace(layers="classic").columns_in(spec)], part, atol=1e-6)
+    # a random init has no reference row (its default is the last layer already)
+    assert FeatureSpec(str(path), size=32, weights="none").backbone_.reference_spec(
+        FeatureSpec(str(path), size=32, weights="none")) is None  # fmt: skip

@@ -212,12 +212,25 @@ class Backbone:
         return own
 
     def reference_spec(self, spec: FeatureSpec) -> FeatureSpec | None:
-        """A spec whose features are the reference row of ``compare`` for ``spec``, or None."""
-        return None
+        """A spec whose features are the reference row of ``compare`` for ``spec``, or None: for
+        pretrained weights at the default layers, the classic layer alone (the standard linear
+        probe), whose columns are part of the default's (``compare`` takes them, no second pass)."""
+        if spec.weights == "none" or spec.classic or spec.layers != self.default_layers:
+            return None
+        return spec.replace(layers="classic")
 
     def reference_note(self, spec: FeatureSpec) -> str:
         """What ``compare``'s table says of the reference row made by :meth:`reference_spec`."""
-        return "reference"
+        return "reference: linear probe (last layer)"
+
+    def layer_width(self, name: str, grid: int, pooling: str) -> int | None:
+        """Columns that layer ``name`` adds to an embedding (None where that depends on the input size)."""
+        shape = dict(self.layer_shapes())[name]
+        if len(shape) == 1:
+            return int(shape[0])
+        if pooling == "flatten" or shape[-1] is None:
+            return None
+        return int(shape[-1]) * grid * grid
 
     # ------------------------------------------------------------------ weights
 
