@@ -33,7 +33,7 @@ import numpy as np
 
 from ..config import slug
 from ..errors import SettingsError, WeightsError
-from .base import Backbone, fresh_names, layer_info, stage_ends
+from .base import Backbone, file_sha256, fresh_names, layer_info, stage_ends
 
 #: Prefixes of remote preset handles.
 SCHEMES = ("hf://", "kaggle://", "modelscope://")
@@ -142,15 +142,13 @@ def close_presets(name: str, n: int = 1) -> list[str]:
 
 def _read_config(preset: str) -> dict:
     """The preset's ``config.json`` (a download for a remote one), or one line saying what is wrong."""
-    keras_hub = hub()
+    hub()  # installed, or one line saying how
     from keras_hub.src.utils.preset_utils import load_json
 
     try:
         return load_json(preset)
     except Exception as exc:
         raise _fetch_error(preset, exc) from None
-    finally:
-        del keras_hub
 
 
 def _fetch_error(preset: str, exc: Exception) -> WeightsError:
@@ -280,9 +278,6 @@ class KerasHubPreset(Backbone):
 
     def named_identity(self, weights: str) -> str:
         return f"keras-hub:{_preset_digest(self.preset)}"
-
-    def check_precision(self, precision: str) -> str:
-        return super().check_precision(precision)
 
     # ------------------------------------------------------------------ building
 
@@ -477,18 +472,17 @@ def _preset_files(preset: str) -> list[Path]:
 
 def _preset_digest(preset: str) -> str:
     """sha256 over the preset's files (names and contents), once per version of each file."""
-    from .base import file_sha256
-
     h = hashlib.sha256()
     for p in _preset_files(preset):
         st = p.stat()
-        h.update(f"{p.name}:{_file_digest(str(p), st.st_size, st.st_mtime_ns, file_sha256)}\n".encode())
+        h.update(f"{p.name}:{_file_digest(str(p), st.st_size, st.st_mtime_ns)}\n".encode())
     return h.hexdigest()[:32]
 
 
 @functools.lru_cache(maxsize=256)
-def _file_digest(path: str, size: int, mtime_ns: int, fn) -> str:
-    return fn(Path(path))
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, once per version of it (weights files run to gigabytes)."""
+    return file_sha256(Path(path))
 
 
 def _with_image_shape(config, shape):
