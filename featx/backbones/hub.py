@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
@@ -341,12 +342,17 @@ class KerasHubPreset(Backbone):
         tensors = [model.output if n == "output" else model.pyramid_outputs[n] for n in spec.layers]
         seqs = keras.Model(model.inputs, tensors, name=f"{model.name}_taps")(x)
         seqs = seqs if isinstance(seqs, (list, tuple)) else [seqs]
-        g = spec.size // self.patch
         Tokens = featx_layers()["TokenPooling"]
         out = {}
         for name, seq in zip(spec.layers, seqs):
             if name != "output" and norm is not None:
                 seq = norm(seq)
+            # The patches are the largest square of tokens (the few others: class, registers,
+            # distillation): so a model whose tokens are not one per input patch (Swin's last stage) too.
+            g = math.isqrt(seq.shape[1] or 0)
+            if not g:
+                raise SettingsError(f"{self.label} gives {seq.shape[1]} tokens at size {spec.size}: featx cannot "
+                                    "find its patch tokens. Try another --size.")  # fmt: skip
             if spec.grid > g:
                 raise SettingsError(
                     f"grid {spec.grid} is finer than the {g}x{g} patches of {self.label} at size {spec.size}: "
@@ -371,12 +377,11 @@ def _kind(model) -> str | None:
     return {3: "tokens", 4: "maps"}.get(len(model.output.shape))
 
 
-def _patch_size(model) -> int:
+def _patch_size(model) -> int | None:
+    """The side of the model's input patches, where it says (None: any size)."""
     p = getattr(model, "patch_size", None)
     p = p[0] if isinstance(p, (list, tuple)) else p
-    if not p:
-        raise SettingsError(f"{type(model).__name__} says no patch size: featx cannot tell its patch tokens apart.")
-    return int(p)
+    return int(p) if p else None
 
 
 def _final_norm(model):
