@@ -12,7 +12,7 @@ def _converter(cls, size, scale, offset, folder):
 
 
 def make_presets(root: Path) -> dict[str, Path]:
-    """``{kind: folder}`` of a tiny DINOv2 (with a register token), ViT, CLIP, SigLIP and ResNet."""
+    """``{kind: folder}`` of a tiny DINOv2 (with a register token), ViT, CLIP, SigLIP, ResNet, DeiT, Swin and DINOv3."""
     import keras
     import keras_hub.layers as HL
     import keras_hub.models as M
@@ -58,4 +58,22 @@ def make_presets(root: Path) -> dict[str, Path]:
     out["resnet"] = root / "tiny_resnet"
     b.save_to_preset(str(out["resnet"]))
     _converter(HL.ResNetImageConverter, 32, std, mean, out["resnet"])
+
+    b = M.DeiTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                       intermediate_dim=32)  # class and distillation tokens
+    out["deit"] = root / "tiny_deit"
+    b.save_to_preset(str(out["deit"]))
+    _converter(HL.DeiTImageConverter, 32, std, mean, out["deit"])
+
+    b = M.SwinTransformerBackbone(image_shape=(32, 32, 3), embed_dim=8, depths=[1, 1], num_heads=[2, 2],
+                                  window_size=2, patch_size=4)  # no class token; 4x4 tokens at the end
+    out["swin"] = root / "tiny_swin"
+    b.save_to_preset(str(out["swin"]))
+    _converter(HL.SwinTransformerImageConverter, 32, std, mean, out["swin"])
+
+    b = M.DINOV3Backbone(patch_size=4, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
+                         image_shape=(32, 32, 3))  # 4 register tokens
+    out["dinov3"] = root / "tiny_dinov3"
+    b.save_to_preset(str(out["dinov3"]))
+    _converter(HL.DINOV3ImageConverter, 32, std, mean, out["dinov3"])
     return out

@@ -45,6 +45,18 @@ def test_token_models_give_the_class_token_and_the_mean_of_the_patches(presets):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind, extra", [("deit", 2), ("swin", 0), ("dinov3", 5)])
+def test_other_token_models_class_token_and_patches(presets, kind, extra):
+    """DeiT (class and distillation tokens), Swin (no class token: the mean of its last tokens),
+    DINOv3 (class and 4 register tokens): the same rule, read from the number of tokens."""
+    model = keras_hub.models.Backbone.from_preset(presets[kind])
+    tokens = np.asarray(model(_by_hand_input(presets[kind], IMAGES)))
+    mean = tokens[:, extra:].mean(1)
+    want = np.concatenate([tokens[:, 0], mean], axis=1) if extra else mean
+    got = Extractor(FeatureSpec(presets[kind], precision="float32")).transform(IMAGES)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_image_text_models_give_the_projected_image_embedding(presets):
     for kind in ("clip", "siglip"):
         model = keras_hub.models.Backbone.from_preset(presets[kind])
