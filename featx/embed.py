@@ -12,8 +12,37 @@ import sys
 
 import numpy as np
 
-from .errors import ResourceError, SettingsError
+from .errors import OutputError, ResourceError, SettingsError
 from .spec import FeatureSpec
+
+
+def layer_columns(model) -> list[tuple[str, int, int]]:
+    """``(backbone layer, first column, end column)`` of each part of a featx extraction model's output."""
+    try:
+        parts = model.get_layer("concat").input
+    except ValueError:
+        return [("its output", 0, int(model.output.shape[-1]))]
+    out, start = [], 0
+    for t in parts:
+        name = t._keras_history.operation.name
+        width = int(t.shape[-1])
+        out.append((name.removeprefix("feat_"), start, start + width))
+        start += width
+    return out
+
+
+def nonfinite_error(model, out: np.ndarray, start: int) -> OutputError:
+    """One line on features that hold NaN or inf: how many, where, from which layer."""
+    bad_cols = np.flatnonzero(~np.isfinite(out).all(axis=0))
+    layers = [name for name, a, b in layer_columns(model) if ((bad_cols >= a) & (bad_cols < b)).any()]
+    row = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0]) + start
+    nan, inf = np.isnan(out).mean(), np.isinf(out).mean()
+    backbone = model.name.removeprefix("featx_")
+    return OutputError(
+        f"{backbone} gave features that are not numbers ({nan:.0%} NaN, {inf:.0%} inf in this batch; first at "
+        f"image {row}, layer {', '.join(layers)}): its arithmetic overflows. Nothing of them was cached. Check the "
+        "model on these images (its own preprocessing, --precision float32), or pick other --layers."
+    )
 
 
 def _padded_batches(X: np.ndarray, start: int, batch_size: int):
@@ -66,6 +95,8 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
                     if on_resize is not None:
                         on_resize(batch_size)
                     break
+                if not np.isfinite(out).all():
+                    raise nonfinite_error(model, out, s)
                 if progress is not None:
                     progress.update(m)
                 yield s, out

@@ -35,3 +35,7 @@ class ResourceError(FeatxError, ValueError):
 
 class ClusterError(FeatxError):
     """A Dask cluster could not be reached, or a task on it failed."""
+
+
+class OutputError(FeatxError, ValueError):
+    """A backbone gave features that are not numbers (NaN or inf): nothing of them is cached."""

@@ -325,3 +325,21 @@ def test_extraction_on_a_second_backend_matches_tensorflow(tiny, tmp_path):
                                 precision="float32", batch_size=8).load()[0]  # fmt: skip
     assert other.shape == tf_feats.shape and tf_feats.std() > 0
     np.testing.assert_allclose(other, tf_feats, rtol=1e-3, atol=1e-3 * np.abs(tf_feats).max())
+
+
+def test_a_backbone_whose_features_overflow_is_stopped_and_nothing_is_cached(tiny, tmp_path):
+    import keras
+
+    from featx.errors import OutputError
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    x = keras.layers.Rescaling(1e38, name="boom")(x)
+    x = keras.layers.Conv2D(4, 1, name="c2")(x)  # 1e38 * weights * 255 overflows float32
+    model = keras.Model(inputs, x, name="overflow")
+    path = tmp_path / "overflow.keras"
+    model.save(path)
+    with pytest.raises(OutputError, match=r"overflow gave features that are not numbers .*layer c2.*Nothing of them was cached"):
+        extract_features(str(path), tiny, size=32, cache_dir=tmp_path / "c", layers=["c1", "c2"])
+    files = list((tmp_path / "c" / "features").glob("*.h5"))
+    assert all(f.name.endswith(".partial.h5") for f in files)  # no file that looks complete
