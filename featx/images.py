@@ -27,7 +27,18 @@ MAX_SIDE = 4096
 _ORIENTATION = 0x0112  # EXIF tag
 
 #: File name endings that featx reads as images; other files are skipped.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+def _openable_extensions() -> tuple[str, ...]:
+    """The file endings of every format this Pillow can open (.avif, .jfif, .heic with its plugin, ...)."""
+    from PIL import ImageFile
+
+    Image.init()
+    found = {ext.lower() for ext, fmt in Image.registered_extensions().items()
+             if fmt in Image.OPEN and fmt not in ("MPEG", "EPS")  # MPEG: its header only; EPS: needs Ghostscript
+             and not (isinstance(Image.OPEN[fmt][0], type) and issubclass(Image.OPEN[fmt][0], ImageFile.StubImageFile))}  # stubs need a handler (HDF5, GRIB)
+    return tuple(sorted(found | {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}))
+
+
+IMAGE_EXTENSIONS = _openable_extensions()
 
 
 @dataclass(frozen=True)
@@ -198,11 +209,12 @@ def decode_image(source: bytes | str | os.PathLike, name: str | None = None) -> 
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    # 16-bit and float modes ("I;16", "I", "F") cannot go straight to RGB.
+    """16-bit and float modes ("I;16", "I", "F"), which cannot go straight to RGB, scaled by their
+    format's range, never by the image's own maximum: 16-bit (and Pillow's "I", which 16-bit
+    PNG and TIFF files open as) 0..65535 -> 0..255 (/257), float 0..1 -> 0..255."""
     arr = np.asarray(img, dtype=np.float64)
-    hi = arr.max() if arr.size else 0.0
-    scale = 255.0 / (65535.0 if hi > 255 else 255.0) if hi > 0 else 1.0
-    return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8))
+    scale = 255.0 if img.mode == "F" else 1 / 257
+    return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8))
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -6,6 +6,7 @@ import zipfile
 from unittest import mock
 
 import numpy as np
+from PIL import Image
 import pytest
 from conftest import make_class_folders, write_image
 
@@ -317,3 +318,42 @@ def test_io_bytes_decode():
     Image.new("RGBA", (5, 4), (10, 20, 30, 0)).save(buf, format="PNG")
     img = decode_image(buf.getvalue())
     assert img.shape == (4, 5, 3) and img[0, 0].tolist() == [10, 20, 30]
+
+
+def test_16_bit_and_float_images_are_scaled_by_their_formats_range(tmp_path):
+    from featx.images import decode_image
+
+    ramp = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) % 256).astype(np.uint16)  # max 255
+    brighter = ramp.copy()
+    brighter[0, 0] = 256  # one pixel above 255 must not change how the others look
+    full = np.full((32, 32), 65535, np.uint16)
+    half = np.full((32, 32), 32896, np.uint16)  # 128 * 257
+    for name, arr in (("ramp", ramp), ("brighter", brighter), ("full", full), ("half", half)):
+        Image.fromarray(arr).save(tmp_path / f"{name}.png")
+    got = {n: decode_image(tmp_path / f"{n}.png")[..., 0].astype(int) for n in ("ramp", "brighter", "full", "half")}
+    np.testing.assert_array_equal(got["ramp"], np.rint(ramp / 257))
+    np.testing.assert_array_equal(got["brighter"].ravel()[1:], got["ramp"].ravel()[1:])
+    assert (got["full"] == 255).all() and (got["half"] == 128).all()
+    Image.fromarray(np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)).save(tmp_path / "float.tif")
+    f = decode_image(tmp_path / "float.tif")[..., 0]
+    assert f.min() == 0 and f.max() == 255 and abs(int(f[16, 0]) - 128) <= 1  # 0..1 is the float range
+
+
+def test_every_format_pillow_opens_is_an_image_avif_and_jfif_too(tmp_path):
+    from PIL import features
+
+    root = make_class_folders(tmp_path / "ds")
+    rgb = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(root / "train" / "cat" / "photo.jfif", format="JPEG")
+    (root / "train" / "cat" / "notes.h5").write_bytes(b"not an image")  # HDF5: Pillow has only a stub for it
+    added = 1
+    if features.check("avif"):
+        for split in ("train", "test"):
+            (root / split / "avif").mkdir()
+            for i in range(3):
+                Image.fromarray(rgb).save(root / split / "avif" / f"{i}.avif", format="AVIF")
+        added += 3
+    ds = load_dataset(root)
+    assert len(ds.X_train) == 12 + added
+    if features.check("avif"):
+        assert "avif" in ds.class_names  # a class folder of AVIF photos is a class, not dropped
