@@ -301,7 +301,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     failed = 0
     for i, p in enumerate(predict_files(args.images, args.head, _spec(args), args.data, args.task,
-                                        trust_pickle=args.trust_pickle, options=_options(args))):  # fmt: skip
+                                        trust_pickle=args.trust_pickle, trust_saved_model=args.trust_saved_model,
+                                        options=_options(args))):  # fmt: skip
         if i == 0:
             print(f"file\tclass\t{p.score_name}")
         if p.error:
@@ -410,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "a SavedModel folder)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load a head that an earlier featx saved as a pickle (loading one can run any code in it)")
+    p.add_argument("--trust-saved-model", action="store_true",
+                   help="run a SavedModel folder given as --head (its graph is a program: it can do anything)")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.set_defaults(func=cmd_predict)
 

@@ -125,12 +125,19 @@ def is_exported(head) -> bool:
     return p.suffix in (".keras", ".onnx") or (p.is_dir() and (p / "saved_model.pb").exists())
 
 
-def load_exported(path) -> ExportedModel:
+def load_exported(path, *, trust_saved_model: bool = False) -> ExportedModel:
     """Load a classifier written by :func:`export_classifier` (``.keras`` with ``safe_mode`` on;
-    ``.onnx`` with onnxruntime; a SavedModel with TensorFlow)."""
+    ``.onnx`` with onnxruntime; a SavedModel with TensorFlow, only with ``trust_saved_model``:
+    a SavedModel is a program, its graph can do anything when it runs)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise SettingsError(f"Exported model not found: {p}. Export one with `python cli.py export`.")
+    if p.is_dir() and not trust_saved_model:
+        raise SettingsError(
+            f"{p} is a TensorFlow SavedModel: loading one runs the graph it holds, which can do anything a "
+            "program can (write files, open connections). Load it only if you made it or trust who did: "
+            "--trust-saved-model (trust_saved_model=True). A .keras or .onnx export runs no code of its own."
+        )
     try:
         if p.suffix == ".keras":
             import zipfile

@@ -24,7 +24,8 @@ class Prediction(NamedTuple):
 
 
 def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19", data=None, task: str = "full",
-                  *, trust_pickle: bool = False, options: RunOptions | None = None, **kwargs):  # fmt: skip
+                  *, trust_pickle: bool = False, trust_saved_model: bool = False, options: RunOptions | None = None,
+                  **kwargs):  # fmt: skip
     """Classify image files with a saved head and its backbone, or with an exported classifier.
 
     The head is the one :func:`featx.fit.fit_head` fitted on the features of
@@ -35,7 +36,8 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     A head saved as a pickle by an earlier featx is loaded only with
     ``trust_pickle``. ``head`` may also be the path of a classifier made by
     :func:`featx.export.export_classifier` (``.keras``, ``.onnx`` or a SavedModel
-    folder): then ``spec``, ``data`` and ``task`` are not used.
+    folder, loaded only with ``trust_saved_model``: it is a program): then ``spec``, ``data``
+    and ``task`` are not used.
 
     Yields a :class:`Prediction` ``(file, label, score, error, score_name)``
     per image: ``score`` is the head's probability of ``label``
@@ -52,7 +54,7 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
 
     paths = _image_paths(files)
     if is_exported(head):
-        model = load_exported(head)
+        model = load_exported(head, trust_saved_model=trust_saved_model)
         yield from _predictions(paths, model.image_shape, model.aspect, model.class_names,
                                 lambda X: (model.predict_proba(X), "probability"))  # fmt: skip
         return

@@ -92,7 +92,35 @@ def test_a_saved_model_folder_too(tiny, cache, images, tmp_path):
     want, _ = _featx_proba("logreg", tiny, cache, X)
     out = export_classifier(tmp_path / "clf", "logreg", SPEC, tiny, cache_dir=cache, format="saved_model")
     assert (out / "saved_model.pb").exists() and json.loads((out / "assets" / "featx.json").read_text())["class_names"]
-    np.testing.assert_allclose(load_exported(out).predict_proba(X), want, atol=1e-5)
+    with pytest.raises(SettingsError, match="is a TensorFlow SavedModel: loading one runs the graph it holds"):
+        load_exported(out)  # a SavedModel is a program: never run without the user's say
+    np.testing.assert_allclose(load_exported(out, trust_saved_model=True).predict_proba(X), want, atol=1e-5)
+
+
+def test_a_saved_model_that_writes_a_file_never_runs_untrusted(tmp_path, capsys):
+    import tensorflow as tf
+
+    from featx.cli import main
+
+    target = tmp_path / "pwned.txt"
+
+    class Evil(tf.Module):
+        @tf.function(input_signature=[[tf.TensorSpec([None, 32, 32, 3], tf.uint8)]])
+        def serve(self, x):
+            tf.io.write_file(str(target), "ran")
+            return tf.ones([tf.shape(x[0])[0], 2])
+
+    folder = tmp_path / "evil"
+    tf.saved_model.save(Evil(), str(folder))
+    (folder / "assets").mkdir(exist_ok=True)
+    (folder / "assets" / "featx.json").write_text(json.dumps({"class_names": ["a", "b"], "image_shape": [32, 32],
+                                                               "aspect": "crop"}))  # fmt: skip
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    assert main(["predict", "--head", str(folder), str(img)]) == 2
+    assert "--trust-saved-model" in capsys.readouterr().err and not target.exists()
 
 
 def test_heads_that_cannot_be_exported_say_so_in_one_line(tiny, cache, tmp_path):
