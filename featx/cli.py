@@ -449,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # Dask logs every scheduler and worker event at INFO (its workers too): -v shows them
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    unknown_home = _unknown_home(args)
+    if unknown_home:
+        print(f"error: {unknown_home!r} names the home folder of a user this machine does not have: write the "
+              "path out in full.", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         return args.func(args)
     except (FeatxError, ValueError, TypeError, OSError) as exc:
@@ -462,6 +467,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _unknown_home(args: argparse.Namespace) -> str | None:
+    """The first path argument that starts with ``~user`` for a user who does not exist here (pathlib
+    cannot expand it, and would raise deep inside a command)."""
+    for value in vars(args).values():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and v.startswith("~") and os.path.expanduser(v).startswith("~"):
+                return v
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -153,3 +153,13 @@ def test_start_up_filter_keeps_real_errors(capfd):
     err = capfd.readouterr().err
     assert sorted(err.splitlines()) == ["E0000 something real went wrong", "from python"]
     assert STARTUP_NOISE.search("cpu_feature_guard.cc:227] This TensorFlow binary is optimized")
+
+
+@pytest.mark.parametrize("args", [["data", "--data", "~nosuchuser/photos"], ["cache", "--cache-dir", "~nosuchuser/c"],
+                                  ["predict", "--head", "~nosuchuser/clf.onnx", "x.jpg"]])  # fmt: skip
+def test_a_path_in_the_home_of_an_unknown_user_is_one_line(args, capsys):
+    from featx.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "home folder of a user this machine does not have" in err
