@@ -197,6 +197,10 @@ def test_compare_on_embeddings_made_elsewhere(tmp_path):
     ({"y_train": np.zeros(89, int)}, r"X_train has 90 rows but y_train 89 labels"),
     ({"X_test": np.zeros((30, 15))}, r"X_train has 16 features and X_test 15"),
     ({"y_test": np.full(30, 7)}, r"integer labels must index class_names \(0 to 2\)"),
+    ({"y_test": np.array(["ant"] * 30)}, r"y_train holds number labels and y_test text labels: both must be"),
+    ({"class_names": np.array(["ant", "bee", "ant"])}, r"class_names names 'ant' more than once"),
+    ({"y_train": np.array(["ant", "bee", "cow"] * 30), "y_test": np.array(["ant", "eel"] * 15),
+      "class_names": np.array(["ant", "bee", "cow"])}, r"labels 'eel' are not in class_names"),
 ])  # fmt: skip
 def test_bad_embedding_files_are_one_line(tmp_path, changes, message):
     path = _npz(tmp_path / "bad.npz", **changes)
@@ -205,6 +209,32 @@ def test_bad_embedding_files_are_one_line(tmp_path, changes, message):
     res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "compare", "--features", str(path), "--heads", "logreg",
                           "--reports-dir", str(tmp_path / "rep")], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert res.returncode == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_labels_are_classes_by_their_values(tmp_path):
+    from featx.data import load_embeddings
+
+    base = _npz(tmp_path / "base.npz", class_names=None)
+    with np.load(base) as z:
+        arrays = dict(z)
+    # 1-based labels: no phantom class "0"; labels times 300: 3 classes, not 601; a label of 10**9: no MemoryError
+    for scale, shift in ((1, 1), (300, 0), (10**9 // 2, 0)):
+        path = tmp_path / f"s{scale}.npz"
+        np.savez(path, **{**arrays, "y_train": arrays["y_train"] * scale + shift, "y_test": arrays["y_test"] * scale + shift})
+        ds, (_, y_tr, _, y_te) = load_embeddings(path)
+        assert ds.class_names == tuple(str(v * scale + shift) for v in (0, 1, 2))
+        assert set(y_tr) == {0, 1, 2} and (y_tr == arrays["y_train"]).all() and (y_te == arrays["y_test"]).all()
+    # HDF5 strings are bytes: decoded, for labels and class names alike
+    import h5py
+
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        for k in ("X_train", "X_test"):
+            f[k] = arrays[k]
+        for k in ("y_train", "y_test"):
+            f[k] = np.array(["ant", "bee", "cow"])[arrays[k]].astype("S")
+        f["class_names"] = np.array(["ant", "bee", "cow"]).astype("S")
+    ds, (_, y_tr, _, _) = load_embeddings(tmp_path / "b.h5")
+    assert ds.class_names == ("ant", "bee", "cow") and (y_tr == arrays["y_train"]).all()
 
 
 def test_bad_repeats_and_sizes_fail_before_any_work(tmp_path):
