@@ -269,6 +269,7 @@ def find_head(head: str, spec: FeatureSpec, data=None, task: str = "full", *, op
     path = head_path(head, spec, ds_name, task, opts.seed, opts.cache_dir)
     if path.exists():
         est, rec = load_head(path)
+        _check_is_the_head_asked_for(path, rec, head, spec, opts.seed)
         return est, rec, path
     others, pickles = [], []
     for p in fitted_heads(head, spec.backbone_.label, ds_name, task, opts.cache_dir):
@@ -298,6 +299,26 @@ def find_head(head: str, spec: FeatureSpec, data=None, task: str = "full", *, op
     raise CacheError(
         f"No {head} head fitted on {wanted} yet. Run `python cli.py fit --head {head}` with the same options first."
     )
+
+
+def _check_is_the_head_asked_for(path: Path, rec: dict, head: str, spec: FeatureSpec, seed: int) -> None:
+    """A head file under this name is the head and features asked for: a file copied over another's
+    name (an svm over the logreg, a ResNet50 head over a trunk head) is refused, never used."""
+    saved_head = rec.get("head")
+    try:
+        fitted, _, saved_seed = recorded_spec(rec)
+    except Exception:  # noqa: BLE001 - a record that says nothing of its features cannot be checked
+        fitted, saved_seed = None, seed
+    wrong = []
+    if saved_head is not None and saved_head != head:
+        wrong.append(f"a {saved_head} head, not {head}")
+    if fitted is not None and fitted != spec:
+        wrong.append(f"fitted on {fitted.describe()}, not {spec.describe()}")
+    elif saved_seed != seed:
+        wrong.append(f"seed {saved_seed}, not {seed}")
+    if wrong:
+        raise CacheError(f"{path} is {'; '.join(wrong)}: it was copied or renamed over this head's name. Remove it "
+                         "and fit the head again.")  # fmt: skip
 
 
 def recorded_spec(record: dict) -> tuple[FeatureSpec, str, int]:

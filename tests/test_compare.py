@@ -153,3 +153,21 @@ def test_a_pretrained_cnn_gets_the_linear_probe_as_reference_without_a_second_pa
     # a random init has no reference row (its default is the last layer already)
     assert FeatureSpec(str(path), size=32, weights="none").backbone_.reference_spec(
         FeatureSpec(str(path), size=32, weights="none")) is None  # fmt: skip
+
+
+def test_a_head_file_copied_over_another_heads_name_is_refused(tiny, tmp_path):
+    import shutil
+
+    from featx.errors import CacheError
+
+    kw = dict(weights="none", cache_dir=tmp_path / "c")
+    _, logreg = fit_head("logreg", "trunk", tiny, **kw)
+    _, svm = fit_head("svm", "trunk", tiny, **kw)
+    _, other = fit_head("logreg", "trunk", tiny, layers=["flatten"], flip=False, **kw)
+    files = sorted((tiny / "test").rglob("*.png"))[:2]
+    shutil.copy(svm, logreg)  # an svm under the logreg's name
+    with pytest.raises(CacheError, match="is a svm head, not logreg: it was copied or renamed over"):
+        list(predict_files(files, "logreg", "trunk", tiny, **kw))
+    shutil.copy(other, logreg)  # a logreg of other features under this one's name
+    with pytest.raises(CacheError, match="fitted on trunk 32px flatten, random init, not trunk 32px max"):
+        list(predict_files(files, "logreg", "trunk", tiny, **kw))
