@@ -150,15 +150,21 @@ def load_exported(path, *, trust_saved_model: bool = False) -> ExportedModel:
             with zipfile.ZipFile(p) as zf:
                 meta = json.loads(zf.read(META))
             model = keras.saving.load_model(p, safe_mode=True)
+            outputs = model.output.shape[-1]
 
             def run(x):
                 return model.predict_on_batch([x])
         elif p.suffix == ".onnx":
+            import onnx
             import onnxruntime as ort
 
-            sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-            meta = json.loads(sess.get_modelmeta().custom_metadata_map[META.split(".")[0]])
+            proto = onnx.load(str(p))
+            meta = json.loads({m.key: m.value for m in proto.metadata_props}[META.split(".")[0]])
+            if "weights_sha256" in meta and onnx_weights_digest(proto) != meta["weights_sha256"]:
+                raise _Damaged("its weights are not those it was exported with (the file was changed or damaged)")
+            sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
             name = sess.get_inputs()[0].name
+            outputs = sess.get_outputs()[0].shape[-1]
 
             def run(x):
                 return sess.run(None, {name: x})[0]
@@ -167,15 +173,52 @@ def load_exported(path, *, trust_saved_model: bool = False) -> ExportedModel:
 
             meta = json.loads((p / "assets" / META).read_text())
             loaded = tf.saved_model.load(str(p))
+            outputs = None
 
             def run(x):
                 return loaded.serve([x]).numpy()  # the signature takes the list of inputs
+        names, shape, aspect = _checked_meta(meta, outputs)
     except ImportError as exc:
         raise SettingsError(f"Loading {p.name} needs {exc.name}: {_INSTALL}.") from None
+    except _Damaged as exc:
+        raise SettingsError(f"{p} cannot be used: {exc}. Export it again.") from None
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign file, whatever its reader raised: one line
         text = " ".join(str(exc).split())[:200]
         raise SettingsError(f"{p} is not a classifier exported by featx ({exc.__class__.__name__}: {text}).") from None
-    return ExportedModel(p, list(meta["class_names"]), tuple(meta["image_shape"]), meta.get("aspect", "crop"), run)
+    return ExportedModel(p, names, shape, aspect, run)
+
+
+class _Damaged(Exception):
+    """An exported file that reads, but is not what was exported."""
+
+
+def _checked_meta(meta: dict, outputs) -> tuple[list[str], tuple[int, int], str]:
+    """The class names, image shape and aspect of an export's metadata, checked against the model."""
+    from .images import ASPECTS
+
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise _Damaged("its class names are not a list of distinct names")
+    if isinstance(outputs, int) and outputs != len(names):
+        raise _Damaged(f"it names {len(names)} classes for a model of {outputs} outputs")
+    shape = meta.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and 0 < v <= 4096 for v in shape)):
+        raise _Damaged(f"its image_shape {shape!r} is not two sides in pixels")
+    aspect = meta.get("aspect", "crop")
+    if aspect not in ASPECTS:
+        raise _Damaged(f"its aspect {aspect!r} is none of {', '.join(ASPECTS)}")
+    return names, tuple(shape), aspect
+
+
+def onnx_weights_digest(proto) -> str:
+    """sha256 of an ONNX model's weights (its initializers, names and contents)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for init in proto.graph.initializer:
+        h.update(init.name.encode())
+        h.update(init.SerializeToString())
+    return h.hexdigest()
 
 
 def _format(out: Path, fmt: str | None) -> str:
@@ -250,6 +293,7 @@ def _write(model, meta: dict, out: Path, fmt: str) -> Path:
                 model.export(tmp, format="onnx", verbose=False)
             proto = onnx.load(tmp)
             _check_onnx(proto, model, meta)
+            meta = {**meta, "weights_sha256": onnx_weights_digest(proto)}  # checked at every load
             onnx.helper.set_model_props(proto, {"class_names": json.dumps(meta["class_names"]),
                                                 META.split(".")[0]: json.dumps(meta)})  # fmt: skip
             onnx.save(proto, tmp)

@@ -215,3 +215,31 @@ def test_a_file_that_is_no_exported_classifier_is_one_line(tmp_path, name):
         (tmp_path / name).write_bytes(b"not a model at all")
     with pytest.raises(SettingsError, match="(is not a classifier exported by featx|Exported model not found)"):
         load_exported(tmp_path / name)
+
+
+def test_a_damaged_or_inconsistent_onnx_export_is_refused(tiny, cache, images, tmp_path):
+    import onnx
+
+    files, X = images
+    out = export_classifier(tmp_path / "clf.onnx", "logreg", SPEC, tiny, cache_dir=cache)
+    good = load_exported(out).predict_proba(X)
+    proto = onnx.load(out)
+    # damage in place: the weights change, the file still loads in onnxruntime
+    init = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    raw = bytearray(init.raw_data)
+    raw[:64] = bytes(64)
+    init.raw_data = bytes(raw)
+    onnx.save(proto, tmp_path / "damaged.onnx")
+    with pytest.raises(SettingsError, match="its weights are not those it was exported with"):
+        load_exported(tmp_path / "damaged.onnx")
+    for change, message in (({"class_names": ["a", "b", "c", "d", "e", "f", "g", "h"]}, "names 8 classes for a model of 3"),
+                            ({"image_shape": [0, 32]}, "image_shape \\[0, 32\\] is not two sides"),
+                            ({"aspect": "fill"}, "aspect 'fill' is none of crop, pad, squash")):  # fmt: skip
+        proto = onnx.load(out)
+        props = {m.key: m.value for m in proto.metadata_props}
+        meta = {**json.loads(props["featx"]), **change}
+        onnx.helper.set_model_props(proto, {**props, "featx": json.dumps(meta)})
+        onnx.save(proto, tmp_path / "meta.onnx")
+        with pytest.raises(SettingsError, match=message):
+            load_exported(tmp_path / "meta.onnx")
+    np.testing.assert_allclose(load_exported(out).predict_proba(X), good)  # the export itself is untouched
