@@ -124,6 +124,8 @@ def image_size(source: bytes | str | os.PathLike, name: str | None = None) -> tu
             return h, w
     except FileNotFoundError:
         raise DataError(f"Image file not found: '{name or source}'.") from None
+    except Image.DecompressionBombError as exc:
+        raise _bomb(name or ("<bytes>" if isinstance(source, bytes) else str(source)), exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise _unreadable(name or ("<bytes>" if isinstance(source, bytes) else str(source)), exc) from None
 
@@ -158,6 +160,8 @@ def load_image(source: bytes | str | os.PathLike, size: tuple[int, int] | None =
             return np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"Image file not found: '{name}'.") from None
+    except Image.DecompressionBombError as exc:
+        raise _bomb(name, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise _unreadable(name, exc) from None
 
@@ -185,6 +189,13 @@ def _unreadable(name: str, exc: Exception) -> DataError:
     return DataError(
         f"Cannot read '{name}' as an image ({exc.__class__.__name__}: {exc}). "
         "The file is corrupt or not an image: remove it or replace it with a valid JPEG/PNG file."
+    )
+
+
+def _bomb(name: str, exc: Exception) -> DataError:
+    return DataError(
+        f"'{name}' claims more pixels than any photo has ({' '.join(str(exc).split())[:120]}): it is a decompression "
+        "bomb or a damaged file, and is not decoded. Remove it, or shrink it first if it is a real image."
     )
 
 

@@ -357,3 +357,39 @@ def test_every_format_pillow_opens_is_an_image_avif_and_jfif_too(tmp_path):
     assert len(ds.X_train) == 12 + added
     if features.check("avif"):
         assert "avif" in ds.class_names  # a class folder of AVIF photos is a class, not dropped
+
+
+def test_a_decompression_bomb_is_named_in_one_line_and_predict_classifies_the_others(tmp_path):
+    import zlib
+
+    from featx.images import decode_image
+
+    # a 20000x20000 grayscale PNG of a few hundred KB: its header claims 400 million pixels
+    w = h = 20000
+    raw = zlib.compress(b"".join(b"\x00" + bytes(w) for _ in range(h)), 9)
+
+    def chunk(kind, data):
+        import struct
+
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    import struct
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IDAT", raw) + \
+        chunk(b"IEND", b"")  # fmt: skip
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png)
+    with pytest.raises(DataError, match=r"'.*bomb.png' claims more pixels than any photo has"):
+        decode_image(bomb)
+    from featx.fit import fit_head
+    from featx.predict import predict_files
+
+    root = make_class_folders(tmp_path / "ds")
+    fit_head("logreg", "trunk", root, weights="none", cache_dir=tmp_path / "c")
+    good = sorted((root / "test").rglob("*.png"))[0]
+    preds = list(predict_files([good, bomb], "logreg", "trunk", root, weights="none", cache_dir=tmp_path / "c"))
+    assert preds[0].error is None and preds[0].label in ("cat", "dog", "eel")
+    assert "claims more pixels" in preds[1].error and preds[1].label is None
+    (root / "train" / "cat" / "bomb.png").write_bytes(png)
+    with pytest.raises(DataError, match=r"bomb.png' claims more pixels"):
+        load_dataset(root)
