@@ -245,3 +245,23 @@ def test_readme_backbone_table_is_the_registry():
     for name, row in listed.items():
         bb = get_backbone(name)
         assert row == (bb.default_size, bb.min_size, bb.preprocessing), name
+
+
+def test_an_unbuilt_sequential_is_one_line_and_a_multi_output_model_takes_its_layers(tmp_path, capsys):
+    from featx.errors import SettingsError
+
+    unbuilt = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()])
+    with pytest.raises(SettingsError, match="does not know its input yet"):
+        FeatureExtractor(unbuilt, size=32).fit(np.zeros((2, 32, 32, 3), np.uint8))
+    inputs = keras.Input((None, None, 3))
+    a = keras.layers.Conv2D(4, 3, name="a")(inputs)
+    b = keras.layers.Conv2D(6, 3, name="b")(a)
+    two = keras.Model(inputs, [keras.layers.GlobalAveragePooling2D(name="ga")(a),
+                               keras.layers.GlobalAveragePooling2D(name="gb")(b)])  # fmt: skip
+    path = tmp_path / "two.keras"
+    two.save(path)
+    assert main(["layers", "--backbone", str(path)]) == 0  # the advice of the error can be followed
+    assert "gb" in capsys.readouterr().out
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    out = Extractor(FeatureSpec(str(path), size=32, layers=["ga", "gb"], precision="float32")).transform(images)
+    assert out.shape == (3, 10)

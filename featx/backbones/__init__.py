@@ -42,9 +42,10 @@ def get_backbone(backbone) -> Backbone:
     ``keras.Model``, or a :class:`Backbone`); an unknown name lists the known ones."""
     if isinstance(backbone, Backbone):
         return backbone
-    from .keras_model import is_keras_model, is_model_file, save_model
+    from .keras_model import check_built, is_keras_model, is_model_file, save_model
 
     if is_keras_model(backbone):
+        check_built(backbone, backbone.name)
         return _model_file(str(save_model(backbone)))
     if isinstance(backbone, os.PathLike):
         backbone = str(backbone)

@@ -62,16 +62,12 @@ class KerasModel(Backbone):
         self.name = str(self.path)
         self.description = f"Keras model {self.path.name}"
         model = self._load()
+        check_built(model, self.path.name)
         shape = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else None
         if shape is None or len(shape) != 3 or shape[-1] not in (3, None):
             raise SettingsError(
                 f"{self.path.name} cannot be a backbone: it must take one input of images (n, h, w, 3). "
                 f"Its inputs: {[tuple(i.shape) for i in model.inputs]}"
-            )
-        if len(model.outputs) != 1:
-            raise SettingsError(
-                f"{self.path.name} has {len(model.outputs)} outputs: name the layers to use with --layers "
-                "(layers=[...]); `python cli.py layers --backbone PATH` lists them."
             )
         h, w = shape[:2]
         if h is not None and (w is None or h != w):
@@ -136,6 +132,19 @@ class KerasModel(Backbone):
                 f"{str(exc)[:300]}). Pass a weights file saved from this model (model.save_weights)."
             ) from None
         return clone
+
+
+def check_built(model, name: str) -> None:
+    """One line for a model that does not know its input yet (a Sequential never built or called)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs:
+        raise SettingsError(
+            f"{name} does not know its input yet (a Sequential model that was never built or called): give it a "
+            "keras.Input((None, None, 3)) first, or call model.build((None, None, None, 3)), then pass it again."
+        )
 
 
 def with_policy(model, policy: str):
