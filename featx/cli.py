@@ -449,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # Dask logs every scheduler and worker event at INFO (its workers too): -v shows them
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    backend = _missing_backend()
+    if backend:
+        print(f"error: KERAS_BACKEND={backend}, but {backend} is not installed here: install it (see README, "
+              "\"Backends\") or set KERAS_BACKEND to one that is (tensorflow, jax, torch).", file=sys.stderr)  # fmt: skip
+        return 2
     unknown_home = _unknown_home(args)
     if unknown_home:
         print(f"error: {unknown_home!r} names the home folder of a user this machine does not have: write the "
@@ -467,6 +472,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _missing_backend() -> str | None:
+    """The Keras backend that KERAS_BACKEND names where its library is not installed (Keras would
+    fail with an import traceback at its first use)."""
+    import importlib.util
+
+    backend = os.environ.get("KERAS_BACKEND", "").strip().lower()
+    module = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}.get(backend)
+    if module and "keras" not in sys.modules and importlib.util.find_spec(module) is None:
+        return backend
+    return None
 
 
 def _unknown_home(args: argparse.Namespace) -> str | None:

@@ -240,11 +240,14 @@ def _check_installed(fmt: str) -> None:
     import keras
 
     need = {"onnx": ["onnx", "onnxruntime"], "saved_model": ["tensorflow"], "keras": []}[fmt]
-    if fmt == "onnx" and keras.backend.backend() in ("tensorflow", "jax"):
-        need.append("tf2onnx")
+    backend = keras.backend.backend()
+    if fmt == "onnx":  # the converter Keras's ONNX export uses on each backend
+        need.append({"tensorflow": "tf2onnx", "jax": "jax2onnx", "torch": "torch"}.get(backend, "tf2onnx"))
     missing = [m for m in need if importlib.util.find_spec(m) is None]
     if missing:
-        raise SettingsError(f"Exporting to {fmt} needs {', '.join(missing)}: {_INSTALL}.")
+        how = f"pip install {' '.join(missing)}" if "jax2onnx" in missing else _INSTALL
+        raise SettingsError(f"Exporting to {fmt} under the {backend} Keras backend needs {', '.join(missing)}: "
+                            f"{how} (or export from the TensorFlow backend: KERAS_BACKEND=tensorflow).")  # fmt: skip
 
 
 def _check_onnx(proto, model, meta: dict) -> None:

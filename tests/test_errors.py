@@ -163,3 +163,31 @@ def test_a_path_in_the_home_of_an_unknown_user_is_one_line(args, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "home folder of a user this machine does not have" in err
+
+
+def test_a_keras_backend_that_is_not_installed_is_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    from featx.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    monkeypatch.delitem(sys.modules, "keras", raising=False)  # as in a fresh process, before Keras is imported
+    assert main(["cache"]) == 2
+    assert "KERAS_BACKEND=torch, but torch is not installed here" in capsys.readouterr().err
+
+
+def test_onnx_export_under_jax_without_its_converter_fails_before_any_work(monkeypatch):
+    import importlib.util
+
+    import keras
+
+    from featx import export
+    from featx.errors import SettingsError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax2onnx" else real(name, *a))
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(SettingsError, match="under the jax Keras backend needs jax2onnx"):
+        export._check_installed("onnx")
