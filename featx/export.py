@@ -70,6 +70,13 @@ def export_classifier(out, head: str = "logreg", spec: FeatureSpec | str = "vgg1
     if out.is_dir() and not (out / "saved_model.pb").exists():
         raise SettingsError(f"{out} is a folder that is not a SavedModel: featx never replaces it, even with "
                             "--force. Pass a new path.")  # fmt: skip
+    if out.is_dir():
+        theirs = _not_ours(out)
+        if theirs:
+            raise SettingsError(
+                f"{out} holds files featx did not write ({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}): "
+                "featx never deletes them, even with --force. Move them out, or pass a new path."
+            )
     _check_installed(fmt)
     est, rec, path = find_head(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
     if not hasattr(est, "to_keras"):
@@ -232,6 +239,18 @@ def _format(out: Path, fmt: str | None) -> str:
     if fmt == "saved_model" and out.suffix in (".keras", ".onnx"):
         raise SettingsError(f"A SavedModel is a folder, not a {out.suffix} file. Received: {out}")
     return fmt
+
+
+def _not_ours(folder: Path) -> list[str]:
+    """What a SavedModel folder holds besides what an export writes (a user's notes, logs, ...)."""
+    ours = {"saved_model.pb", "fingerprint.pb", "variables", "assets"}
+    theirs = [p.name for p in folder.iterdir() if p.name not in ours]
+    if (folder / "variables").is_dir():
+        theirs += [f"variables/{p.name}" for p in (folder / "variables").iterdir()
+                   if not p.name.startswith("variables.")]  # fmt: skip
+    if (folder / "assets").is_dir():
+        theirs += [f"assets/{p.name}" for p in (folder / "assets").iterdir() if p.name != META]
+    return sorted(theirs)
 
 
 def _check_installed(fmt: str) -> None:

@@ -155,6 +155,16 @@ def test_export_refuses_to_overwrite_and_checks_the_format(tiny, cache, tmp_path
     with pytest.raises(SettingsError, match="is a folder that is not a SavedModel: featx never replaces it"):
         export_classifier(mine, "logreg", SPEC, tiny, cache_dir=cache, format="saved_model", force=True)
     assert (mine / "src" / "work.py").read_text() == "precious"
+    # a SavedModel folder with the user's own files in it: --force replaces nothing there
+    sm = export_classifier(tmp_path / "sm", "logreg", SPEC, tiny, cache_dir=cache, format="saved_model")
+    (sm / "NOTES.md").write_text("kept")
+    (sm / "assets" / "log.txt").write_text("kept too")
+    with pytest.raises(SettingsError, match=r"holds files featx did not write \(NOTES.md, assets/log.txt\)"):
+        export_classifier(sm, "logreg", SPEC, tiny, cache_dir=cache, format="saved_model", force=True)
+    assert (sm / "NOTES.md").read_text() == "kept" and (sm / "saved_model.pb").exists()
+    (sm / "NOTES.md").unlink()
+    (sm / "assets" / "log.txt").unlink()
+    assert export_classifier(sm, "logreg", SPEC, tiny, cache_dir=cache, format="saved_model", force=True) == sm
 
 
 def test_export_from_the_command_line(tiny, cache, images, tmp_path):
