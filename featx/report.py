@@ -18,7 +18,10 @@ import csv
 import html
 import io
 import json
+import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,8 +64,37 @@ def write_report(results, ds, reports_dir, feature_sets=(), curves=()) -> dict[s
     ``info`` (as recorded in its cache file) and ``map`` (:func:`feature_map`
     of its test rows). Returns the paths written, by kind.
     """
-    out = Path(reports_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(reports_dir)
+    final.mkdir(parents=True, exist_ok=True)
+    _remove_stale_stages(final)
+    out = Path(tempfile.mkdtemp(prefix=f".report-{os.getpid()}-", dir=final))  # written whole here first
+    try:
+        paths = _write_all(out, results, ds, feature_sets, curves)
+        done = {}
+        for kind, path in paths.items():  # then moved into place, file by file (a rename each: no partial file)
+            done[kind] = final / path.name
+            os.replace(path, done[kind])
+        for name in ("learning_curve.csv", "learning_curve.png"):
+            if not any(p.name == name for p in done.values()):
+                (final / name).unlink(missing_ok=True)  # an earlier run's: not this report's
+        return done
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _remove_stale_stages(folder: Path) -> None:
+    """Staging folders of reports whose process is gone (killed before moving its files into place)."""
+    for stage in folder.glob(".report-*"):
+        try:
+            pid = int(stage.name.split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(stage, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
+
+
+def _write_all(out: Path, results, ds, feature_sets, curves) -> dict[str, Path]:
     rows = [r.row() for r in results]
     paths = {"csv": out / "compare.csv", "json": out / "compare.json", "accuracy": out / "accuracy.png",
              "confusion": out / "confusion.png", "html": out / "index.html"}  # fmt: skip

@@ -6,9 +6,9 @@ import zipfile
 from unittest import mock
 
 import numpy as np
-from PIL import Image
 import pytest
 from conftest import make_class_folders, write_image
+from PIL import Image
 
 from featx import data as data_mod
 from featx.data import CIFAR10_CLASSES, load_dataset, make_task, stratified_split

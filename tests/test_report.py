@@ -119,3 +119,24 @@ def test_compare_from_the_command_line_prints_no_backend_noise(tmp_path):
     assert "index.html" in res.stdout and (tmp_path / "rep" / "index.html").exists()
     for noise in ("absl::InitializeLog", "cuda drivers", "cuInit", "oneDNN", "cpu_feature_guard"):
         assert noise not in res.stderr, res.stderr
+
+
+def test_a_report_that_cannot_be_written_whole_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    from conftest import make_class_folders
+
+    from featx import report as report_mod
+    from featx.compare import compare
+
+    data = make_class_folders(tmp_path / "ds", n_train=6, n_test=2)
+    kw = dict(weights="none", cache_dir=tmp_path / "c", reports_dir=tmp_path / "rep", reference=False, task="full")
+    _, first = compare(["trunk"], ["logreg"], data, **kw)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_mod, "html_report", full_disk)  # the last file of the report fails
+    with pytest.raises(OSError, match="No space left"):
+        compare(["trunk"], ["centroid"], data, **kw)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()}
+    assert after == before  # every file of the first report, unchanged; no staging folder left
