@@ -112,6 +112,8 @@ def _write_all(out: Path, results, ds, feature_sets, curves) -> dict[str, Path]:
             "per_class": [{"features": r.features, "head": r.head, "classes": r.per_class()} for r in results],
             "calibration": [{"features": r.features, "head": r.head, **cal} for r in results
                             if (cal := r.calibration) is not None],
+            "confusion": [{"features": r.features, "head": r.head, "matrix": _confusion(r).tolist()}
+                          for r in results],  # every class: the charts show at most 20
             "learning_curve": curves, "learning_curve_summary": summary}  # fmt: skip
     paths["json"].write_text(json.dumps(meta, indent=1))
     plt = _pyplot()
@@ -170,16 +172,39 @@ def accuracy_chart(results, ds):
     return fig
 
 
+#: Classes a confusion chart shows at most: beyond, the most confused of them (the whole matrix is in compare.json).
+MAX_CONFUSION_CLASSES = 20
+
+
+def _confusion(r) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(r.y_test, r.y_pred, labels=np.arange(len(r.class_names)))
+
+
+def most_confused(cm: np.ndarray, k: int = MAX_CONFUSION_CLASSES) -> np.ndarray:
+    """Indices of the ``k`` classes most involved in mistakes (as true or as predicted class), in class order."""
+    if len(cm) <= k:
+        return np.arange(len(cm))
+    off = cm - np.diag(np.diag(cm))
+    return np.sort(np.argsort(-(off.sum(0) + off.sum(1)), kind="stable")[:k])
+
+
 def confusion_chart(r, title: bool = True):
-    """The confusion matrix of one result, with its class names."""
+    """The confusion matrix of one result, with its class names: of every class, or, past
+    :data:`MAX_CONFUSION_CLASSES`, of the classes most involved in its mistakes (a picture of
+    bounded size whatever the number of classes)."""
     from sklearn.metrics import confusion_matrix
 
     plt = _pyplot()
-    cm = confusion_matrix(r.y_test, r.y_pred, labels=np.arange(len(r.class_names)))
+    full = confusion_matrix(r.y_test, r.y_pred, labels=np.arange(len(r.class_names)))
+    keep = most_confused(full)
+    cm = full[np.ix_(keep, keep)]
+    names = [r.class_names[i] for i in keep]
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(cm), 1 + 0.6 * len(cm)))
     ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(cm)), r.class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(cm)), r.class_names)
+    ax.set_xticks(range(len(cm)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(cm)), names)
     for i in range(len(cm)):
         for j in range(len(cm)):
             ax.text(j, i, int(cm[i, j]), ha="center", va="center",
@@ -187,7 +212,8 @@ def confusion_chart(r, title: bool = True):
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if title:
-        ax.set_title(f"{_label(r)}: {r.accuracy:.1%}", fontsize=9)
+        part = "" if len(keep) == len(full) else f" ({len(keep)} most confused of {len(full)} classes)"
+        ax.set_title(f"{_label(r)}: {r.accuracy:.1%}{part}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -140,3 +140,25 @@ def test_a_report_that_cannot_be_written_whole_leaves_the_previous_one_whole(tmp
         compare(["trunk"], ["centroid"], data, **kw)
     after = {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()}
     assert after == before  # every file of the first report, unchanged; no staging folder left
+
+
+def test_two_hundred_classes_make_pictures_of_bounded_size(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from featx.compare import compare
+
+    rng = np.random.default_rng(0)
+    k, d = 200, 32
+    centers = rng.normal(scale=2, size=(k, d))
+    ytr, yte = np.repeat(np.arange(k), 3), np.repeat(np.arange(k), 1)
+    path = tmp_path / "many.npz"
+    np.savez(path, X_train=centers[ytr] + rng.normal(size=(len(ytr), d)), y_train=ytr,
+             X_test=centers[yte] + rng.normal(size=(len(yte), d)), y_test=yte)  # fmt: skip
+    _, paths = compare(heads=["centroid"], features=path, reports_dir=tmp_path / "rep")
+    w, h = Image.open(paths["confusion"]).size
+    assert w < 2000 and h < 2000  # the 20 most confused classes, not 200
+    assert paths["confusion"].stat().st_size < 500_000 and paths["html"].stat().st_size < 5_000_000
+    matrix = json.loads(paths["json"].read_text())["confusion"][0]["matrix"]
+    assert len(matrix) == k and sum(map(sum, matrix)) == k  # the whole matrix is kept in the JSON
