@@ -7,6 +7,7 @@ import platform
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -15,6 +16,7 @@ from . import cache
 from .cluster import is_client
 from .data import Dataset, load_dataset
 from .embed import embed  # noqa: F401 (featx.extract.embed)
+from .errors import CacheError
 from .extractor import Extractor
 from .options import RunOptions, as_options, split_kwargs
 from .spec import FeatureSpec, as_spec
@@ -158,7 +160,10 @@ def _run(extractor: Extractor, ds: Dataset, settings: dict, path, opts: RunOptio
     fits = [batch_size]  # halved on out-of-memory ("auto"), for the rest of the run
     writer = cache.PartialWriter(path, settings, info, sizes, dim, spec.dtype)
     seconds = {}
+    row_bytes = dim * np.dtype(spec.dtype).itemsize
     try:
+        left = sum(sizes[s] - writer.n_done(s) for s in cache.SPLITS)
+        _check_space(Path(path).parent, left * row_bytes, left)
         for split in cache.SPLITS:
             X, y = ds.split(split)
             done = writer.n_done(split)
@@ -174,6 +179,7 @@ def _run(extractor: Extractor, ds: Dataset, settings: dict, path, opts: RunOptio
                 # the model runs here; the next batch is read, and the last one written, in the background
                 for start, feats in embed(model, X[done:], batch_size=fits[0], progress=bar, adaptive=adaptive,
                                           on_resize=lambda n: fits.__setitem__(0, n)):  # fmt: skip
+                    _check_space(Path(path).parent, 2 * len(feats) * row_bytes, len(X) - done - start)
                     background.put(split, feats, y[done + start : done + start + len(feats)])
             seconds[split] = round(time.perf_counter() - t0, 3)
         fs = writer.finalize({"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -181,6 +187,22 @@ def _run(extractor: Extractor, ds: Dataset, settings: dict, path, opts: RunOptio
         writer.close()
     print(f"features cached: {fs.path} (train {sizes['train']}x{dim}, test {sizes['test']}x{dim})", flush=True)
     return fs
+
+
+#: Room kept free besides the rows themselves (HDF5 chunks, checksums, the file's metadata).
+_SPACE_MARGIN = 4 * 2**20
+
+
+def _check_space(folder: Path, need: int, rows_left: int) -> None:
+    """Stop in one line before the disk fills: HDF5 does not survive a write that finds no space
+    (it can take the process down), while the partial file as it stands resumes on the next run."""
+    free = shutil.disk_usage(folder).free
+    if free < need + _SPACE_MARGIN:
+        raise CacheError(
+            f"No space left on device for the features in {folder}: {free / 2**20:,.1f} MiB free, about "
+            f"{(need + _SPACE_MARGIN) / 2**20:,.1f} MiB needed for the next {rows_left:,} rows. Free some space or "
+            "pass another --cache-dir; a run with the same settings goes on from the images done."
+        )
 
 
 def _featx_version() -> str:

@@ -343,3 +343,29 @@ def test_a_backbone_whose_features_overflow_is_stopped_and_nothing_is_cached(tin
         extract_features(str(path), tiny, size=32, cache_dir=tmp_path / "c", layers=["c1", "c2"])
     files = list((tmp_path / "c" / "features").glob("*.h5"))
     assert all(f.name.endswith(".partial.h5") for f in files)  # no file that looks complete
+
+
+def test_a_full_disk_is_one_line_before_hdf5_fails_and_the_run_resumes(tiny, tmp_path, monkeypatch, capsys):
+    import collections
+    import shutil
+
+    from featx import extract as extract_mod
+    from featx.errors import CacheError
+
+    real = shutil.disk_usage
+    usage = collections.namedtuple("usage", "total used free")
+    calls = {"n": 0}
+
+    def filling(path):  # room for the first check and a batch or two, then none
+        calls["n"] += 1
+        return usage(1, 1, real(path).free if calls["n"] <= 2 else 1024)
+
+    monkeypatch.setattr(extract_mod.shutil, "disk_usage", filling)
+    with pytest.raises(CacheError, match=r"No space left on device for the features in .*MiB free"):
+        extract_features("trunk", tiny, weights="none", cache_dir=tmp_path, batch_size=4, progress=False)
+    assert not [p for p in (tmp_path / "features").glob("*.h5") if not p.name.endswith(".partial.h5")]
+    monkeypatch.setattr(extract_mod.shutil, "disk_usage", real)  # space freed: the same run goes on
+    fs = extract_features("trunk", tiny, weights="none", cache_dir=tmp_path, batch_size=4, progress=False)
+    assert "resuming train at image 4" in capsys.readouterr().out  # the batch written before the disk filled
+    fresh = extract_features("trunk", tiny, weights="none", cache_dir=tmp_path / "fresh", progress=False)
+    np.testing.assert_allclose(fs.load()[0], fresh.load()[0], atol=1e-5)
