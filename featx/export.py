@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HeadError, SettingsError
+from .errors import HeadError, ResourceError, SettingsError
 from .extractor import Extractor
 from .fit import find_head, head_extractor
 from .options import RunOptions, as_options, split_kwargs
@@ -326,6 +326,18 @@ def _write(model, meta: dict, out: Path, fmt: str) -> Path:
         if out.is_dir():
             shutil.rmtree(out)
         os.replace(tmp, out)
+    except Exception as exc:
+        if _no_space(exc):  # TensorFlow says it as a ResourceExhaustedError, h5py and zipfile as OSError
+            raise ResourceError(f"No space left on device to write {out}: free some space or pass a path on "
+                                "another disk. Nothing was written there.") from None  # fmt: skip
+        raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
+
+
+def _no_space(exc: BaseException) -> bool:
+    """Whether an error from any writer (Python, h5py, TensorFlow, onnx) is a full disk."""
+    import errno
+
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc)

@@ -253,3 +253,22 @@ def test_a_damaged_or_inconsistent_onnx_export_is_refused(tiny, cache, images, t
         with pytest.raises(SettingsError, match=message):
             load_exported(tmp_path / "meta.onnx")
     np.testing.assert_allclose(load_exported(out).predict_proba(X), good)  # the export itself is untouched
+
+
+def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(tiny, cache, tmp_path, monkeypatch):
+    import keras
+
+    from featx.errors import ResourceError
+
+    fit_head("logreg", SPEC, tiny, cache_dir=cache)
+
+    class ResourceExhaustedError(Exception):  # what TensorFlow raises, as it words it
+        pass
+
+    def full(self, *args, **kwargs):
+        raise ResourceExhaustedError("/tmp/x/variables/variables_temp; No space left on device")
+
+    monkeypatch.setattr(keras.Model, "export", full)
+    with pytest.raises(ResourceError, match="No space left on device to write .*sm"):
+        export_classifier(tmp_path / "sm", "logreg", SPEC, tiny, cache_dir=cache, format="saved_model")
+    assert list(tmp_path.iterdir()) == []  # no folder, no staging folder
