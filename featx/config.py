@@ -11,6 +11,10 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     """Return the cache directory: ``path``, else ``$FEATX_CACHE_DIR``, else ``./cache``."""
     if path is None:
         path = os.environ.get(CACHE_ENV) or "cache"
+    if not str(path).strip():
+        from .errors import SettingsError
+
+        raise SettingsError("The cache folder is empty (''): name a folder, e.g. --cache-dir cache (the default).")
     return Path(path).expanduser()
 
 

@@ -297,7 +297,8 @@ def _check_onnx(proto, model, meta: dict) -> None:
 def _write(model, meta: dict, out: Path, fmt: str) -> Path:
     """Write ``model`` and ``meta`` beside ``out``, then give them ``out``'s name: complete or not at all."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    _remove_stale_stages(out)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", dir=out.parent))
     try:
         tmp = tmp_dir / out.name
         model([np.zeros((1, *meta["image_shape"], 3), np.uint8)])  # traced once: export needs a called model
@@ -334,6 +335,20 @@ def _write(model, meta: dict, out: Path, fmt: str) -> Path:
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
+
+
+def _remove_stale_stages(out: Path) -> None:
+    """Staging folders of earlier exports to ``out`` whose process is gone (killed mid-write)."""
+    for stage in out.parent.glob(f".{out.name}.*"):
+        pid = stage.name[len(out.name) + 2 :].split(".")[0]
+        if not (stage.is_dir() and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stage, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _no_space(exc: BaseException) -> bool:

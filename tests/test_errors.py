@@ -191,3 +191,12 @@ def test_onnx_export_under_jax_without_its_converter_fails_before_any_work(monke
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(SettingsError, match="under the jax Keras backend needs jax2onnx"):
         export._check_installed("onnx")
+
+
+def test_an_empty_cache_folder_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from featx.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["extract", "--backbone", "trunk", "--weights", "none", "--cache-dir", ""]) == 2
+    assert "The cache folder is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no features/, heads/ or pixels/ in the current folder

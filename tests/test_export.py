@@ -2,6 +2,7 @@
 
 import fractions
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -272,3 +273,18 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(tiny, cache, t
     with pytest.raises(ResourceError, match="No space left on device to write .*sm"):
         export_classifier(tmp_path / "sm", "logreg", SPEC, tiny, cache_dir=cache, format="saved_model")
     assert list(tmp_path.iterdir()) == []  # no folder, no staging folder
+
+
+def test_an_export_killed_mid_write_leaves_nothing_the_next_one_keeps(tiny, cache, tmp_path):
+    import subprocess as sp
+
+    fit_head("logreg", SPEC, tiny, cache_dir=cache)
+    dead = sp.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that is gone
+    stage = tmp_path / f".clf.onnx.{dead.pid}.abc123"
+    stage.mkdir()
+    (stage / "clf.onnx").write_bytes(b"half")
+    alive = tmp_path / f".clf.onnx.{os.getpid()}.def456"  # another export running now: left alone
+    alive.mkdir()
+    export_classifier(tmp_path / "clf.onnx", "logreg", SPEC, tiny, cache_dir=cache)
+    assert not stage.exists() and alive.exists()
