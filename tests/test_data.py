@@ -393,3 +393,15 @@ def test_a_decompression_bomb_is_named_in_one_line_and_predict_classifies_the_ot
     (root / "train" / "cat" / "bomb.png").write_bytes(png)
     with pytest.raises(DataError, match=r"bomb.png' claims more pixels"):
         load_dataset(root)
+
+
+def test_a_folder_of_mixed_small_sizes_is_stored_at_its_most_common_shorter_side(tmp_path):
+    root = tmp_path / "mixed"
+    seed = 0
+    for split, n in (("train", 4), ("test", 2)):
+        for c in ("cat", "dog"):
+            for i in range(n):
+                write_image(root / split / c / f"{i}.png", seed, size=(150, 200) if i else (300, 400))
+                seed += 1
+    ds = load_dataset(root)
+    assert ds.X_train.shape[1:] == (150, 150, 3) and ds.info["stored"] == "150x150"  # as README says
