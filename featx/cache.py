@@ -504,6 +504,11 @@ def list_features(cache_dir=None) -> list[dict]:
         }
         for s in SPLITS:
             row[s] = f"{int(f[s].attrs['n_done'])}/{int(f[s].attrs['n_total'])}"
+        try:  # the key holds the weights' hash alone; the record says a random init made them (the trunk's)
+            if json.loads(f.attrs["info"]).get("spec", {}).get("weights") == "none":
+                row["weights"] = "none"
+        except (KeyError, ValueError, AttributeError):
+            pass
         return row
 
     return _list_files(resolve_cache_dir(cache_dir) / "features", describe)

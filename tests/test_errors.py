@@ -200,3 +200,16 @@ def test_an_empty_cache_folder_is_one_line_and_writes_nothing(tmp_path, monkeypa
     assert main(["extract", "--backbone", "trunk", "--weights", "none", "--cache-dir", ""]) == 2
     assert "The cache folder is empty" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no features/, heads/ or pixels/ in the current folder
+
+
+def test_cache_calls_a_random_init_trunk_what_fit_calls_it(tmp_path, capsys):
+    from featx.cli import main
+
+    data = make_class_folders(tmp_path / "ds", n_train=4, n_test=2)
+    common = ["--backbone", "trunk", "--weights", "none", "--data", str(data), "--task", "full",
+              "--cache-dir", str(tmp_path / "c")]  # fmt: skip
+    assert main(["extract", *common]) == 0
+    capsys.readouterr()
+    assert main(["cache", "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "random init" in out and "trunk weights" not in out
