@@ -11,7 +11,7 @@ from .cluster import connect
 from .data import Dataset, load_dataset
 from .errors import HeadError, SettingsError
 from .extract import extract_features
-from .fit import FitResult, check_tune, evaluate_heads
+from .fit import FitResult, check_splits, check_tune, evaluate_heads
 from .heads import HEADS, make_head
 from .options import RunOptions, as_options, split_kwargs
 from .report import feature_map, write_report
@@ -118,6 +118,7 @@ def compare(
             elif (ds := loaded.get(spec.images)) is None:
                 ds = loaded[spec.images] = load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed,
                                                         images=spec.images)  # fmt: skip
+            check_splits(ds.y_train, ds.y_test, ds.class_names, tune)  # before any features are made
             fs, X_train, y_train, X_test, y_test = _features_of(spec, ds, made, opts, protocol)
             feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info,
                                  "path": str(fs.path), "map": feature_map(X_test, y_test, seed=opts.seed)})  # fmt: skip

@@ -16,7 +16,7 @@ from .cluster import connect
 from .config import cache_dir as resolve_cache_dir
 from .config import slug
 from .data import Dataset, load_dataset
-from .errors import CacheError, HeadError
+from .errors import CacheError, DataError, HeadError
 from .extract import extract_features
 from .heads import make_head
 from .options import RunOptions, as_options, split_kwargs
@@ -196,6 +196,7 @@ def fit_head(
         opts = opts.replace(cluster=client, workers=None)
         ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir,
                                                                  seed=opts.seed, images=spec.images)  # fmt: skip
+        check_splits(ds.y_train, ds.y_test, ds.class_names, tune)  # before any features are made
         fs = extract_features(spec, ds, options=opts)
         X_train, y_train, X_test, y_test = fs.load()
         [res] = evaluate_heads([(head, estimator)], (X_train, y_train, X_test, y_test), client, n_jobs=1,
@@ -241,6 +242,27 @@ def evaluate_heads(jobs, data, client, *, n_jobs: int, **common) -> list[FitResu
         delayed(evaluate_head)(e, *data, head=h, **common) for h, e in other
     )
     return [evaluate_head(e, *data, head=h, **common) for h, e in keras_jobs] + list(par)
+
+
+def check_splits(y_train: np.ndarray, y_test: np.ndarray, class_names, tune: bool) -> None:
+    """What a fit needs of the data, checked before any work: test images to score on, and, with
+    ``tune``, as many train images of each class as the cross-validation has folds."""
+    from .tune import CV_FOLDS
+
+    if len(y_test) == 0:
+        raise DataError("The test split is empty: a head is scored on the test images. Add a test/ folder of "
+                        "class folders, or give class folders alone (featx then splits them 80/20).")  # fmt: skip
+    if len(y_train) == 0:
+        raise DataError("The train split is empty: add train images (a train/ folder of class folders).")
+    if tune:
+        counts = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=len(class_names))
+        few = [(class_names[i], int(c)) for i, c in enumerate(counts) if c < CV_FOLDS]
+        if few:
+            name, n = min(few, key=lambda t: t[1])
+            raise DataError(
+                f"--tune cross-validates on the train split in {CV_FOLDS} folds: every class needs {CV_FOLDS} train "
+                f"images or more, and {len(few)} have fewer ({name!r}: {n}). Add images, or fit without --tune."
+            )
 
 
 def check_tune(head: str, params: dict, tune: bool) -> None:

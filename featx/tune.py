@@ -29,13 +29,17 @@ SEARCHES: dict[str, dict[str, list]] = {
 }
 
 
+#: Folds of the cross-validation that ``tune`` runs on the train split.
+CV_FOLDS = 3
+
+
 def tune_head(
     head: str,
     estimator: BaseEstimator,
     X: np.ndarray,
     y: np.ndarray,
     *,
-    cv: int = 3,
+    cv: int = CV_FOLDS,
     random_state: int = 0,
     n_jobs: int | None = None,
 ) -> tuple[BaseEstimator, dict, float, float]:

@@ -213,3 +213,25 @@ def test_cache_calls_a_random_init_trunk_what_fit_calls_it(tmp_path, capsys):
     assert main(["cache", "--cache-dir", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "random init" in out and "trunk weights" not in out
+
+
+def test_tune_with_too_few_images_and_an_empty_test_split_fail_before_any_work(tmp_path):
+    from unittest import mock
+
+    from featx import extract as extract_mod
+    from featx.errors import DataError
+    from featx.fit import fit_head
+
+    one = make_class_folders(tmp_path / "one", n_train=1, n_test=1)
+    with mock.patch.object(extract_mod, "_run", side_effect=AssertionError("features were made")):
+        with pytest.raises(DataError, match=r"--tune cross-validates .* in 3 folds: every class needs 3 train images"):
+            fit_head("logreg", "trunk", one, task="full", weights="none", tune=True, cache_dir=tmp_path / "c")
+    from featx.data import Dataset, load_dataset
+
+    full = load_dataset(make_class_folders(tmp_path / "ds", n_train=3, n_test=1))
+    empty = full.X_test[:0]
+    ds = Dataset("no-test", full.X_train, full.y_train, empty, full.y_test[:0], full.class_names, "no-test-fp",
+                 "full", {})  # fmt: skip
+    with mock.patch.object(extract_mod, "_run", side_effect=AssertionError("features were made")):
+        with pytest.raises(DataError, match="The test split is empty"):
+            fit_head("logreg", "trunk", ds, weights="none", cache_dir=tmp_path / "c")
