@@ -70,6 +70,11 @@ def export_classifier(out, head: str = "logreg", spec: FeatureSpec | str = "vgg1
     if out.is_dir() and not (out / "saved_model.pb").exists():
         raise SettingsError(f"{out} is a folder that is not a SavedModel: featx never replaces it, even with "
                             "--force. Pass a new path.")  # fmt: skip
+    if fmt == "saved_model" and out.exists() and not out.is_dir():
+        raise SettingsError(f"{out} is a file, and a SavedModel is a folder: featx does not replace one with the "
+                            "other. Pass a new path (or a name ending in .keras or .onnx for a file).")  # fmt: skip
+    if fmt != "saved_model" and out.is_dir():
+        raise SettingsError(f"{out} is a folder, and a {fmt} model is a file: pass a new path.")
     if out.is_dir():
         theirs = _not_ours(out)
         if theirs:

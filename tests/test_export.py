@@ -288,3 +288,17 @@ def test_an_export_killed_mid_write_leaves_nothing_the_next_one_keeps(tiny, cach
     alive.mkdir()
     export_classifier(tmp_path / "clf.onnx", "logreg", SPEC, tiny, cache_dir=cache)
     assert not stage.exists() and alive.exists()
+
+
+def test_export_over_a_plain_file_or_folder_names_the_users_path(tiny, cache, tmp_path):
+    fit_head("logreg", SPEC, tiny, cache_dir=cache)
+    plain = tmp_path / "plainfile"
+    plain.write_text("mine")
+    with pytest.raises(SettingsError, match=r"plainfile is a file, and a SavedModel is a folder") as err:
+        export_classifier(plain, "logreg", SPEC, tiny, cache_dir=cache, force=True)
+    assert f".{plain.name}." not in str(err.value)  # the user's path, never a staging one
+    assert plain.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["plainfile"]
+    folder = tmp_path / "clf.onnx"
+    folder.mkdir()
+    with pytest.raises(SettingsError, match=r"clf.onnx is a folder that is not a SavedModel: featx never replaces it"):
+        export_classifier(folder, "logreg", SPEC, tiny, cache_dir=cache, force=True)
