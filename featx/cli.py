@@ -480,8 +480,7 @@ def _missing_backend() -> str | None:
     import importlib.util
 
     backend = os.environ.get("KERAS_BACKEND", "").strip().lower()
-    module = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}.get(backend)
-    if module and "keras" not in sys.modules and importlib.util.find_spec(module) is None:
+    if backend in ("torch", "jax", "tensorflow") and "keras" not in sys.modules and importlib.util.find_spec(backend) is None:
         return backend
     return None
 

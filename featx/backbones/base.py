@@ -314,6 +314,17 @@ class Backbone:
         return f"{type(self).__name__}({self.name!r})"
 
 
+def load_weights_file(model, weights: str, name: str, saved_from: str) -> None:
+    """Load the weights file ``weights`` into ``model``, or one line naming the file and the backbone."""
+    try:
+        model.load_weights(str(Path(weights).expanduser()))
+    except Exception as exc:
+        raise WeightsError(
+            f"Could not load weights from '{weights}' into {name} ({exc.__class__.__name__}: {str(exc)[:300]}). "
+            f"Pass a weights file saved from this {saved_from}."
+        ) from None
+
+
 def layer_info(model, size: int) -> tuple[tuple[str, tuple, str], ...]:
     """``(name, output shape for size x size inputs, class name)`` of every layer of ``model`` but its
     inputs; shapes are traced symbolically (nothing is computed), so that a model of open input

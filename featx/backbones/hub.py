@@ -34,7 +34,7 @@ import numpy as np
 
 from ..config import slug
 from ..errors import SettingsError, WeightsError
-from .base import Backbone, file_sha256, fresh_names, layer_info, stage_ends
+from .base import Backbone, file_sha256, fresh_names, layer_info, load_weights_file, stage_ends
 
 #: Prefixes of remote preset handles.
 SCHEMES = ("hf://", "kaggle://", "modelscope://")
@@ -141,17 +141,6 @@ def close_presets(name: str, n: int = 1) -> list[str]:
         return []
 
 
-def _read_config(preset: str) -> dict:
-    """The preset's ``config.json`` (a download for a remote one), or one line saying what is wrong."""
-    hub()  # installed, or one line saying how
-    from keras_hub.src.utils.preset_utils import load_json
-
-    try:
-        return load_json(preset)
-    except Exception as exc:
-        raise _fetch_error(preset, exc) from None
-
-
 def _fetch_error(preset: str, exc: Exception) -> WeightsError:
     if is_preset_folder(preset):
         return WeightsError(f"Could not read the KerasHub preset folder '{preset}' ({exc.__class__.__name__}: "
@@ -181,13 +170,11 @@ class KerasHubPreset(Backbone):
                 "hf:// or kaggle:// handle."
             )
         self.preset = self.name = preset
-        config = _read_config(preset)
-        cls_name = str(config.get("class_name", "")) if isinstance(config, dict) else ""
         model = self._native()
         self.kind = _kind(model)
         if self.kind is None:
             raise SettingsError(
-                f"The KerasHub preset {preset!r} ({cls_name or type(model).__name__}) takes no images: featx embeds "
+                f"The KerasHub preset {preset!r} ({type(model).__name__}) takes no images: featx embeds "
                 "images. Pick an image preset (`python cli.py backbones` lists them)."
             )
         self.description = f"KerasHub {type(model).__name__}"
@@ -233,9 +220,9 @@ class KerasHubPreset(Backbone):
             x = keras.Input((self.default_size, self.default_size, 3))
             return (("embedding", tuple(model.get_vision_embeddings(x).shape[1:]), "Embedding"),)
         if self.kind == "tokens":
-            d = int(model.output.shape[-1])
-            names = [n for n in getattr(model, "pyramid_outputs", {}) if n != "stem"]
-            return tuple((n, (2 * d,), "Block") for n in names) + (("output", (2 * d,), "Block"),)
+            blocks = {n: t for n, t in getattr(model, "pyramid_outputs", {}).items() if n != "stem"}
+            blocks["output"] = model.output
+            return tuple((n, (_token_width(t.shape),), "Block") for n, t in blocks.items())
         info = layer_info(model, self.default_size)
         return info + (("output", info[-1][1], info[-1][2]),)
 
@@ -315,13 +302,7 @@ class KerasHubPreset(Backbone):
         if weights == "preset":
             _transfer(native, model)
         elif weights != "none":
-            try:
-                model.load_weights(str(Path(weights).expanduser()))
-            except Exception as exc:
-                raise WeightsError(
-                    f"Could not load weights from '{weights}' into {self.label} ({exc.__class__.__name__}: "
-                    f"{str(exc)[:300]}). Pass a weights file saved from this backbone (backbone.save_weights)."
-                ) from None
+            load_weights_file(model, weights, self.label, "backbone (backbone.save_weights)")
         return model
 
     def feature_maps(self, x, spec, *, seed: int, state: dict) -> dict:
@@ -360,6 +341,13 @@ class KerasHubPreset(Backbone):
                 )
             out[name] = Tokens(g, spec.grid, spec.pooling, name=f"tokens_{name}")(seq)
         return out
+
+
+def _token_width(shape) -> int:
+    """Width of a sequence's embedding at grid 1: the class token (where there are tokens besides the
+    largest square, the patches) and the mean of the patches, as :class:`TokenPooling` makes it."""
+    tokens, d = shape[1], int(shape[-1])
+    return d if tokens and math.isqrt(tokens) ** 2 == tokens else 2 * d
 
 
 def _fmt(v) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 from ..config import cache_dir as resolve_cache_dir
 from ..config import slug
 from ..errors import SettingsError, WeightsError
-from .base import Backbone, file_sha256, fresh_names, layer_info
+from .base import Backbone, file_sha256, fresh_names, layer_info, load_weights_file
 
 
 def is_model_file(name) -> bool:
@@ -114,9 +114,10 @@ class KerasModel(Backbone):
 
         model = self._load()
         policy = keras.config.dtype_policy().name
+        if policy != "float32":
+            model = with_policy(model, policy)
         if weights == "saved":
-            return model if policy == "float32" else with_policy(model, policy)
-        model = model if policy == "float32" else with_policy(model, policy)
+            return model
         with fresh_names():
             if weights == "none":
                 if seed is None:
@@ -124,13 +125,7 @@ class KerasModel(Backbone):
                 with seeded_build(seed):
                     return keras.models.clone_model(model)  # the same layers, initialised afresh
             clone = keras.models.clone_model(model)
-        try:
-            clone.load_weights(str(Path(weights).expanduser()))
-        except Exception as exc:
-            raise WeightsError(
-                f"Could not load weights from '{weights}' into {self.path.name} ({exc.__class__.__name__}: "
-                f"{str(exc)[:300]}). Pass a weights file saved from this model (model.save_weights)."
-            ) from None
+        load_weights_file(clone, weights, self.path.name, "model (model.save_weights)")
         return clone
 
 
