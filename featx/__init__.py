@@ -31,6 +31,9 @@ _LAZY = {
     "ImageOptions": "images",
     "make_head": "heads",
     "export_classifier": "export",
+    "audit": "audit",
+    "AuditSettings": "audit",
+    "NeighborSearch": "neighbors",
     "extract_features": "extract",
     "fit_head": "fit",
     "predict_files": "predict",
@@ -48,6 +51,9 @@ def __dir__():
 
 
 __all__ = [
+    "AuditSettings",
+    "NeighborSearch",
+    "audit",
     "CacheError",
     "DataError",
     "Dataset",

@@ -287,13 +287,49 @@ def cmd_compare(args: argparse.Namespace) -> int:
                              params={h: parse_params(v) for h, v in params.items()}, tune=args.tune,
                              reference=args.reference, reports_dir=args.reports_dir, n_jobs=args.n_jobs,
                              repeats=args.repeats, train_sizes=args.train_sizes, features=args.features,
-                             options=_options(args))  # fmt: skip
+                             exclude=args.exclude, options=_options(args))  # fmt: skip
     print()
     print(format_table(results))
     print()
     for kind, path in paths.items():
         print(f"{kind:<10} {path}")
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit
+    from .neighbors import NeighborSearch
+
+    result, paths = audit(_spec(args), args.data, args.task, features=args.features, threshold=args.threshold,
+                          head=args.head, folds=args.folds, neighbors=args.neighbors, outlier_mads=args.outlier_mads,
+                          search=NeighborSearch(method=args.search), n_jobs=args.n_jobs, reports_dir=args.reports_dir,
+                          options=_options(args))  # fmt: skip
+    print()
+    print(result.summary())
+    print()
+    for kind, path in paths.items():
+        print(f"{kind:<10} {path}")
+    return 0
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a cosine similarity from 0 to 1, e.g. 0.9. Received: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number. Received: {text!r}")
+    return value
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -397,11 +433,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=None, metavar="FILE",
                    help="compare the heads on embeddings made elsewhere: an .npz or .h5 file holding X_train, "
                    "y_train, X_test, y_test (and class_names); no backbone runs")
+    p.add_argument("--exclude", default=None, metavar="FILE",
+                   help="leave out the images an audit flagged (its audit.csv) or a text file lists: train images "
+                   "from training, test images from scoring")
     p.add_argument("--reports-dir", default="reports", help="where the table and pictures go (default reports/)")
     p.add_argument("--n-jobs", type=_n_jobs, default=2, help="parallel fits of the scikit-learn heads")
     p.add_argument("--force", action="store_true", help="recompute the features even if cached")
     _add_cluster_args(p)
     p.set_defaults(func=cmd_compare)
+
+    from .audit import DEFAULT_THRESHOLD
+
+    p = sub.add_parser("audit", help="find duplicates, train/test leaks, likely label errors and outliers in cached "
+                       "features; write a page to check them")  # fmt: skip
+    _add_data_args(p)
+    _add_spec_args(p)  # the cached features audited (extract them first)
+    p.add_argument("--features", default=None, metavar="FILE",
+                   help="audit embeddings made elsewhere: an .npz or .h5 file holding X_train, y_train, X_test, "
+                   "y_test (and class_names)")
+    p.add_argument("--threshold", type=_unit_float, default=DEFAULT_THRESHOLD,
+                   help=f"cosine similarity from which two images are copies (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--head", default="logreg", help="the head whose cross-validated probabilities rank the labels "
+                   "(default logreg)")  # fmt: skip
+    p.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--neighbors", type=_positive_int, default=10,
+                   help="nearest images searched per image; outliers are far from them (default 10)")
+    p.add_argument("--outlier-mads", type=_positive_float, default=6.0,
+                   help="outliers: farther from their nearest images than the median by this many robust standard "
+                   "deviations (default 6)")  # fmt: skip
+    p.add_argument("--search", choices=["exact", "approximate"], default="exact",
+                   help="nearest-neighbour search: exact (default; FAISS where installed, else NumPy, in blocks) or "
+                   "approximate (a FAISS inverted-file index: faster on millions of rows)")  # fmt: skip
+    p.add_argument("--reports-dir", default="reports", help="where audit.csv, audit.json and audit.html go")
+    p.add_argument("--n-jobs", type=_n_jobs, default=2, help="parallel cross-validation fits")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("predict", help="classify image files with a fitted head and its backbone")
     _add_data_args(p)

@@ -32,6 +32,7 @@ def compare(
     repeats: int = 1,
     train_sizes=None,
     features=None,
+    exclude=None,
     options: RunOptions | None = None,
     **kwargs,
 ) -> tuple[list[FitResult], dict[str, Path]]:
@@ -68,6 +69,9 @@ def compare(
     ``features``: the path of an ``.npz`` or ``.h5`` file of embeddings made
     elsewhere (``X_train``, ``y_train``, ``X_test``, ``y_test``, optionally
     ``class_names``): the heads, table and report run on those, no backbone.
+    ``exclude``: an audit's ``audit.csv`` or a text file of image paths
+    (:mod:`featx.exclusions`): the train images it names are left out of
+    training and the test images out of scoring.
 
     Returns the results, best first, and the paths of the report files.
     """
@@ -103,9 +107,14 @@ def compare(
         make_head(h, **params.get(h, {}))  # unknown heads and bad parameters fail before any work
         check_tune(h, params.get(h, {}), tune)
     Path(reports_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the fits
+    if exclude is not None:
+        from .exclusions import read_exclusions
+
+        exclude = read_exclusions(exclude)
     if features is not None:
         return _compare_embeddings(features, heads, params=params, tune=tune, reports_dir=reports_dir,
-                                   n_jobs=n_jobs, repeats=repeats, train_sizes=train_sizes, opts=opts)  # fmt: skip
+                                   n_jobs=n_jobs, repeats=repeats, train_sizes=train_sizes, opts=opts,
+                                   exclude=exclude)  # fmt: skip
     results: list[FitResult] = []
     feature_sets, curves = [], []
     with connect(opts.cluster, opts.workers) as client:
@@ -118,8 +127,11 @@ def compare(
             elif (ds := loaded.get(spec.images)) is None:
                 ds = loaded[spec.images] = load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed,
                                                         images=spec.images)  # fmt: skip
-            check_splits(ds.y_train, ds.y_test, ds.class_names, tune)  # before any features are made
+            shown = _excluded(ds, None, exclude)[0] if exclude is not None else ds
+            check_splits(shown.y_train, shown.y_test, ds.class_names, tune)  # before any features are made
             fs, X_train, y_train, X_test, y_test = _features_of(spec, ds, made, opts, protocol)
+            if exclude is not None:
+                _, (X_train, y_train, X_test, y_test), note = _excluded(ds, (X_train, y_train, X_test, y_test), exclude)
             feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info,
                                  "path": str(fs.path), "map": feature_map(X_test, y_test, seed=opts.seed)})  # fmt: skip
             extract_s = sum(fs.info.get("seconds", {}).values()) or None
@@ -129,10 +141,25 @@ def compare(
                                     features=spec.describe(), tune=tune):  # fmt: skip
                 if spec in protocol:
                     r.note = " ".join(filter(None, [spec.backbone_.reference_note(spec), r.note]))
+                if exclude is not None:
+                    r.note = " ".join(filter(None, [r.note, note]))
                 r.extract_seconds = extract_s
                 results.append(r)
                 curves += _refits(r, (X_train, y_train, X_test, y_test), repeats, train_sizes, opts.seed)
-    return _finish(results, ds, reports_dir, feature_sets, curves)
+    return _finish(results, shown, reports_dir, feature_sets, curves)
+
+
+def _excluded(ds: Dataset, arrays, exclude):
+    """``ds`` and ``arrays`` (its features, or None) without the images ``exclude`` names, and a note that says so."""
+    from .exclusions import without
+
+    tr, te = exclude.rows(ds)
+    note = f"without {len(tr)} train and {len(te)} test images ({exclude.source.name})"
+    if arrays is not None:
+        X_train, y_train, X_test, y_test = arrays
+        arrays = (np.delete(X_train, tr, axis=0), np.delete(y_train, tr), np.delete(X_test, te, axis=0),
+                  np.delete(y_test, te))  # fmt: skip
+    return without(ds, tr, te), arrays, note
 
 
 def _features_of(spec: FeatureSpec, ds, made: dict, opts, protocol: list):
@@ -188,16 +215,21 @@ def mark_vs_best(results: list[FitResult]) -> None:
             r.p_vs_best = mcnemar(right, np.asarray(r.y_test) == np.asarray(r.y_pred))
 
 
-def _compare_embeddings(path, heads, *, params, tune, reports_dir, n_jobs, repeats, train_sizes, opts):
+def _compare_embeddings(path, heads, *, params, tune, reports_dir, n_jobs, repeats, train_sizes, opts, exclude=None):
     """compare on embeddings made by another tool (see :func:`featx.data.load_embeddings`)."""
     from .data import load_embeddings
 
     ds, (X_train, y_train, X_test, y_test) = load_embeddings(path)
+    note = ""
+    if exclude is not None:
+        ds, (X_train, y_train, X_test, y_test), note = _excluded(ds, (X_train, y_train, X_test, y_test), exclude)
+        check_splits(y_train, y_test, ds.class_names, tune)
     results, curves = [], []
     label = f"{Path(path).name} ({X_train.shape[1]}-d)"
     jobs = [(h, make_head(h, **(params or {}).get(h, {}))) for h in heads]
     for r in evaluate_heads(jobs, (X_train, y_train, X_test, y_test), None, n_jobs=n_jobs, backbone=Path(path).stem,
                             class_names=ds.class_names, features=label, tune=tune):  # fmt: skip
+        r.note = " ".join(filter(None, [r.note, note]))
         results.append(r)
         curves += _refits(r, (X_train, y_train, X_test, y_test), repeats, train_sizes, opts.seed)
     feature_sets = [{"features": label, "settings": {"file": str(Path(path).resolve())}, "info": {}, "path": str(path),

@@ -81,6 +81,9 @@ class Dataset:
     pixel_cache : Path or None
         The folder of the pixel cache that holds these images (None for data
         that came as arrays).
+    files : (train names, test names) or None
+        The file of every image, in row order, relative to the folder or
+        archive it was read from (None for data that came as arrays).
     """
 
     name: str
@@ -94,6 +97,7 @@ class Dataset:
     info: dict = field(default_factory=dict)
     images: ImageOptions | None = None
     pixel_cache: Path | None = None
+    files: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -255,6 +259,10 @@ def make_task(ds: Dataset, task: str, *, seed: int = 0, test_fraction: float = 0
     keep = (y >= lo) & (y < hi)
     X, y = X[keep], y[keep] - lo
     train_idx, test_idx = stratified_split(y, test_fraction, seed)
+    files = None
+    if ds.files is not None:
+        names = np.array(ds.files[0] + ds.files[1], dtype=object)[keep]
+        files = (tuple(names[train_idx]), tuple(names[test_idx]))
     fp = _hash_strings(ds.fingerprint, task, str(seed), str(test_fraction))
     info = dict(ds.info, split=f"pooled train+test, stratified {1 - test_fraction:.0%}/"
                 f"{test_fraction:.0%}, seed {seed}", classes_from=f"{lo}-{hi - 1} of {ds.name}")
@@ -270,6 +278,7 @@ def make_task(ds: Dataset, task: str, *, seed: int = 0, test_fraction: float = 0
         info=info,
         images=ds.images,
         pixel_cache=ds.pixel_cache,
+        files=files,
     )
 
 
@@ -653,7 +662,22 @@ def _read_pixel_cache(entry: Path) -> Dataset | None:
         logger.warning("ignoring unreadable pixel cache %s (%s)", entry, exc)
         return None
     return Dataset(meta["name"], class_names=tuple(meta["class_names"]), fingerprint=meta["fingerprint"],
-                   info=meta["info"], images=images, pixel_cache=entry, **arrays)  # fmt: skip
+                   info=meta["info"], images=images, pixel_cache=entry, files=_files_of(entry, arrays),
+                   **arrays)  # fmt: skip
+
+
+def _files_of(entry: Path, arrays: dict) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The image files of a decoded folder or archive, in row order of each split (None for
+    CIFAR batches, which have no files, or a plan that does not match the rows)."""
+    try:
+        plan = json.loads((entry / "plan.json").read_text())
+        names = plan["names"]
+        files = tuple(tuple(names[i] for i in plan[split]) for split in ("train", "test"))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    if (len(files[0]), len(files[1])) != (len(arrays["y_train"]), len(arrays["y_test"])):
+        return None
+    return files
 
 
 def _write_pixel_cache(entry: Path, ds: Dataset, source: str) -> Dataset:

@@ -64,19 +64,27 @@ def write_report(results, ds, reports_dir, feature_sets=(), curves=()) -> dict[s
     ``info`` (as recorded in its cache file) and ``map`` (:func:`feature_map`
     of its test rows). Returns the paths written, by kind.
     """
+    done = publish(reports_dir, lambda out: _write_all(out, results, ds, feature_sets, curves))
+    for name in ("learning_curve.csv", "learning_curve.png"):
+        if not any(p.name == name for p in done.values()):
+            (Path(reports_dir) / name).unlink(missing_ok=True)  # an earlier run's: not this report's
+    return done
+
+
+def publish(reports_dir, write) -> dict[str, Path]:
+    """Call ``write(folder)``, which writes a report's files into ``folder`` and returns their paths by
+    kind, in a staging folder inside ``reports_dir``; then move each file into place (a rename each:
+    no file is ever partly written, and a failed write leaves the previous report's files whole)."""
     final = Path(reports_dir)
     final.mkdir(parents=True, exist_ok=True)
     _remove_stale_stages(final)
     out = Path(tempfile.mkdtemp(prefix=f".report-{os.getpid()}-", dir=final))  # written whole here first
     try:
-        paths = _write_all(out, results, ds, feature_sets, curves)
+        paths = write(out)
         done = {}
-        for kind, path in paths.items():  # then moved into place, file by file (a rename each: no partial file)
+        for kind, path in paths.items():
             done[kind] = final / path.name
             os.replace(path, done[kind])
-        for name in ("learning_curve.csv", "learning_curve.png"):
-            if not any(p.name == name for p in done.values()):
-                (final / name).unlink(missing_ok=True)  # an earlier run's: not this report's
         return done
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -1,0 +1,265 @@
+"""The audit on the real CIFAR-10: planted faults found, the threshold chosen, real leaks, and scale.
+
+    python benchmarks/bench_audit.py threshold --backbone MODEL.keras --data cifar10-jpeg.tar.gz --size 128
+    python benchmarks/bench_audit.py planted   --backbone MODEL.keras --data cifar10-jpeg.tar.gz --size 128 --seeds 0,1,2
+    python benchmarks/bench_audit.py scale --rows 60000 --width 1584 --features-of MODEL.keras ...   # real features
+    python benchmarks/bench_audit.py scale --rows 1000000 --width 1024                           # synthetic
+
+The features must be cached first (``python cli.py extract`` with the same options).
+
+``threshold`` chooses the copy threshold on the *train* split alone: 400 train images are
+copied after a resize, a JPEG re-encode, a small crop or a brightness change, and each copy's
+similarity to its source is set against every original train image's similarity to its nearest
+other train image. It prints precision and recall of "copy" at each threshold.
+
+``planted`` then measures every detector on the official split at the default settings: 200
+test images copied into train after one of those four changes (50 each), 2 % of the train
+labels flipped to another class at random, 20 exact copies within train, and 50 images of no
+class (noise, flat colour, stripes) added to train. Natural faults of CIFAR-10 (its own
+near-duplicates and label errors) are found too: a leak or duplicate that the audit of the
+unplanted data also flags is not counted against precision.
+
+``scale`` times the neighbour search alone (the part that grows with the square of the rows)
+and reports its peak memory (ru_maxrss) for each search method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+CHANGES = ("resize", "jpeg", "crop", "brightness")
+
+
+def change(image: np.ndarray, how: str, rng) -> np.ndarray:
+    """A copy of a uint8 RGB image after a resize (down to 3/4 and back), a JPEG re-encode (quality
+    60-80), a small crop (1-3 pixels off each side, resized back) or a brightness change (x0.8-1.2)."""
+    from PIL import Image, ImageEnhance
+
+    im = Image.fromarray(image)
+    w, h = im.size
+    if how == "resize":
+        im = im.resize((w * 3 // 4, h * 3 // 4), Image.BILINEAR).resize((w, h), Image.BILINEAR)
+    elif how == "jpeg":
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=int(rng.integers(60, 81)))
+        im = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    elif how == "crop":
+        c = [int(v) for v in rng.integers(1, 4, size=4)]
+        im = im.crop((c[0], c[1], w - c[2], h - c[3])).resize((w, h), Image.BILINEAR)
+    else:
+        im = ImageEnhance.Brightness(im).enhance(
+            float(rng.choice([rng.uniform(0.8, 0.9), rng.uniform(1.1, 1.2)]))
+        )
+    return np.asarray(im, dtype=np.uint8)
+
+
+def no_class_images(n: int, shape, rng) -> np.ndarray:
+    """Images of no class: uniform noise, a flat colour, stripes."""
+    out = np.empty((n, *shape), np.uint8)
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            out[i] = rng.integers(0, 256, size=shape)
+        elif kind == 1:
+            out[i] = rng.integers(0, 256, size=3)
+        else:
+            stripes = (np.arange(shape[1]) // int(rng.integers(2, 6)) % 2).astype(np.uint8) * 255
+            out[i] = stripes[None, :, None]
+    return out
+
+
+def _load(args):
+    from featx.audit import cached_features
+    from featx.extractor import Extractor
+    from featx.options import RunOptions
+
+    opts = RunOptions(cache_dir=args.cache_dir, progress=False)
+    settings = {"size": args.size} if args.size else {}
+    ds, fs = cached_features(args.backbone, args.data, args.task, opts, settings)
+    X_train, y_train, X_test, y_test = fs.load()
+    ex = Extractor(_spec(args), data=ds, cache_dir=args.cache_dir)
+    return ds, fs, (X_train, y_train, X_test, y_test), ex
+
+
+def _spec(args):
+    from featx.spec import as_spec
+
+    return as_spec(args.backbone, **({"size": args.size} if args.size else {}))
+
+
+def cmd_threshold(args):
+    from featx.neighbors import NeighborSearch, nearest, unit_rows
+
+    ds, fs, (X_train, y_train, _, _), ex = _load(args)
+    rng = np.random.default_rng(1234)
+    src = np.sort(rng.choice(len(X_train), 400, replace=False))
+    copies = np.stack([change(np.asarray(ds.X_train[i]), CHANGES[k % 4], rng) for k, i in enumerate(src)])
+    Xc = ex.transform(copies)
+    center = X_train.mean(axis=0)
+    sim_copy = np.sum(unit_rows(Xc, center) * unit_rows(X_train[src], center), axis=1)
+    sims, _ = nearest(X_train, 1, search=NeighborSearch(progress=False), center=center)
+    nearest_other = sims[:, 0]
+    print(f"{fs.path.name}: {len(X_train)} train images, {len(src)} planted copies (train split only)")
+    for k, how in enumerate(CHANGES):
+        s = sim_copy[k::4]
+        print(f"  copy by {how:<10} similarity to its source: min {s.min():.3f}  median {np.median(s):.3f}")
+    q = np.quantile(nearest_other, [0.5, 0.9, 0.99, 0.999])
+    print(
+        f"  original images, similarity to their nearest other train image: median {q[0]:.3f}, 90% {q[1]:.3f}, "
+        f"99% {q[2]:.3f}, 99.9% {q[3]:.3f}"
+    )
+    print(f"{'threshold':>9} {'copies found':>12} {'originals above':>15}")
+    for t in (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96, 0.98):
+        print(f"{t:>9.2f} {np.mean(sim_copy >= t):>12.1%} {np.mean(nearest_other >= t):>15.2%}")
+
+
+def _pr(found: set, planted: set, natural: set) -> tuple[float, float]:
+    hits = len(found & planted)
+    counted = len(found - natural)
+    return (hits / counted if counted else float("nan")), hits / len(planted)
+
+
+def cmd_planted(args):
+    from featx.audit import AuditSettings, audit_features
+
+    ds, fs, (X_train, y_train, X_test, y_test), ex = _load(args)
+    settings = AuditSettings(threshold=args.threshold) if args.threshold is not None else AuditSettings()
+    images = (np.asarray(ds.X_train), np.asarray(ds.X_test))
+    t0 = time.perf_counter()
+    base = audit_features(X_train, y_train, X_test, y_test, fs.class_names, settings=settings, images=images,
+                          progress=False)  # fmt: skip
+    print(f"unplanted: {base.counts()} in {time.perf_counter() - t0:.0f} s ({base.seconds})")
+    natural_leaks = {f.index for f in base.of("leak")}
+    natural_labels = {f.index for f in base.of("label error") if f.split == "train"}
+    rows = []
+    for seed in args.seeds:
+        rng = np.random.default_rng(seed)
+        n = len(X_train)
+        leak_src = np.sort(rng.choice(len(X_test), 200, replace=False))
+        leak_imgs = np.stack([change(images[1][i], CHANGES[k % 4], rng) for k, i in enumerate(leak_src)])
+        exact_src = rng.choice(n, 20, replace=False)
+        odd = no_class_images(50, images[0].shape[1:], rng)
+        new_imgs = np.concatenate([leak_imgs, images[0][exact_src], odd])
+        new_X = np.concatenate([ex.transform(leak_imgs), X_train[exact_src], ex.transform(odd)])
+        new_y = np.concatenate(
+            [y_test[leak_src], y_train[exact_src], rng.integers(0, len(fs.class_names), 50)]
+        )
+        y_flip = y_train.copy()
+        flipped = np.sort(rng.choice(n, int(0.02 * n), replace=False))
+        y_flip[flipped] = (y_flip[flipped] + rng.integers(1, len(fs.class_names), len(flipped))) % len(
+            fs.class_names
+        )
+        Xp, yp = np.concatenate([X_train, new_X]), np.concatenate([y_flip, new_y])
+        t0 = time.perf_counter()
+        res = audit_features(Xp, yp, X_test, y_test, fs.class_names, settings=settings,
+                             images=(np.concatenate([images[0], new_imgs]), images[1]), seed=seed, progress=False)  # fmt: skip
+        secs = time.perf_counter() - t0
+        leaks = {f.index for f in res.of("leak")}
+        exact = {f.index for f in res.of("duplicate") if f.split == "train" and f.exact}
+        labels = {f.index for f in res.of("label error") if f.split == "train"}
+        outliers = {f.index for f in res.of("outlier") if f.split == "train"}
+        odd_rows = set(range(n + 220, n + 270))
+        row = {"seed": seed, "seconds": secs,
+               "leak": _pr(leaks, set(leak_src.tolist()), natural_leaks),
+               "exact": _pr(exact, set(range(n + 200, n + 220)), set()),
+               "label": _pr(labels, set(flipped.tolist()), natural_labels),
+               "outlier": _pr(outliers, odd_rows, set()),
+               "leak by change": {how: len(leaks & set(leak_src[k::4].tolist())) / len(leak_src[k::4])
+                                  for k, how in enumerate(CHANGES)},
+               "accuracy": res.accuracy}  # fmt: skip
+        rows.append(row)
+        print(f"seed {seed}: {secs:.0f} s; counts {res.counts()}")
+        for k in ("leak", "exact", "label", "outlier"):
+            print(f"  {k:<8} precision {row[k][0]:.3f} recall {row[k][1]:.3f}")
+        print(
+            "  leak recall by change: " + ", ".join(f"{h} {v:.0%}" for h, v in row["leak by change"].items())
+        )
+        for a in res.accuracy:
+            print(
+                f"  train {a['train']:<24} test {a['test']:<22} {a['accuracy']:.2%} ({a['low']:.1%}-{a['high']:.1%})"
+            )
+    print(f"\nover seeds {','.join(map(str, args.seeds))} (mean ± sd):")
+    for k in ("leak", "exact", "label", "outlier"):
+        p, r = np.array([row[k][0] for row in rows]), np.array([row[k][1] for row in rows])
+        print(f"  {k:<8} precision {np.nanmean(p):.3f} ± {np.nanstd(p, ddof=1):.3f}   "
+              f"recall {r.mean():.3f} ± {r.std(ddof=1):.3f}")  # fmt: skip
+
+
+def cmd_scale(args):
+    from featx.neighbors import NeighborSearch, nearest, recall
+
+    rng = np.random.default_rng(0)
+    if args.features_of:
+        import h5py
+
+        with h5py.File(args.features_of, "r") as f:
+            X = np.concatenate([f["train/X"][()], f["test/X"][()]])[: args.rows]
+    else:
+        # clustered rows: 1,000 centres, each row a centre plus noise (nearest neighbours are meaningful)
+        centres = rng.standard_normal((1000, args.width), dtype=np.float32)
+        X = np.empty((args.rows, args.width), np.float32)
+        for s in range(0, args.rows, 100_000):
+            m = min(100_000, args.rows - s)
+            X[s : s + m] = centres[rng.integers(0, 1000, m)] + 0.7 * rng.standard_normal(
+                (m, args.width), dtype=np.float32
+            )
+    print(
+        f"{len(X)} rows x {X.shape[1]}, float32 {X.nbytes / 2**30:.2f} GiB; peak RSS so far "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    )
+    queries = len(X) if args.queries is None else args.queries
+    for method in args.methods:
+        # "numpy": exact in NumPy blocks; "exact": exact in FAISS; "approximate": FAISS IVF
+        search = NeighborSearch(engine="numpy", progress=False) if method == "numpy" else \
+            NeighborSearch(method=method, engine="faiss", progress=False)  # fmt: skip
+        t0 = time.perf_counter()
+        if queries == len(X):
+            s, i = nearest(X, 10, search=search)
+        else:
+            s, i = nearest(X, 10, X[:queries], search=search)
+        dt = time.perf_counter() - t0
+        print(
+            f"{search.describe(len(X)):<70} {queries} queries: {dt:8.1f} s, {queries / dt:9.0f} queries/s, "
+            f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+        )
+        if method == "exact" and args.recall_of:
+            ref = i
+        if method == "approximate" and args.recall_of:
+            print(
+                f"  recall@10 against exact on the first {min(queries, len(ref))} queries: "
+                f"{recall(i[: len(ref)], ref[: len(i)]):.4f}"
+            )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["threshold", "planted", "scale"])
+    p.add_argument("--backbone", default="trunk")
+    p.add_argument("--data", default="sample")
+    p.add_argument("--task", default="full")
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--rows", type=int, default=60000)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument(
+        "--queries", type=int, default=None, help="scale: search this many query rows (default all)"
+    )
+    p.add_argument("--features-of", default=None, help="scale: a featx feature file (real features)")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=["exact", "approximate"])
+    p.add_argument("--recall-of", action="store_true")
+    args = p.parse_args()
+    {"threshold": cmd_threshold, "planted": cmd_planted, "scale": cmd_scale}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

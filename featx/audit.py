@@ -1,0 +1,531 @@
+"""Audit a dataset on its cached embeddings: duplicates, train/test leakage, likely label errors, outliers.
+
+One search of every image's nearest neighbours (:mod:`featx.neighbors`, never an
+N x N matrix) and one cross-validated head on the cached features find:
+
+- **duplicates**: two images of one split whose embeddings have a cosine
+  similarity of at least ``threshold`` (after the train mean is subtracted), or
+  whose pixels are identical (exact). The later image of a pair is flagged, so
+  leaving out every flagged image keeps one of each group;
+- **leaks**: a test image with such a copy in the train split;
+- **label errors**: images whose given label the head's out-of-sample
+  probabilities contradict (cleanlab's confident learning): out-of-fold
+  probabilities for the train split (``folds``-fold cross-validation), those of
+  the head fitted on every train image for the test split;
+- **outliers**: images far from every other image: the cosine distance to their
+  ``neighbors`` nearest images, flagged above the median plus ``outlier_mads``
+  robust standard deviations (1.4826 x the median absolute deviation).
+
+It also measures what they change: the head's test accuracy with and without the
+leaked test images, and trained with and without the suspect train labels, each
+with its 95 % exact binomial interval. :func:`audit` writes ``audit.csv``
+(one row per flagged image: kind, split, row, file, score, its partner),
+``audit.json`` and ``audit.html`` (a page to check them by eye: pairs side by
+side, ranked) to ``reports_dir``; ``compare --exclude audit.csv`` scores heads
+without the flagged images.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .audit_report import write_audit_report
+from .errors import CacheError, DataError, SettingsError
+from .neighbors import NeighborSearch, nearest
+from .options import RunOptions, as_options, split_kwargs
+
+#: Cosine similarity (of centred embeddings) from which two images are called copies. Chosen on
+#: planted copies of real CIFAR-10 images (resized, re-encoded, cropped, brightened) against the
+#: nearest distinct image: BENCHMARKS.md, "Auditing a dataset".
+DEFAULT_THRESHOLD = 0.90
+KINDS = ("leak", "duplicate", "label error", "outlier")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How an audit judges (see the module's docstring).
+
+    Parameters
+    ----------
+    threshold : float in [0, 1]
+        Cosine similarity from which two images are copies (duplicates, leaks).
+    head : str
+        The head whose out-of-sample probabilities rank the labels (one with
+        ``predict_proba``; default logreg).
+    folds : int
+        Cross-validation folds for the train split's probabilities.
+    neighbors : int
+        Nearest images searched per image (copies beyond them are not listed;
+        the outlier score is the mean distance to them).
+    outlier_mads : float
+        Outliers: a distance above the median by this many robust standard deviations.
+    search : NeighborSearch
+        How the nearest neighbours are found (exact by default).
+    n_jobs : int
+        Parallel fits of the cross-validation.
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    head: str = "logreg"
+    folds: int = 5
+    neighbors: int = 10
+    outlier_mads: float = 6.0
+    search: NeighborSearch = field(default_factory=NeighborSearch)
+    n_jobs: int = 2
+
+    def __post_init__(self):
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or not 0.0 <= float(t) <= 1.0:
+            raise SettingsError(f"threshold is a cosine similarity from 0 to 1 (e.g. {DEFAULT_THRESHOLD}). "
+                                f"Received: threshold={t!r}")  # fmt: skip
+        for name, low in (("folds", 2), ("neighbors", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise SettingsError(f"{name} must be an integer of at least {low}. Received: {name}={v!r}")
+        m = self.outlier_mads
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
+            raise SettingsError(f"outlier_mads must be a positive number. Received: outlier_mads={m!r}")
+        if not isinstance(self.search, NeighborSearch):
+            raise SettingsError(f"search must be a NeighborSearch. Received: search={self.search!r}")
+
+    def head_estimator(self):
+        """A fresh head with probabilities."""
+        from .heads import make_head
+
+        est = make_head(self.head)
+        if "probability" in est.get_params():
+            est.set_params(probability=True)
+        if not hasattr(est, "predict_proba"):
+            raise SettingsError(f"The audit ranks labels by a head's probabilities, and head {self.head!r} has none: "
+                                "use logreg, dense, knn or centroid.")  # fmt: skip
+        return est
+
+
+@dataclass
+class Finding:
+    """One flagged image. ``score``: the similarity to its partner (duplicate, leak), the head's
+    probability of its given label (label error: low is suspect), or its distance to its nearest
+    images (outlier: high is far)."""
+
+    kind: str
+    split: str
+    index: int
+    score: float
+    file: str = ""
+    partner_split: str = ""
+    partner_index: int = -1
+    partner_file: str = ""
+    exact: bool = False
+    given: str = ""
+    predicted: str = ""
+    confidence: float = float("nan")
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit_features` found.
+
+    Attributes
+    ----------
+    findings : list of Finding
+        Ranked within each kind: most similar pairs, least likely labels,
+        farthest images first.
+    accuracy : list of dict
+        The head's test accuracy, trained with and without the suspect train
+        labels and scored with and without the leaked test images:
+        ``train``, ``test``, ``n_train``, ``n_test``, ``accuracy``, ``low``, ``high``.
+    n_train, n_test : int
+    class_names : tuple of str
+    settings : AuditSettings
+    search : str
+        The neighbour search that ran (:meth:`NeighborSearch.describe`).
+    exact_by : str
+        "pixels" or "embeddings": what exact duplicates were judged by.
+    seconds : dict
+        Time of each step.
+    data : str
+        Fingerprint of the data audited (an audit's CSV names it, so that it is
+        never applied to other data).
+    """
+
+    findings: list
+    accuracy: list
+    n_train: int
+    n_test: int
+    class_names: tuple
+    settings: AuditSettings
+    search: str
+    exact_by: str
+    seconds: dict
+    data: str = ""
+    features: str = ""
+
+    def csv_fields(self) -> list[str]:
+        """The columns of audit.csv: a finding's fields, and the data's fingerprint."""
+        import dataclasses
+
+        return [f.name for f in dataclasses.fields(Finding)] + ["data"]
+
+    def of(self, kind: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(self.of(k)) for k in KINDS}
+
+    def flagged(self, kind: str, split: str) -> np.ndarray:
+        """Rows of ``split`` flagged as ``kind``, sorted."""
+        return np.array(
+            sorted({f.index for f in self.findings if f.kind == kind and f.split == split}), dtype=np.int64
+        )
+
+    def summary(self) -> str:
+        """Counts per finding and the accuracy table, as text."""
+        c = self.counts()
+        exact = {k: sum(f.exact for f in self.of(k)) for k in ("leak", "duplicate")}
+        lines = [
+            f"audited {self.n_train} train and {self.n_test} test images ({len(self.class_names)} classes); "
+            f"copies: cosine >= {self.settings.threshold:g}; search: {self.search}",
+            f"  leaks (test images with a copy in train)  {c['leak']:>6}  ({exact['leak']} identical pixels)"
+            if self.exact_by == "pixels" else
+            f"  leaks (test images with a copy in train)  {c['leak']:>6}  ({exact['leak']} identical embeddings)",
+            f"  duplicates within a split                 {c['duplicate']:>6}  ({exact['duplicate']} exact)",
+            f"  likely label errors                       {c['label error']:>6}  "
+            f"({len(self.flagged('label error', 'train'))} train, {len(self.flagged('label error', 'test'))} test)",
+            f"  outliers                                  {c['outlier']:>6}",
+            "",
+            f"{self.settings.head} accuracy on the test split (95% exact binomial interval):",
+        ]  # fmt: skip
+        for r in self.accuracy:
+            lines.append(f"  train {r['train']:<26} test {r['test']:<22} {r['accuracy']:>7.2%}  "
+                         f"{r['low']:.1%}-{r['high']:.1%}  ({r['n_train']} train, {r['n_test']} test)")  # fmt: skip
+        return "\n".join(lines)
+
+
+def audit_features(X_train, y_train, X_test, y_test, class_names=(), *, settings: AuditSettings | None = None,
+                   images=None, files=None, seed: int = 0, progress: bool | None = None,
+                   data: str = "", features: str = "") -> AuditResult:  # fmt: skip
+    """Audit embeddings given as arrays (see the module's docstring).
+
+    ``images``: ``(train images, test images)`` (uint8), to judge exact duplicates by their
+    pixels (else by identical embeddings); ``files``: ``(train names, test names)``.
+    """
+    settings = settings or AuditSettings()
+    X_train, X_test = np.asarray(X_train), np.asarray(X_test)
+    y_train, y_test = np.asarray(y_train).astype(np.int64), np.asarray(y_test).astype(np.int64)
+    n_classes = len(class_names) or int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    class_names = tuple(class_names) or tuple(map(str, range(n_classes)))
+    check_auditable(y_train, y_test, class_names, settings.folds)
+    seconds: dict = {}
+    findings: list[Finding] = []
+    names = files or ((), ())
+
+    def name(split: str, i: int) -> str:
+        f = names[0 if split == "train" else 1]
+        return f[i] if i < len(f) else ""
+
+    n_tr = len(X_train)
+    split_of = np.array(["train"] * n_tr + ["test"] * len(X_test))
+    local = np.concatenate([np.arange(n_tr), np.arange(len(X_test))])
+
+    # -- exact copies: identical pixels (or identical embeddings where no pixels came with them)
+    t0 = time.perf_counter()
+    digests = _digests(images) if images is not None else [_row_digest(X) for X in (X_train, X_test)]
+    exact_of = _first_equal(np.concatenate(digests))  # row -> earlier row with equal content, or -1
+    seconds["exact"] = time.perf_counter() - t0
+
+    # -- nearest neighbours of every image among all images (train mean subtracted)
+    t0 = time.perf_counter()
+    X_all = np.concatenate([X_train, X_test]) if len(X_test) else X_train
+    search = settings.search if settings.search.progress is not None else \
+        NeighborSearch(**{**asdict(settings.search), "progress": progress})  # fmt: skip
+    center = np.asarray(X_train, dtype=np.float64).mean(axis=0)
+    sims, idx = nearest(X_all, settings.neighbors, search=search, center=center, desc="nearest images")
+    del X_all
+    seconds["neighbours"] = time.perf_counter() - t0
+
+    # -- copies: a test image with a copy in train (leak); the later image of a pair within a split
+    is_test = split_of == "test"
+    valid = idx >= 0
+    partner_test = np.where(valid, is_test[np.maximum(idx, 0)], False)
+    close = valid & (sims >= settings.threshold)
+    rows = np.arange(len(idx))[:, None]
+    leak_cols = close & is_test[:, None] & ~partner_test
+    dup_cols = close & (partner_test == is_test[:, None]) & (idx < rows)
+    for kind, cols in (("leak", leak_cols), ("duplicate", dup_cols)):
+        has = cols.any(axis=1)
+        first = np.argmax(cols, axis=1)
+        for r in np.flatnonzero(has):
+            j = int(idx[r, first[r]])
+            findings.append(Finding(kind, split_of[r], int(local[r]), float(sims[r, first[r]]), name(split_of[r], int(local[r])),
+                                    split_of[j], int(local[j]), name(split_of[j], int(local[j])), False))  # fmt: skip
+    _mark_exact(findings, exact_of, split_of, local, name)
+
+    # -- outliers: far from their nearest images
+    k_sims = np.where(valid, sims, np.nan)
+    dist = 1.0 - np.nanmean(k_sims, axis=1) if valid.any() else np.zeros(len(idx))
+    med = float(np.nanmedian(dist))
+    spread = 1.4826 * float(np.nanmedian(np.abs(dist - med)))
+    far = np.flatnonzero(dist > med + settings.outlier_mads * max(spread, 1e-6))
+    for r in far[np.argsort(-dist[far], kind="stable")]:
+        findings.append(
+            Finding("outlier", split_of[r], int(local[r]), float(dist[r]), name(split_of[r], int(local[r])))
+        )
+    seconds["outliers"] = 0.0
+
+    # -- label errors, and the accuracy with and without what was found
+    t0 = time.perf_counter()
+    proba_train, est = _out_of_fold(settings, X_train, y_train, n_classes, seed)
+    proba_test = _proba(est, X_test, n_classes)
+    seconds["cross-validation"] = time.perf_counter() - t0
+    for split, y, proba in (("train", y_train, proba_train), ("test", y_test, proba_test)):
+        for i in _label_issues(y, proba):
+            p = int(np.argmax(proba[i]))
+            findings.append(Finding("label error", split, int(i), float(proba[i, y[i]]), name(split, int(i)),
+                                    given=class_names[y[i]], predicted=class_names[p], confidence=float(proba[i, p])))  # fmt: skip
+    t0 = time.perf_counter()
+    leaked = {f.index for f in findings if f.kind == "leak"}
+    suspect = {f.index for f in findings if f.kind == "label error" and f.split == "train"}
+    pred_all = np.argmax(proba_test, axis=1) if len(X_test) else np.zeros(0, np.int64)
+    keep_train = np.setdiff1d(np.arange(n_tr), np.fromiter(suspect, np.int64, len(suspect)))
+    if suspect and len(np.unique(y_train[keep_train])) == len(np.unique(y_train)):
+        from sklearn.base import clone
+
+        cleaner = clone(est).fit(X_train[keep_train], y_train[keep_train])
+        pred_clean = cleaner.classes_[np.argmax(cleaner.predict_proba(X_test), axis=1)]
+    else:
+        pred_clean = pred_all
+    clean_test = np.setdiff1d(np.arange(len(X_test)), np.fromiter(leaked, np.int64, len(leaked)))
+    accuracy = []
+    for train_name, pred, n_train in (
+        ("all", pred_all, n_tr),
+        ("without suspect labels", pred_clean, len(keep_train)),
+    ):
+        for test_name, rows_ in (("all", np.arange(len(X_test))), ("without leaked images", clean_test)):
+            accuracy.append(_accuracy_row(train_name, test_name, y_test[rows_], pred[rows_], n_train))
+    seconds["refit"] = time.perf_counter() - t0
+    order = {k: i for i, k in enumerate(KINDS)}
+    findings.sort(key=lambda f: (order[f.kind], _rank(f)))
+    return AuditResult(findings, accuracy, n_tr, len(X_test), class_names, settings, search.describe(len(idx)),
+                       "pixels" if images is not None else "embeddings", seconds, data, features)  # fmt: skip
+
+
+def _rank(f: Finding) -> float:
+    return f.score if f.kind == "label error" else -f.score
+
+
+def check_auditable(y_train, y_test, class_names, folds: int) -> None:
+    """One line for data an audit cannot judge: one class, a test split of fewer than two images,
+    fewer train images of a class than cross-validation folds."""
+    present = np.unique(y_train)
+    if len(present) < 2:
+        raise DataError(f"An audit needs at least 2 classes in the train split; it has {len(present)} "
+                        f"({', '.join(class_names[int(c)] for c in present) or 'none'}). Add images of other classes.")  # fmt: skip
+    if len(y_test) < 2:
+        raise DataError(f"An audit needs a test split of at least 2 images to measure what its findings change; "
+                        f"it has {len(y_test)}. Give the data a test split (or more images, for featx's own split).")  # fmt: skip
+    counts = np.bincount(y_train)
+    fewest = int(counts[present].min())
+    if fewest < folds:
+        c = class_names[int(present[np.argmin(counts[present])])]
+        raise DataError(f"Class {c!r} has {fewest} train images, fewer than the {folds} cross-validation folds "
+                        f"that rank the labels: add images, or pass --folds {max(2, fewest)}."
+                        if fewest >= 2 else
+                        f"Class {c!r} has {fewest} train image: the labels cannot be cross-validated. "
+                        "Add images of it, or leave the class out.")  # fmt: skip
+
+
+def _digests(images) -> list[np.ndarray]:
+    from .images import image_digest
+
+    return [np.array([image_digest(im) for im in split], dtype="S16").reshape(-1) for split in images]
+
+
+def _row_digest(X: np.ndarray) -> np.ndarray:
+    import hashlib
+
+    X = np.ascontiguousarray(X)
+    return np.array([hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in X], dtype="S16").reshape(
+        -1
+    )
+
+
+def _first_equal(digests: np.ndarray) -> np.ndarray:
+    """For each row, the first earlier row with the same digest, else -1."""
+    out = np.full(len(digests), -1, dtype=np.int64)
+    _, first, inverse = np.unique(digests, return_index=True, return_inverse=True)
+    first_of = first[inverse.reshape(-1)]
+    later = first_of != np.arange(len(digests))
+    out[later] = first_of[later]
+    return out
+
+
+def _mark_exact(findings: list, exact_of: np.ndarray, split_of, local, name) -> None:
+    """Exact copies are findings whatever the embeddings say, and say so. The rows come train first,
+    so an image's first copy is in train wherever it has one there: a test image's is a leak."""
+    by_key = {(f.kind, f.split, f.index): f for f in findings}
+    for r in np.flatnonzero(exact_of >= 0):
+        j = int(exact_of[r])
+        kind = "duplicate" if split_of[r] == split_of[j] else "leak"
+        key = (kind, split_of[r], int(local[r]))
+        f = by_key.get(key)
+        if f is None:
+            f = by_key[key] = Finding(kind, split_of[r], int(local[r]), 1.0, name(split_of[r], int(local[r])))
+            findings.append(f)
+        f.partner_split, f.partner_index, f.partner_file = (
+            split_of[j],
+            int(local[j]),
+            name(split_of[j], int(local[j])),
+        )
+        f.exact, f.score = True, max(f.score, 1.0)
+
+
+def _out_of_fold(settings: AuditSettings, X, y, n_classes: int, seed: int):
+    """Out-of-fold probabilities of the train rows, and the head fitted on all of them."""
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    est = settings.head_estimator()
+    if "random_state" in est.get_params():
+        est.set_params(random_state=seed)
+    cv = StratifiedKFold(settings.folds, shuffle=True, random_state=seed)
+    proba = cross_val_predict(est, X, y, cv=cv, method="predict_proba", n_jobs=settings.n_jobs)
+    full = np.zeros((len(X), n_classes))
+    classes = np.unique(y)
+    full[:, classes] = proba
+    fitted = clone(est).fit(X, y)
+    return full, fitted
+
+
+def _proba(est, X, n_classes: int) -> np.ndarray:
+    out = np.zeros((len(X), n_classes))
+    if len(X):
+        out[:, est.classes_] = est.predict_proba(X)
+    return out
+
+
+def _label_issues(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Rows whose label is likely wrong, least likely first: cleanlab's confident learning."""
+    import warnings
+
+    from cleanlab.filter import find_label_issues
+
+    present = np.unique(y)
+    if len(y) < 2 or len(present) < 2:
+        return np.zeros(0, np.int64)
+    # cleanlab wants every column a class present in the labels: the columns of absent classes go
+    cols = present
+    p = proba[:, cols]
+    p = p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+    labels = np.searchsorted(cols, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ranked = find_label_issues(labels, p, filter_by="prune_by_noise_rate",
+                                   return_indices_ranked_by="self_confidence", n_jobs=1)  # fmt: skip
+    return np.asarray(ranked, dtype=np.int64)
+
+
+def _accuracy_row(train: str, test: str, y: np.ndarray, pred: np.ndarray, n_train: int) -> dict:
+    from .stats import accuracy_interval
+
+    correct = int(np.sum(y == pred))
+    lo, hi = accuracy_interval(correct, len(y))
+    return {"train": train, "test": test, "n_train": int(n_train), "n_test": int(len(y)),
+            "accuracy": correct / len(y) if len(y) else float("nan"), "low": lo, "high": hi}  # fmt: skip
+
+
+def audit(spec="trunk", data=None, task: str | None = None, *, features=None, threshold: float = DEFAULT_THRESHOLD,
+          head: str = "logreg", folds: int = 5, neighbors: int = 10, outlier_mads: float = 6.0,
+          search: NeighborSearch | None = None, n_jobs: int = 2, reports_dir="reports",
+          options: RunOptions | None = None, **kwargs) -> tuple[AuditResult, dict[str, Path]]:  # fmt: skip
+    """Audit a dataset on its cached features, or on embeddings made elsewhere; write the page.
+
+    ``spec`` and the feature settings among ``kwargs`` say which cached features
+    (as for :func:`featx.extract_features`); they must be cached already (the
+    error names the ``extract`` to run). ``features``: an ``.npz`` or ``.h5``
+    file of embeddings instead (:func:`featx.data.load_embeddings`). The other
+    parameters are those of :class:`AuditSettings`.
+
+    Returns the result and the paths of ``audit.csv``, ``audit.json`` and ``audit.html``.
+
+    Examples
+    --------
+    >>> from featx import audit
+    >>> result, paths = audit("trunk", "sample", weights="none", reports_dir=tmp)  # doctest: +SKIP
+    >>> print(result.summary())  # doctest: +SKIP
+    """
+    settings = AuditSettings(
+        threshold, head, folds, neighbors, outlier_mads, search or NeighborSearch(), n_jobs
+    )
+    spec_settings, run = split_kwargs(kwargs)
+    opts = as_options(options, **run)
+    Path(reports_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the work
+    if features is not None:
+        from .data import load_embeddings
+
+        ds, (X_train, y_train, X_test, y_test) = load_embeddings(features)
+        label = f"{Path(features).name} ({X_train.shape[1]}-d)"
+        result = audit_features(X_train, y_train, X_test, y_test, ds.class_names, settings=settings, seed=opts.seed,
+                                progress=opts.progress, data=ds.fingerprint, features=label)  # fmt: skip
+        return result, write_audit_report(result, None, reports_dir)
+    ds, fs = cached_features(spec, data, task, opts, spec_settings)
+    X_train, y_train, X_test, y_test = fs.load()
+    result = audit_features(X_train, y_train, X_test, y_test, fs.class_names, settings=settings,
+                            images=(ds.X_train, ds.X_test), files=ds.files, seed=opts.seed, progress=opts.progress,
+                            data=ds.fingerprint, features=fs.settings.get("backbone", ""))  # fmt: skip
+    from .spec import describe
+
+    result.features = describe(fs.settings)
+    return result, write_audit_report(result, ds, reports_dir)
+
+
+def cached_features(spec, data, task, opts: RunOptions, spec_settings: dict):
+    """``(dataset, feature set)`` of ``spec`` on ``data``, from the cache; a one-line error naming the
+    ``extract`` that makes them where they are not cached yet."""
+    from .cache import feature_path, find_features
+    from .data import load_dataset
+    from .extract import feature_settings
+    from .extractor import Extractor
+    from .spec import as_spec
+
+    spec = as_spec(spec, **spec_settings)
+    task = task or spec.backbone_.default_task
+    ds = load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed, images=spec.images)
+    extractor = Extractor(spec, seed=opts.seed, data=ds, cache_dir=opts.cache_dir)
+    settings = feature_settings(extractor, ds)
+    fs = find_features(settings, opts.cache_dir)
+    if fs is None:
+        where = feature_path(settings, opts.cache_dir)
+        raise CacheError(f"No cached features of {spec.describe()} on {ds.name} ({task}) yet ({where.name}): "
+                         f"run `python cli.py extract {_extract_args(spec, data, task, opts)}` first, then audit again.")  # fmt: skip
+    return ds, fs
+
+
+def _extract_args(spec, data, task: str, opts: RunOptions) -> str:
+    """The command-line arguments of the ``extract`` that makes ``spec``'s features: every feature
+    setting that differs from the backbone's default, as its option."""
+    import dataclasses
+    import shlex
+
+    args = ["--backbone", str(spec.backbone), "--data", str(data or "sample"), "--task", task]
+    default = type(spec)(spec.backbone)
+    for f in dataclasses.fields(spec):
+        v = getattr(spec, f.name)
+        if f.name == "backbone" or v == getattr(default, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(flag if v else f"--no-{f.name}")
+        else:
+            args += [flag, ",".join(v) if isinstance(v, tuple) else str(v)]
+    if opts.seed:
+        args += ["--seed", str(opts.seed)]
+    if opts.cache_dir is not None:
+        args += ["--cache-dir", str(opts.cache_dir)]
+    return " ".join(shlex.quote(a) for a in args)
