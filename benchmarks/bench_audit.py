@@ -77,7 +77,7 @@ def no_class_images(n: int, shape, rng) -> np.ndarray:
 
 
 def _load(args):
-    from featx.audit import cached_features
+    from featx.auditing import cached_features
     from featx.extractor import Extractor
     from featx.options import RunOptions
 
@@ -128,7 +128,7 @@ def _pr(found: set, planted: set, natural: set) -> tuple[float, float]:
 
 
 def cmd_planted(args):
-    from featx.audit import AuditSettings, audit_features
+    from featx.auditing import AuditSettings, audit_features
 
     ds, fs, (X_train, y_train, X_test, y_test), ex = _load(args)
     settings = AuditSettings(threshold=args.threshold) if args.threshold is not None else AuditSettings()

@@ -35,7 +35,7 @@ _SECTIONS = {
 
 def write_audit_report(result, ds, reports_dir) -> dict[str, Path]:
     """Write audit.csv, audit.json and audit.html to ``reports_dir`` (whole, or not at all). ``result``:
-    a :class:`featx.audit.AuditResult`; ``ds``: the dataset audited, for the thumbnails (None for
+    a :class:`featx.auditing.AuditResult`; ``ds``: the dataset audited, for the thumbnails (None for
     embeddings that came without images)."""
     return publish(reports_dir, lambda out: _write_all(out, result, ds))
 

@@ -297,11 +297,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit
+    from .auditing import audit
     from .neighbors import NeighborSearch
 
     result, paths = audit(_spec(args), args.data, args.task, features=args.features, threshold=args.threshold,
                           head=args.head, folds=args.folds, neighbors=args.neighbors, outlier_mads=args.outlier_mads,
+                          pixel_threshold=args.pixel_threshold,
                           search=NeighborSearch(method=args.search), n_jobs=args.n_jobs, reports_dir=args.reports_dir,
                           options=_options(args))  # fmt: skip
     print()
@@ -442,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(p)
     p.set_defaults(func=cmd_compare)
 
-    from .audit import DEFAULT_THRESHOLD
+    from .auditing import DEFAULT_PIXEL_THRESHOLD, DEFAULT_THRESHOLD
 
     p = sub.add_parser("audit", help="find duplicates, train/test leaks, likely label errors and outliers in cached "
                        "features; write a page to check them")  # fmt: skip
@@ -458,9 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds (default 5)")
     p.add_argument("--neighbors", type=_positive_int, default=10,
                    help="nearest images searched per image; outliers are far from them (default 10)")
-    p.add_argument("--outlier-mads", type=_positive_float, default=6.0,
+    p.add_argument("--pixel-threshold", type=float, default=DEFAULT_PIXEL_THRESHOLD,
+                   help="cosine similarity of two images' grey 16x16 thumbnails from which they are copies too, where "
+                   f"their embeddings agree (default {DEFAULT_PIXEL_THRESHOLD}; above 1: by embeddings alone)")
+    p.add_argument("--outlier-mads", type=_positive_float, default=4.0,
                    help="outliers: farther from their nearest images than the median by this many robust standard "
-                   "deviations (default 6)")  # fmt: skip
+                   "deviations (default 4)")  # fmt: skip
     p.add_argument("--search", choices=["exact", "approximate"], default="exact",
                    help="nearest-neighbour search: exact (default; FAISS where installed, else NumPy, in blocks) or "
                    "approximate (a FAISS inverted-file index: faster on millions of rows)")  # fmt: skip

@@ -1,6 +1,6 @@
 """Images to leave out: ``compare --exclude FILE`` reads them from an audit's CSV or a list of files.
 
-- an audit's ``audit.csv`` (:mod:`featx.audit`): every row names one image by its ``split`` and
+- an audit's ``audit.csv`` (:mod:`featx.auditing`): every row names one image by its ``split`` and
   ``index``, and by its ``file`` where it has one. On the data it was made on (its ``data``
   column, the data's fingerprint) the rows are used as they are; on other data the files are
   looked up by name; rows that name neither are refused. Delete the rows of the findings you want

@@ -43,6 +43,11 @@ from .options import RunOptions, as_options, split_kwargs
 #: nearest distinct image: BENCHMARKS.md, "Auditing a dataset".
 DEFAULT_THRESHOLD = 0.90
 KINDS = ("leak", "duplicate", "label error", "outlier")
+#: Copies by their pixels as well: grey thumbnails of this side, cosine similarity from
+#: ``pixel_threshold``, and embeddings at least this similar (two smooth skies are not copies).
+PIXEL_SIDE = 16
+DEFAULT_PIXEL_THRESHOLD = 0.97
+PIXEL_PAIR_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class AuditSettings:
     Parameters
     ----------
     threshold : float in [0, 1]
-        Cosine similarity from which two images are copies (duplicates, leaks).
+        Cosine similarity of the embeddings from which two images are copies (duplicates, leaks).
     head : str
         The head whose out-of-sample probabilities rank the labels (one with
         ``predict_proba``; default logreg).
@@ -63,6 +68,11 @@ class AuditSettings:
         the outlier score is the mean distance to them).
     outlier_mads : float
         Outliers: a distance above the median by this many robust standard deviations.
+    pixel_threshold : float
+        Cosine similarity of the images' grey 16 x 16 thumbnails (each minus its mean) from
+        which two images are copies too, where their embeddings are at least 0.5 similar; above 1:
+        by embeddings alone. It finds resized, re-encoded and brightened copies that the
+        embeddings of small images miss.
     search : NeighborSearch
         How the nearest neighbours are found (exact by default).
     n_jobs : int
@@ -73,7 +83,8 @@ class AuditSettings:
     head: str = "logreg"
     folds: int = 5
     neighbors: int = 10
-    outlier_mads: float = 6.0
+    outlier_mads: float = 4.0
+    pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD
     search: NeighborSearch = field(default_factory=NeighborSearch)
     n_jobs: int = 2
 
@@ -82,6 +93,10 @@ class AuditSettings:
         if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or not 0.0 <= float(t) <= 1.0:
             raise SettingsError(f"threshold is a cosine similarity from 0 to 1 (e.g. {DEFAULT_THRESHOLD}). "
                                 f"Received: threshold={t!r}")  # fmt: skip
+        t = self.pixel_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or not 0.0 <= float(t):
+            raise SettingsError(f"pixel_threshold is a cosine similarity from 0 to 1 (e.g. {DEFAULT_PIXEL_THRESHOLD}), "
+                                f"or above 1 to judge copies by the embeddings alone. Received: pixel_threshold={t!r}")  # fmt: skip
         for name, low in (("folds", 2), ("neighbors", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
@@ -107,7 +122,8 @@ class AuditSettings:
 
 @dataclass
 class Finding:
-    """One flagged image. ``score``: the similarity to its partner (duplicate, leak), the head's
+    """One flagged image. ``score``: the similarity of its embedding to its partner's (duplicate,
+    leak; ``pixels``: that of their thumbnails, where the pixels found the pair), the head's
     probability of its given label (label error: low is suspect), or its distance to its nearest
     images (outlier: high is far)."""
 
@@ -120,6 +136,7 @@ class Finding:
     partner_index: int = -1
     partner_file: str = ""
     exact: bool = False
+    pixels: float = float("nan")
     given: str = ""
     predicted: str = ""
     confidence: float = float("nan")
@@ -231,7 +248,7 @@ def audit_features(X_train, y_train, X_test, y_test, class_names=(), *, settings
         return f[i] if i < len(f) else ""
 
     n_tr = len(X_train)
-    split_of = np.array(["train"] * n_tr + ["test"] * len(X_test))
+    split_of = np.array(["train"] * n_tr + ["test"] * len(X_test), dtype=object)
     local = np.concatenate([np.arange(n_tr), np.arange(len(X_test))])
 
     # -- exact copies: identical pixels (or identical embeddings where no pixels came with them)
@@ -247,27 +264,31 @@ def audit_features(X_train, y_train, X_test, y_test, class_names=(), *, settings
         NeighborSearch(**{**asdict(settings.search), "progress": progress})  # fmt: skip
     center = np.asarray(X_train, dtype=np.float64).mean(axis=0)
     sims, idx = nearest(X_all, settings.neighbors, search=search, center=center, desc="nearest images")
-    del X_all
     seconds["neighbours"] = time.perf_counter() - t0
 
-    # -- copies: a test image with a copy in train (leak); the later image of a pair within a split
+    # -- copies: pairs by embedding similarity, and (where there are images) by pixel similarity
+    R, J, E, P = _pairs_by_embedding(sims, idx, settings.threshold)
+    if images is not None and settings.pixel_threshold <= 1.0:
+        t0 = time.perf_counter()
+        R2, J2, E2, P2 = _pairs_by_pixels(images, X_all, center, settings, search)
+        R, J, E, P = (np.concatenate(a) for a in ((R, R2), (J, J2), (E, E2), (P, P2)))
+        seconds["pixels"] = time.perf_counter() - t0
+    del X_all
+    # a test image with a copy in train (leak); the later image of a pair within a split (duplicate)
     is_test = split_of == "test"
-    valid = idx >= 0
-    partner_test = np.where(valid, is_test[np.maximum(idx, 0)], False)
-    close = valid & (sims >= settings.threshold)
-    rows = np.arange(len(idx))[:, None]
-    leak_cols = close & is_test[:, None] & ~partner_test
-    dup_cols = close & (partner_test == is_test[:, None]) & (idx < rows)
-    for kind, cols in (("leak", leak_cols), ("duplicate", dup_cols)):
-        has = cols.any(axis=1)
-        first = np.argmax(cols, axis=1)
-        for r in np.flatnonzero(has):
-            j = int(idx[r, first[r]])
-            findings.append(Finding(kind, split_of[r], int(local[r]), float(sims[r, first[r]]), name(split_of[r], int(local[r])),
-                                    split_of[j], int(local[j]), name(split_of[j], int(local[j])), False))  # fmt: skip
+    for kind, keep in (("leak", is_test[R] & ~is_test[J]), ("duplicate", (is_test[R] == is_test[J]) & (J < R))):
+        r_, j_, e_, p_ = R[keep], J[keep], E[keep], P[keep]
+        order = np.lexsort((-e_, r_))  # by row, most similar first
+        first = order[np.r_[True, r_[order][1:] != r_[order][:-1]]] if len(order) else order
+        for k in first:
+            r, j = int(r_[k]), int(j_[k])
+            findings.append(Finding(kind, split_of[r], int(local[r]), float(e_[k]), name(split_of[r], int(local[r])),
+                                    split_of[j], int(local[j]), name(split_of[j], int(local[j])), False,
+                                    pixels=float(p_[k])))  # fmt: skip
     _mark_exact(findings, exact_of, split_of, local, name)
 
     # -- outliers: far from their nearest images
+    valid = idx >= 0
     k_sims = np.where(valid, sims, np.nan)
     dist = 1.0 - np.nanmean(k_sims, axis=1) if valid.any() else np.zeros(len(idx))
     med = float(np.nanmedian(dist))
@@ -314,6 +335,50 @@ def audit_features(X_train, y_train, X_test, y_test, class_names=(), *, settings
     findings.sort(key=lambda f: (order[f.kind], _rank(f)))
     return AuditResult(findings, accuracy, n_tr, len(X_test), class_names, settings, search.describe(len(idx)),
                        "pixels" if images is not None else "embeddings", seconds, data, features)  # fmt: skip
+
+
+def _pairs_by_embedding(sims, idx, threshold: float):
+    """``(rows, partners, embedding similarity, pixel similarity = nan)`` of the neighbours at or above ``threshold``."""
+    r, c = np.nonzero((idx >= 0) & (sims >= threshold))
+    return r, idx[r, c], sims[r, c].astype(np.float64), np.full(len(r), np.nan)
+
+
+def pixel_signatures(images, side: int = PIXEL_SIDE) -> np.ndarray:
+    """Each image as a ``side`` x ``side`` grey thumbnail (box-averaged), minus its own mean: the
+    cosine similarity of two signatures ignores brightness and contrast, a resize and a re-encode."""
+    from PIL import Image
+
+    out = np.empty((len(images), side * side), np.float32)
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    for start in range(0, len(images), 1024):
+        block = np.asarray(images[start : start + 1024])
+        h, w = block.shape[1:3]
+        if h % side == 0 and w % side == 0:
+            grey = (block.astype(np.float32) @ weights).reshape(len(block), side, h // side, side, w // side).mean(axis=(2, 4))
+        else:
+            grey = np.stack([np.asarray(Image.fromarray(im).convert("L").resize((side, side), Image.BOX), np.float32)
+                             for im in block])  # fmt: skip
+        grey = grey.reshape(len(block), -1)
+        out[start : start + len(block)] = grey - grey.mean(axis=1, keepdims=True)
+    return out
+
+
+def _pairs_by_pixels(images, X_all, center, settings, search):
+    """Pairs whose pixel signatures are at least ``pixel_threshold`` similar and whose embeddings
+    at least :data:`PIXEL_PAIR_FLOOR`: ``(rows, partners, embedding similarity, pixel similarity)``."""
+    from .neighbors import unit_rows
+
+    sig = np.concatenate([pixel_signatures(split) for split in images])
+    psims, pidx = nearest(sig, settings.neighbors, search=search, desc="nearest thumbnails")
+    r, c = np.nonzero((pidx >= 0) & (psims >= settings.pixel_threshold))
+    j = pidx[r, c]
+    e = np.empty(len(r))
+    for s in range(0, len(r), 4096):
+        a = unit_rows(X_all[r[s : s + 4096]], center)
+        b = unit_rows(X_all[j[s : s + 4096]], center)
+        e[s : s + 4096] = np.sum(a * b, axis=1)
+    keep = e >= PIXEL_PAIR_FLOOR
+    return r[keep], j[keep], e[keep], psims[r, c][keep].astype(np.float64)
 
 
 def _rank(f: Finding) -> float:
@@ -441,7 +506,8 @@ def _accuracy_row(train: str, test: str, y: np.ndarray, pred: np.ndarray, n_trai
 
 
 def audit(spec="trunk", data=None, task: str | None = None, *, features=None, threshold: float = DEFAULT_THRESHOLD,
-          head: str = "logreg", folds: int = 5, neighbors: int = 10, outlier_mads: float = 6.0,
+          head: str = "logreg", folds: int = 5, neighbors: int = 10, outlier_mads: float = 4.0,
+          pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD,
           search: NeighborSearch | None = None, n_jobs: int = 2, reports_dir="reports",
           options: RunOptions | None = None, **kwargs) -> tuple[AuditResult, dict[str, Path]]:  # fmt: skip
     """Audit a dataset on its cached features, or on embeddings made elsewhere; write the page.
@@ -460,9 +526,8 @@ def audit(spec="trunk", data=None, task: str | None = None, *, features=None, th
     >>> result, paths = audit("trunk", "sample", weights="none", reports_dir=tmp)  # doctest: +SKIP
     >>> print(result.summary())  # doctest: +SKIP
     """
-    settings = AuditSettings(
-        threshold, head, folds, neighbors, outlier_mads, search or NeighborSearch(), n_jobs
-    )
+    settings = AuditSettings(threshold=threshold, head=head, folds=folds, neighbors=neighbors, outlier_mads=outlier_mads,
+                             pixel_threshold=pixel_threshold, search=search or NeighborSearch(), n_jobs=n_jobs)  # fmt: skip
     spec_settings, run = split_kwargs(kwargs)
     opts = as_options(options, **run)
     Path(reports_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the work
