@@ -96,6 +96,7 @@ def _spec(args):
 
 
 def cmd_threshold(args):
+    from featx.auditing import PIXEL_PAIR_FLOOR, pixel_signatures
     from featx.neighbors import NeighborSearch, nearest, unit_rows
 
     ds, fs, (X_train, y_train, _, _), ex = _load(args)
@@ -104,21 +105,34 @@ def cmd_threshold(args):
     copies = np.stack([change(np.asarray(ds.X_train[i]), CHANGES[k % 4], rng) for k, i in enumerate(src)])
     Xc = ex.transform(copies)
     center = X_train.mean(axis=0)
-    sim_copy = np.sum(unit_rows(Xc, center) * unit_rows(X_train[src], center), axis=1)
+    A = unit_rows(X_train, center)
+    sim_copy = np.sum(unit_rows(Xc, center) * A[src], axis=1)
     sims, _ = nearest(X_train, 1, search=NeighborSearch(progress=False), center=center)
     nearest_other = sims[:, 0]
+    sig = pixel_signatures(np.asarray(ds.X_train))
+    pix_copy = np.sum(unit_rows(pixel_signatures(copies)) * unit_rows(sig[src]), axis=1)
+    psims, pidx = nearest(sig, 10, search=NeighborSearch(progress=False))
+    pemb = np.einsum("ij,ikj->ik", A, A[pidx])  # embedding similarity of each thumbnail neighbour
     print(f"{fs.path.name}: {len(X_train)} train images, {len(src)} planted copies (train split only)")
     for k, how in enumerate(CHANGES):
-        s = sim_copy[k::4]
-        print(f"  copy by {how:<10} similarity to its source: min {s.min():.3f}  median {np.median(s):.3f}")
+        s, p = sim_copy[k::4], pix_copy[k::4]
+        print(f"  copy by {how:<10} similarity to its source: embeddings min {s.min():.3f} median {np.median(s):.3f}; "
+              f"thumbnails min {p.min():.3f} median {np.median(p):.3f}")  # fmt: skip
     q = np.quantile(nearest_other, [0.5, 0.9, 0.99, 0.999])
-    print(
-        f"  original images, similarity to their nearest other train image: median {q[0]:.3f}, 90% {q[1]:.3f}, "
-        f"99% {q[2]:.3f}, 99.9% {q[3]:.3f}"
-    )
-    print(f"{'threshold':>9} {'copies found':>12} {'originals above':>15}")
-    for t in (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96, 0.98):
-        print(f"{t:>9.2f} {np.mean(sim_copy >= t):>12.1%} {np.mean(nearest_other >= t):>15.2%}")
+    print(f"  original images, embedding similarity to their nearest other train image: median {q[0]:.3f}, "
+          f"90% {q[1]:.3f}, 99% {q[2]:.3f}, 99.9% {q[3]:.3f}")  # fmt: skip
+    print("copies found, and original train images with another above the threshold (real copies among them):")
+    print(f"{'embeddings':>10} {'thumbnails':>10} {'copies found':>12} {'by change':>28} {'originals above':>15}")
+    for tp in (None, 0.95, 0.97, 0.99):
+        for t in (0.85, 0.88, 0.90, 0.92, 0.94, 0.96):
+            found = sim_copy >= t
+            above = nearest_other >= t
+            if tp is not None:
+                found = found | ((pix_copy >= tp) & (sim_copy >= PIXEL_PAIR_FLOOR))
+                above = above | ((psims >= tp) & (pemb >= PIXEL_PAIR_FLOOR)).any(axis=1)
+            by = " ".join(f"{found[k::4].mean():.0%}" for k in range(4))
+            print(f"{t:>10.2f} {'-' if tp is None else f'{tp:.2f}':>10} {found.mean():>12.1%} {by:>28} "
+                  f"{above.mean():>8.2%} ({int(above.sum())})")  # fmt: skip
 
 
 def _pr(found: set, planted: set, natural: set) -> tuple[float, float]:

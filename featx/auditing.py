@@ -35,7 +35,7 @@ import numpy as np
 
 from .audit_report import write_audit_report
 from .errors import CacheError, DataError, SettingsError
-from .neighbors import NeighborSearch, nearest
+from .neighbors import NeighborSearch, Stacked, nearest
 from .options import RunOptions, as_options, split_kwargs
 
 #: Cosine similarity (of centred embeddings) from which two images are called copies. Chosen on
@@ -259,7 +259,7 @@ def audit_features(X_train, y_train, X_test, y_test, class_names=(), *, settings
 
     # -- nearest neighbours of every image among all images (train mean subtracted)
     t0 = time.perf_counter()
-    X_all = np.concatenate([X_train, X_test]) if len(X_test) else X_train
+    X_all = Stacked(X_train, X_test)  # one bank, no copy
     search = settings.search if settings.search.progress is not None else \
         NeighborSearch(**{**asdict(settings.search), "progress": progress})  # fmt: skip
     center = np.asarray(X_train, dtype=np.float64).mean(axis=0)

@@ -93,3 +93,20 @@ def test_mismatched_widths_are_refused(data):
     bank, queries = data
     with pytest.raises(SettingsError, match="columns"):
         nearest(bank, 3, queries[:, :5], search=NeighborSearch(engine="numpy", progress=False))
+
+
+def test_stacked_arrays_are_one_bank_without_a_copy(data):
+    from featx.neighbors import Stacked
+
+    bank, queries = data
+    st = Stacked(bank, queries)
+    both = np.concatenate([bank, queries])
+    assert len(st) == 370 and st.shape == (370, 24)
+    np.testing.assert_array_equal(st[290:310], both[290:310])
+    rows = np.array([369, 0, 299, 300, 5])
+    np.testing.assert_array_equal(st[rows], both[rows])
+    np.testing.assert_array_equal(np.asarray(st), both)
+    for engine in ["numpy"] + (["faiss"] if faiss_available() else []):
+        _, i = nearest(st, 4, search=NeighborSearch(engine=engine, block_rows=50, progress=False))
+        _, ref = nearest(both, 4, search=NeighborSearch(engine=engine, block_rows=50, progress=False))
+        np.testing.assert_array_equal(i, ref)
