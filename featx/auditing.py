@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .audit_report import write_audit_report
 from .errors import CacheError, DataError, SettingsError
@@ -97,10 +98,10 @@ class AuditSettings:
         if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or not 0.0 <= float(t):
             raise SettingsError(f"pixel_threshold is a cosine similarity from 0 to 1 (e.g. {DEFAULT_PIXEL_THRESHOLD}), "
                                 f"or above 1 to judge copies by the embeddings alone. Received: pixel_threshold={t!r}")  # fmt: skip
-        for name, low in (("folds", 2), ("neighbors", 1)):
+        for name, low, high in (("folds", 2, 100), ("neighbors", 1, 1000)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise SettingsError(f"{name} must be an integer of at least {low}. Received: {name}={v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= high:
+                raise SettingsError(f"{name} must be an integer from {low} to {high}. Received: {name}={v!r}")
         m = self.outlier_mads
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
             raise SettingsError(f"outlier_mads must be a positive number. Received: outlier_mads={m!r}")
@@ -302,7 +303,7 @@ def audit_features(X_train, y_train, X_test, y_test, class_names=(), *, settings
 
     # -- label errors, and the accuracy with and without what was found
     t0 = time.perf_counter()
-    proba_train, est = _out_of_fold(settings, X_train, y_train, n_classes, seed)
+    proba_train, est = _out_of_fold(settings, X_train, y_train, n_classes, seed, progress)
     proba_test = _proba(est, X_test, n_classes)
     seconds["cross-validation"] = time.perf_counter() - t0
     for split, y, proba in (("train", y_train, proba_train), ("test", y_test, proba_test)):
@@ -451,21 +452,47 @@ def _mark_exact(findings: list, exact_of: np.ndarray, split_of, local, name) -> 
         f.exact, f.score = True, max(f.score, 1.0)
 
 
-def _out_of_fold(settings: AuditSettings, X, y, n_classes: int, seed: int):
-    """Out-of-fold probabilities of the train rows, and the head fitted on all of them."""
-    from sklearn.base import clone
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+def _out_of_fold(settings: AuditSettings, X, y, n_classes: int, seed: int, progress=None):
+    """Out-of-fold probabilities of the train rows, and the head fitted on all of them: ``folds``
+    + 1 fits, ``n_jobs`` at a time, with a progress bar."""
+    from joblib import Parallel, delayed
+    from sklearn.model_selection import StratifiedKFold
 
     est = settings.head_estimator()
     if "random_state" in est.get_params():
         est.set_params(random_state=seed)
-    cv = StratifiedKFold(settings.folds, shuffle=True, random_state=seed)
-    proba = cross_val_predict(est, X, y, cv=cv, method="predict_proba", n_jobs=settings.n_jobs)
-    full = np.zeros((len(X), n_classes))
-    classes = np.unique(y)
-    full[:, classes] = proba
-    fitted = clone(est).fit(X, y)
+    folds = list(StratifiedKFold(settings.folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    jobs = [(train, test) for train, test in folds] + [(np.arange(len(y)), None)]
+    full, fitted = np.zeros((len(X), n_classes)), None
+    run = Parallel(n_jobs=min(settings.n_jobs, len(jobs)), return_as="generator_unordered")
+    bar = tqdm(total=len(jobs), desc=f"cross-validating {settings.head}", unit="fit", leave=False,
+               disable=None if progress is None else not progress)  # fmt: skip
+    with bar:
+        for test, model, proba in run(delayed(_fit_fold)(est, X, y, train, test) for train, test in jobs):
+            if test is None:
+                fitted = model
+            else:
+                full[np.ix_(test, model.classes_)] = proba
+            bar.update(1)
     return full, fitted
+
+
+def _fit_fold(est, X, y, train, test):
+    """One fit of the cross-validation: ``(test rows, model, their probabilities)``; the model is
+    returned for the fit on every row (``test`` None) alone."""
+    from sklearn.base import clone
+
+    model = clone(est).fit(X[train], y[train])
+    if test is None:
+        return None, model, None
+    return test, _Classes(model.classes_), model.predict_proba(X[test])
+
+
+class _Classes:
+    """What the caller needs of a fold's model: its classes (the model itself stays in the worker)."""
+
+    def __init__(self, classes):
+        self.classes_ = classes
 
 
 def _proba(est, X, n_classes: int) -> np.ndarray:

@@ -110,7 +110,7 @@ def test_blocked_numpy_and_faiss_searches_give_the_same_audit():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(threshold=1.5), "threshold"), (dict(threshold=-0.1), "threshold"), (dict(threshold=True), "threshold"),
-    (dict(folds=1), "folds"), (dict(neighbors=0), "neighbors"), (dict(outlier_mads=0), "outlier_mads"),
+    (dict(folds=1), "folds"), (dict(neighbors=0), "neighbors"), (dict(neighbors=10**6), "neighbors"), (dict(outlier_mads=0), "outlier_mads"),
 ])  # fmt: skip
 def test_bad_audit_settings_are_one_line(bad, match):
     with pytest.raises(SettingsError, match=match):
