@@ -207,10 +207,19 @@ def cmd_planted(args):
               f"recall {r.mean():.3f} ± {r.std(ddof=1):.3f}")  # fmt: skip
 
 
+def _without_self(s, i, rows):
+    """Each query row's neighbours without the row itself (a query search of rows of the bank)."""
+    keep = i != rows[:, None]
+    out_s = np.array([a[k][:10] for a, k in zip(s, keep)])
+    out_i = np.array([a[k][:10] for a, k in zip(i, keep)])
+    return out_s, out_i
+
+
 def cmd_scale(args):
     from featx.neighbors import NeighborSearch, nearest, recall
 
     rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
     if args.features_of:
         import h5py
 
@@ -222,35 +231,31 @@ def cmd_scale(args):
         X = np.empty((args.rows, args.width), np.float32)
         for s in range(0, args.rows, 100_000):
             m = min(100_000, args.rows - s)
-            X[s : s + m] = centres[rng.integers(0, 1000, m)] + 0.7 * rng.standard_normal(
-                (m, args.width), dtype=np.float32
-            )
-    print(
-        f"{len(X)} rows x {X.shape[1]}, float32 {X.nbytes / 2**30:.2f} GiB; peak RSS so far "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
-    )
-    queries = len(X) if args.queries is None else args.queries
-    for method in args.methods:
-        # "numpy": exact in NumPy blocks; "exact": exact in FAISS; "approximate": FAISS IVF
-        search = NeighborSearch(engine="numpy", progress=False) if method == "numpy" else \
-            NeighborSearch(method=method, engine="faiss", progress=False)  # fmt: skip
-        t0 = time.perf_counter()
-        if queries == len(X):
-            s, i = nearest(X, 10, search=search)
-        else:
-            s, i = nearest(X, 10, X[:queries], search=search)
-        dt = time.perf_counter() - t0
-        print(
-            f"{search.describe(len(X)):<70} {queries} queries: {dt:8.1f} s, {queries / dt:9.0f} queries/s, "
-            f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
-        )
-        if method == "exact" and args.recall_of:
-            ref = i
-        if method == "approximate" and args.recall_of:
-            print(
-                f"  recall@10 against exact on the first {min(queries, len(ref))} queries: "
-                f"{recall(i[: len(ref)], ref[: len(i)]):.4f}"
-            )
+            X[s : s + m] = centres[rng.integers(0, 1000, m)] + 0.7 * rng.standard_normal((m, args.width), dtype=np.float32)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"{len(X)} rows x {X.shape[1]}, float32 {X.nbytes / 2**30:.2f} GiB, made in {time.perf_counter() - t0:.0f} s; "
+          f"peak RSS before the search {rss:.2f} GiB")  # fmt: skip
+    method = args.methods[0]
+    # "numpy": exact in NumPy blocks; "exact": exact in FAISS; "approximate": FAISS IVF
+    search = NeighborSearch(engine="numpy", progress=False) if method == "numpy" else \
+        NeighborSearch(method=method, engine="faiss", storage=args.storage, progress=False)  # fmt: skip
+    q = len(X) if args.queries is None else min(args.queries, len(X))
+    t0 = time.perf_counter()
+    if q == len(X):
+        s, i = nearest(X, 10, search=search)
+    else:
+        s, i = _without_self(*nearest(X, 11, X[:q], search=search), np.arange(q))
+    dt = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    full = dt * len(X) / q
+    print(f"{search.describe(len(X))}: {q} of {len(X)} rows searched in {dt:.1f} s, {q / dt:,.0f} queries/s"
+          + (f" (all {len(X)}: {full:,.0f} s at this rate)" if q < len(X) else "") + f"; peak RSS {rss:.2f} GiB")
+    if args.save:
+        np.savez(args.save, idx=i[: args.recall_rows])
+    if args.recall_against:
+        ref = np.load(args.recall_against)["idx"]
+        n = min(len(ref), len(i))
+        print(f"  recall@10 against the exact search, first {n} rows: {recall(i[:n], ref[:n]):.4f}")
 
 
 def main():
@@ -269,8 +274,12 @@ def main():
         "--queries", type=int, default=None, help="scale: search this many query rows (default all)"
     )
     p.add_argument("--features-of", default=None, help="scale: a featx feature file (real features)")
-    p.add_argument("--methods", type=lambda s: s.split(","), default=["exact", "approximate"])
-    p.add_argument("--recall-of", action="store_true")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=["exact"],
+                   help="scale: numpy (exact, NumPy blocks), exact (FAISS) or approximate (FAISS IVF); one per run")
+    p.add_argument("--storage", default="float32")
+    p.add_argument("--save", default=None, help="scale: save the neighbours of the first --recall-rows rows")
+    p.add_argument("--recall-rows", type=int, default=5000)
+    p.add_argument("--recall-against", default=None, help="scale: an --save file of an exact run")
     args = p.parse_args()
     {"threshold": cmd_threshold, "planted": cmd_planted, "scale": cmd_scale}[args.command](args)
 

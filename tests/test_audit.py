@@ -265,3 +265,28 @@ def test_dataset_files_follow_the_rows_of_a_task():
     for split, y in ((0, ds.y_train), (1, ds.y_test)):
         for i in (0, len(y) // 2, len(y) - 1):
             assert ds.files[split][i].split("/")[1] == names[y[i]]
+
+
+def test_a_resized_copy_is_found_by_its_thumbnail_where_the_embeddings_miss_it():
+    from PIL import Image
+
+    X_train, y_train, X_test, y_test = clusters(n_train=12, n_test=4)
+    rng = np.random.default_rng(3)
+    smooth = [np.asarray(Image.fromarray(rng.integers(0, 256, (len(y), 4, 4, 3), dtype=np.uint8)[i])
+                         .resize((32, 32), Image.BICUBIC)) for y in (y_train, y_test) for i in range(len(y))]  # fmt: skip
+    images = [np.stack(smooth[: len(y_train)]), np.stack(smooth[len(y_train) :])]
+    # train image 30: test image 2, resized down and up and brightened; its embedding only 0.7 alike
+    small = Image.fromarray(images[1][2]).resize((24, 24), Image.BILINEAR).resize((32, 32), Image.BILINEAR)
+    images[0][30] = np.clip(np.asarray(small, np.float32) * 1.1, 0, 255).astype(np.uint8)
+    center = X_train.mean(axis=0)
+    noise = rng.standard_normal(X_train.shape[1]).astype(np.float32)
+    X_train[30] = center + (X_test[2] - center) + np.linalg.norm(X_test[2] - center) * noise / np.linalg.norm(noise)
+    y_train[30] = y_test[2]
+    res = audit_features(X_train, y_train, X_test, y_test, settings=QUIET, images=images)
+    leak = res.of("leak")
+    assert [(f.index, f.partner_index, f.exact) for f in leak] == [(2, 30, False)]
+    assert 0.5 <= leak[0].score < 0.9 and leak[0].pixels >= 0.97
+    # by embeddings alone (pixel_threshold above 1) it is missed
+    alone = audit_features(X_train, y_train, X_test, y_test, images=images,
+                           settings=AuditSettings(pixel_threshold=1.5, search=NeighborSearch(progress=False), n_jobs=1))  # fmt: skip
+    assert alone.of("leak") == []
