@@ -2,8 +2,9 @@
 
 - an audit's ``audit.csv`` (:mod:`featx.auditing`): every row names one image by its ``split`` and
   ``index``, and by its ``file`` where it has one. On the data it was made on (its ``data``
-  column, the data's fingerprint) the rows are used as they are; on other data the files are
-  looked up by name; rows that name neither are refused. Delete the rows of the findings you want
+  column, the data's fingerprint) the rows are used as they are; on other data (another task,
+  seed or split of the same files) the files are looked up by name, in whichever split they are;
+  rows that name neither are refused. Delete the rows of the findings you want
   to keep before passing it.
 - a text file of image files, one per line (``#`` starts a comment): paths as the dataset names
   them (``train/cat/0001.jpg``), or longer paths that end with them.
@@ -56,13 +57,11 @@ class Exclusions:
                     f"({self.data or 'not recorded'}; this data is {ds.fingerprint}): rows of other data are other "
                     "images. Audit this data again, or list the images by file."
                 )
-            found = _lookup(file, by_file)
-            if found is None or (split in SPLITS and found[0] != split):
-                where = (
-                    "" if ds.files is not None else " (this data has no files: embeddings given as arrays)"
-                )
-                raise DataError(f"{self.source} names '{file}', which is not {'a ' + split if split else 'an'} image of "
-                                f"{ds.name}{where}. Check the file is about this data.")  # fmt: skip
+            found = _lookup(file, by_file)  # in whichever split this data has it (another task splits otherwise)
+            if found is None:
+                where = "" if ds.files is not None else " (this data has no files: embeddings given as arrays)"
+                raise DataError(f"{self.source} names '{file}', which is not an image of {ds.name}{where}. "
+                                "Check the file is about this data.")  # fmt: skip
             out[found[0]].add(found[1])
         return tuple(np.array(sorted(out[s]), dtype=np.int64) for s in SPLITS)
 
