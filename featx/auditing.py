@@ -8,10 +8,13 @@ N x N matrix) and one cross-validated head on the cached features find:
   whose pixels are identical (exact). The later image of a pair is flagged, so
   leaving out every flagged image keeps one of each group;
 - **leaks**: a test image with such a copy in the train split;
-- **label errors**: images whose given label the head's out-of-sample
-  probabilities contradict (cleanlab's confident learning): out-of-fold
-  probabilities for the train split (``folds``-fold cross-validation), those of
-  the head fitted on every train image for the test split;
+- **label errors**: images whose given label the out-of-sample probabilities
+  contradict (cleanlab's confident learning). The probabilities are the mean of
+  the head's (out-of-fold for the train split, ``folds``-fold cross-validation;
+  the head fitted on every train image for the test split) and the vote of the
+  image's ``neighbors`` nearest images, itself left out (weights
+  ``exp(similarity / 0.1)``): together they rank planted label errors better than
+  either alone (BENCHMARKS.md, "Auditing a dataset");
 - **outliers**: images far from every other image: the cosine distance to their
   ``neighbors`` nearest images, flagged above the median plus ``outlier_mads``
   robust standard deviations (1.4826 x the median absolute deviation).
@@ -49,6 +52,8 @@ KINDS = ("leak", "duplicate", "label error", "outlier")
 PIXEL_SIDE = 16
 DEFAULT_PIXEL_THRESHOLD = 0.97
 PIXEL_PAIR_FLOOR = 0.5
+#: Temperature of the nearest images' vote on a label (weights exp(similarity / 0.1)).
+VOTE_TEMPERATURE = 0.1
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,9 @@ class AuditSettings:
 @dataclass
 class Finding:
     """One flagged image. ``score``: the similarity of its embedding to its partner's (duplicate,
-    leak; ``pixels``: that of their thumbnails, where the pixels found the pair), the head's
-    probability of its given label (label error: low is suspect), or its distance to its nearest
+    leak; ``pixels``: that of their thumbnails, where the pixels found the pair), the probability
+    of its given label (label error: low is suspect; the mean of the head's and its nearest images'
+    vote, as ``confidence`` is of the predicted label), or its distance to its nearest
     images (outlier: high is far)."""
 
     kind: str
@@ -306,7 +312,10 @@ def audit_features(X_train, y_train, X_test, y_test, class_names=(), *, settings
     proba_train, est = _out_of_fold(settings, X_train, y_train, n_classes, seed, progress)
     proba_test = _proba(est, X_test, n_classes)
     seconds["cross-validation"] = time.perf_counter() - t0
-    for split, y, proba in (("train", y_train, proba_train), ("test", y_test, proba_test)):
+    # the ranking: the head's out-of-sample probabilities averaged with the vote of each image's nearest images
+    votes = knn_votes(sims, idx, np.concatenate([y_train, y_test]), n_classes)
+    ranking = ((proba_train + votes[:n_tr]) / 2, (proba_test + votes[n_tr:]) / 2)
+    for split, y, proba in (("train", y_train, ranking[0]), ("test", y_test, ranking[1])):
         for i in _label_issues(y, proba):
             p = int(np.argmax(proba[i]))
             findings.append(Finding("label error", split, int(i), float(proba[i, y[i]]), name(split, int(i)),
@@ -500,6 +509,20 @@ def _proba(est, X, n_classes: int) -> np.ndarray:
     if len(X):
         out[:, est.classes_] = est.predict_proba(X)
     return out
+
+
+def knn_votes(sims: np.ndarray, idx: np.ndarray, labels: np.ndarray, n_classes: int,
+              temperature: float = VOTE_TEMPERATURE) -> np.ndarray:  # fmt: skip
+    """Class probabilities of each row from the labels of its nearest rows (itself left out): votes
+    weighted by ``exp(similarity / temperature)``. A row with no neighbour gets a uniform vote."""
+    valid = idx >= 0
+    s = np.where(valid, sims, -np.inf).astype(np.float64)
+    w = np.where(valid, np.exp((s - s.max(axis=1, keepdims=True)) / temperature), 0.0)
+    out = np.zeros((len(idx), n_classes))
+    rows = np.repeat(np.arange(len(idx)), idx.shape[1])
+    np.add.at(out, (rows, labels[np.maximum(idx, 0)].ravel()), w.ravel())
+    total = out.sum(axis=1, keepdims=True)
+    return np.where(total > 0, out / np.where(total > 0, total, 1), 1.0 / n_classes)
 
 
 def _label_issues(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
