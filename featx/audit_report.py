@@ -57,6 +57,15 @@ def _write_all(out: Path, result, ds) -> dict[str, Path]:
     return paths
 
 
+def _similarity(f, exact_by: str) -> str:
+    """How alike a pair is: identical (pixels, or embeddings where no images came with them), or the
+    cosine similarity of the embeddings (and of the thumbnails, where they found the pair)."""
+    if f.exact:
+        return f"identical {exact_by}"
+    text = f"cosine {f.score:.3f}"
+    return text + (f", thumbnails {f.pixels:.3f}" if f.pixels == f.pixels else "")
+
+
 def _settings(result) -> dict:
     s = asdict(result.settings)
     s["search"] = result.search
@@ -94,14 +103,14 @@ def audit_page(result, ds) -> str:
                 f"<figure>{image(f.split, f.index)}<figcaption>{caption(f.split, f.index, f.file)}</figcaption></figure>"
                 f"<figure>{image(f.partner_split, f.partner_index)}"
                 f"<figcaption>{caption(f.partner_split, f.partner_index, f.partner_file)}</figcaption></figure>"
-                f'<p class="sim">{"identical" if f.exact else f"cosine {f.score:.3f}"}</p></div>'
+                f'<p class="sim">{_similarity(f, result.exact_by)}</p></div>'
                 for f in shown
             )
         elif kind == "label error":
             cards = "".join(
                 f'<figure class="one" data-kind="{e(kind)}" data-score="{f.score:.4f}">{image(f.split, f.index)}'
                 f"<figcaption>{caption(f.split, f.index, f.file)}<br>given <b>{e(f.given)}</b>, "
-                f"P(given) {f.score:.2f}<br>predicted <b>{e(f.predicted)}</b> ({f.confidence:.2f})</figcaption></figure>"
+                f"P(given) {f.score:.3f}<br>predicted <b>{e(f.predicted)}</b> ({f.confidence:.2f})</figcaption></figure>"
                 for f in shown
             )
         else:

@@ -360,8 +360,10 @@ def pixel_signatures(images, side: int = PIXEL_SIDE) -> np.ndarray:
 
     out = np.empty((len(images), side * side), np.float32)
     weights = np.array([0.299, 0.587, 0.114], np.float32)
-    for start in range(0, len(images), 1024):
-        block = np.asarray(images[start : start + 1024])
+    h0, w0 = images.shape[1:3] if len(images) else (side, side)
+    rows = max(1, (64 << 20) // (h0 * w0 * 3 * 4))  # blocks of about 64 MiB of float pixels
+    for start in range(0, len(images), rows):
+        block = np.asarray(images[start : start + rows])
         h, w = block.shape[1:3]
         if h % side == 0 and w % side == 0:
             grey = (block.astype(np.float32) @ weights).reshape(len(block), side, h // side, side, w // side).mean(axis=(2, 4))
