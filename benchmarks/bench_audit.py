@@ -85,17 +85,20 @@ def _load(args):
     from featx.options import RunOptions
 
     opts = RunOptions(cache_dir=args.cache_dir, progress=False)
-    settings = {"size": args.size} if args.size else {}
-    ds, fs = cached_features(args.backbone, args.data, args.task, opts, settings)
+    ds, fs = cached_features(args.backbone, args.data, args.task, opts, _settings(args))
     X_train, y_train, X_test, y_test = fs.load()
     ex = Extractor(_spec(args), data=ds, cache_dir=args.cache_dir)
     return ds, fs, (X_train, y_train, X_test, y_test), ex
 
 
+def _settings(args) -> dict:
+    return {k: v for k, v in (("size", args.size), ("weights", args.weights)) if v is not None}
+
+
 def _spec(args):
     from featx.spec import as_spec
 
-    return as_spec(args.backbone, **({"size": args.size} if args.size else {}))
+    return as_spec(args.backbone, **_settings(args))
 
 
 def cmd_threshold(args):
@@ -225,6 +228,69 @@ def _without_self(s, i, rows):
     return out_s, out_i
 
 
+def cmd_ranking(args):
+    """One planting (``--seeds``' first): the label-error ranking by the head alone, by the nearest
+    images' vote alone, and by their mean (the audit's); and what became of the images of no class."""
+    import warnings
+
+    from cleanlab.filter import find_label_issues
+
+    from featx.auditing import AuditSettings, audit_features
+
+    ds, fs, (X_train, y_train, X_test, y_test), ex = _load(args)
+    seed = args.seeds[0]
+    rng = np.random.default_rng(seed)
+    n, k = len(X_train), len(fs.class_names)
+    odd = no_class_images(50, ds.X_train.shape[1:], rng)
+    flipped = np.sort(rng.choice(n, int(0.02 * n), replace=False))
+    y_flip = y_train.copy()
+    y_flip[flipped] = (y_flip[flipped] + rng.integers(1, k, len(flipped))) % k
+    Xp = np.concatenate([X_train, ex.transform(odd)])
+    yp = np.concatenate([y_flip, rng.integers(0, k, 50)])
+    images = (np.concatenate([np.asarray(ds.X_train), odd]), np.asarray(ds.X_test))
+    import featx.auditing as auditing
+
+    captured: dict = {}
+    real_issues, real_nearest = auditing._label_issues, auditing.nearest
+
+    def issues(y, proba):  # the audit's own ranking input (the first call: the train split)
+        captured.setdefault("ranking", proba)
+        return real_issues(y, proba)
+
+    def nearest(*a, **kw):  # the audit's own neighbours (the first call: the embeddings)
+        out = real_nearest(*a, **kw)
+        captured.setdefault("neighbours", out)
+        return out
+
+    auditing._label_issues, auditing.nearest = issues, nearest
+    try:
+        res = audit_features(Xp, yp, X_test, y_test, fs.class_names, settings=AuditSettings(), images=images,
+                             seed=seed, progress=False)  # fmt: skip
+    finally:
+        auditing._label_issues, auditing.nearest = real_issues, real_nearest
+    odd_rows = set(range(n, n + 50))
+    for kind in ("duplicate", "outlier", "label error"):
+        got = {f.index for f in res.of(kind) if f.split == "train"} & odd_rows
+        print(f"images of no class flagged as {kind}: {len(got)} of 50")
+    mean_train = captured["ranking"]
+    votes = auditing.knn_votes(*captured["neighbours"], np.concatenate([yp, y_test]), k)[: len(yp)]
+    head = 2 * mean_train - votes
+    flips = set(flipped.tolist())
+    print(f"label errors among {len(yp)} train rows, {len(flips)} flipped:")
+    for name, proba in (("head alone (out-of-fold)", head), ("nearest images' vote alone", votes),
+                        ("mean of the two (the audit)", mean_train)):  # fmt: skip
+        p = np.clip(proba, 1e-9, None)
+        p = p / p.sum(axis=1, keepdims=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ranked = find_label_issues(yp, p, filter_by="prune_by_noise_rate", return_indices_ranked_by="self_confidence",
+                                       n_jobs=1)  # fmt: skip
+        hits = len(set(ranked.tolist()) & flips)
+        top = len(set(ranked[:1000].tolist()) & flips)
+        print(f"  {name:<30} accuracy {np.mean(p.argmax(axis=1) == yp):.3f}  flagged {len(ranked):>6}  "
+              f"precision {hits / max(1, len(ranked)):.3f}  recall {hits / len(flips):.3f}  flips in the top 1,000: {top}")
+
+
 def cmd_scale(args):
     from featx.neighbors import NeighborSearch, nearest, recall
 
@@ -270,11 +336,12 @@ def cmd_scale(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["threshold", "planted", "scale"])
+    p.add_argument("command", choices=["threshold", "planted", "ranking", "scale"])
     p.add_argument("--backbone", default="trunk")
     p.add_argument("--data", default="sample")
     p.add_argument("--task", default="full")
     p.add_argument("--size", type=int, default=None)
+    p.add_argument("--weights", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
@@ -291,7 +358,7 @@ def main():
     p.add_argument("--recall-rows", type=int, default=5000)
     p.add_argument("--recall-against", default=None, help="scale: an --save file of an exact run")
     args = p.parse_args()
-    {"threshold": cmd_threshold, "planted": cmd_planted, "scale": cmd_scale}[args.command](args)
+    {"threshold": cmd_threshold, "planted": cmd_planted, "ranking": cmd_ranking, "scale": cmd_scale}[args.command](args)
 
 
 if __name__ == "__main__":
