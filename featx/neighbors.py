@@ -12,8 +12,10 @@ highest cosine similarity. How it searches is one :class:`NeighborSearch`:
   ties). Time grows with queries x bank rows: quadratic for a search of a set
   against itself.
 - ``method="approximate"``: a FAISS inverted-file index (``IndexIVFFlat``,
-  ``nlist`` cells, ``nprobe`` of them visited per query): time about linear in
-  the rows, at a recall below 1 that :func:`recall` measures against exact.
+  ``nlist`` cells, ``nprobe`` of them visited per query): with the default
+  2 x sqrt(rows) cells, time grows as rows^1.5 rather than rows^2, at a recall
+  below 1 that :func:`recall` measures against exact (BENCHMARKS.md: a million
+  rows of width 1,024 in 20 minutes on 2 cores).
   It needs FAISS.
 
 ``storage="float16"`` keeps the normalised bank in half the memory (the
