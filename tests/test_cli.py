@@ -15,7 +15,7 @@ def test_help_lists_commands():
 
     out = run_cli("--help").stdout
     listed = re.findall(r"^ {4}(\w+) {2,}\S", out, flags=re.M)  # the command column, not the description
-    assert listed == ["data", "extract", "pretrain", "fit", "compare", "predict", "export", "backbones", "layers",
+    assert listed == ["data", "extract", "pretrain", "fit", "compare", "audit", "predict", "export", "backbones", "layers",
                       "cache"]
 
 
