@@ -127,8 +127,12 @@ def cmd_threshold(args):
     q = np.quantile(nearest_other, [0.5, 0.9, 0.99, 0.999])
     print(f"  original images, embedding similarity to their nearest other train image: median {q[0]:.3f}, "
           f"90% {q[1]:.3f}, 99% {q[2]:.3f}, 99.9% {q[3]:.3f}")  # fmt: skip
-    print("copies found, and original train images with another above the threshold (real copies among them):")
-    print(f"{'embeddings':>10} {'thumbnails':>10} {'copies found':>12} {'by change':>28} {'originals above':>15}")
+    print(
+        "copies found, and original train images with another above the threshold (real copies among them):"
+    )
+    print(
+        f"{'embeddings':>10} {'thumbnails':>10} {'copies found':>12} {'by change':>28} {'originals above':>15}"
+    )
     for tp in (None, 0.95, 0.97, 0.99):
         for t in (0.85, 0.88, 0.90, 0.92, 0.94, 0.96):
             found = sim_copy >= t
@@ -201,7 +205,9 @@ def cmd_planted(args):
         rows.append(row)
         print(f"seed {seed}: {secs:.0f} s; counts {res.counts()}")
         for k in ("leak", "exact", "label", "outlier"):
-            print(f"  {k:<8} precision {row[k][0]:.3f} (without natural findings {row[k][1]:.3f}) recall {row[k][2]:.3f}")
+            print(
+                f"  {k:<8} precision {row[k][0]:.3f} (without natural findings {row[k][1]:.3f}) recall {row[k][2]:.3f}"
+            )
         print(
             "  leak recall by change: " + ", ".join(f"{h} {v:.0%}" for h, v in row["leak by change"].items())
         )
@@ -287,8 +293,39 @@ def cmd_ranking(args):
                                        n_jobs=1)  # fmt: skip
         hits = len(set(ranked.tolist()) & flips)
         top = len(set(ranked[:1000].tolist()) & flips)
-        print(f"  {name:<30} accuracy {np.mean(p.argmax(axis=1) == yp):.3f}  flagged {len(ranked):>6}  "
-              f"precision {hits / max(1, len(ranked)):.3f}  recall {hits / len(flips):.3f}  flips in the top 1,000: {top}")
+        print(
+            f"  {name:<30} accuracy {np.mean(p.argmax(axis=1) == yp):.3f}  flagged {len(ranked):>6}  "
+            f"precision {hits / max(1, len(ranked)):.3f}  recall {hits / len(flips):.3f}  flips in the top 1,000: {top}"
+        )
+
+
+def cmd_leaks(args):
+    """A head fitted on all the train features, scored on every test image and without the leaked ones
+    that an audit's ``audit.json`` (``--audit``) lists; ``--seeds`` fits of it."""
+    import json
+
+    from featx.heads import make_head
+    from featx.stats import accuracy_interval
+
+    _, fs, (X_train, y_train, X_test, y_test), _ = _load(args)
+    leaks = sorted({r["index"] for r in json.load(open(args.audit))["findings"] if r["kind"] == "leak"})
+    keep = np.setdiff1d(np.arange(len(y_test)), leaks)
+    print(f"{len(leaks)} leaked test images")
+    accs = []
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        params = {"random_state": seed} if "random_state" in make_head(args.head).get_params() else {}
+        right = make_head(args.head, **params).fit(X_train, y_train).predict(X_test) == y_test
+        a, b = right.mean(), right[keep].mean()
+        accs.append((a, b))
+        lo, hi = accuracy_interval(int(right.sum()), len(right))
+        lo2, hi2 = accuracy_interval(int(right[keep].sum()), len(keep))
+        print(f"{args.head} seed {seed}: all {a:.2%} ({lo:.1%}-{hi:.1%}), without leaks {b:.2%} ({lo2:.1%}-{hi2:.1%}); "
+              f"leaked images right: {int(right[leaks].sum())}/{len(leaks)} ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    if len(accs) > 1:
+        A = np.array(accs)
+        print(f"{args.head} mean ± sd: all {A[:, 0].mean():.2%} ± {A[:, 0].std(ddof=1):.2%}, without "
+              f"{A[:, 1].mean():.2%} ± {A[:, 1].std(ddof=1):.2%}, change {np.mean(A[:, 1] - A[:, 0]) * 100:+.2f} points")  # fmt: skip
 
 
 def cmd_scale(args):
@@ -307,7 +344,9 @@ def cmd_scale(args):
         X = np.empty((args.rows, args.width), np.float32)
         for s in range(0, args.rows, 100_000):
             m = min(100_000, args.rows - s)
-            X[s : s + m] = centres[rng.integers(0, 1000, m)] + 0.7 * rng.standard_normal((m, args.width), dtype=np.float32)
+            X[s : s + m] = centres[rng.integers(0, 1000, m)] + 0.7 * rng.standard_normal(
+                (m, args.width), dtype=np.float32
+            )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"{len(X)} rows x {X.shape[1]}, float32 {X.nbytes / 2**30:.2f} GiB, made in {time.perf_counter() - t0:.0f} s; "
           f"peak RSS before the search {rss:.2f} GiB")  # fmt: skip
@@ -324,8 +363,11 @@ def cmd_scale(args):
     dt = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     full = dt * len(X) / q
-    print(f"{search.describe(len(X))}: {q} of {len(X)} rows searched in {dt:.1f} s, {q / dt:,.0f} queries/s"
-          + (f" (all {len(X)}: {full:,.0f} s at this rate)" if q < len(X) else "") + f"; peak RSS {rss:.2f} GiB")
+    print(
+        f"{search.describe(len(X))}: {q} of {len(X)} rows searched in {dt:.1f} s, {q / dt:,.0f} queries/s"
+        + (f" (all {len(X)}: {full:,.0f} s at this rate)" if q < len(X) else "")
+        + f"; peak RSS {rss:.2f} GiB"
+    )
     if args.save:
         np.savez(args.save, idx=i[: args.recall_rows])
     if args.recall_against:
@@ -336,7 +378,7 @@ def cmd_scale(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["threshold", "planted", "ranking", "scale"])
+    p.add_argument("command", choices=["threshold", "planted", "ranking", "leaks", "scale"])
     p.add_argument("--backbone", default="trunk")
     p.add_argument("--data", default="sample")
     p.add_argument("--task", default="full")
@@ -344,6 +386,8 @@ def main():
     p.add_argument("--weights", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--audit", default="reports/audit.json", help="leaks: an audit's audit.json")
+    p.add_argument("--head", default="dense", help="leaks: the head")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     p.add_argument("--rows", type=int, default=60000)
     p.add_argument("--width", type=int, default=1024)
@@ -351,14 +395,24 @@ def main():
         "--queries", type=int, default=None, help="scale: search this many query rows (default all)"
     )
     p.add_argument("--features-of", default=None, help="scale: a featx feature file (real features)")
-    p.add_argument("--methods", type=lambda s: s.split(","), default=["exact"],
-                   help="scale: numpy (exact, NumPy blocks), exact (FAISS) or approximate (FAISS IVF); one per run")
+    p.add_argument(
+        "--methods",
+        type=lambda s: s.split(","),
+        default=["exact"],
+        help="scale: numpy (exact, NumPy blocks), exact (FAISS) or approximate (FAISS IVF); one per run",
+    )
     p.add_argument("--storage", default="float32")
     p.add_argument("--save", default=None, help="scale: save the neighbours of the first --recall-rows rows")
     p.add_argument("--recall-rows", type=int, default=5000)
     p.add_argument("--recall-against", default=None, help="scale: an --save file of an exact run")
     args = p.parse_args()
-    {"threshold": cmd_threshold, "planted": cmd_planted, "ranking": cmd_ranking, "scale": cmd_scale}[args.command](args)
+    {
+        "threshold": cmd_threshold,
+        "planted": cmd_planted,
+        "ranking": cmd_ranking,
+        "leaks": cmd_leaks,
+        "scale": cmd_scale,
+    }[args.command](args)
 
 
 if __name__ == "__main__":
