@@ -448,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="find duplicates, train/test leaks, likely label errors and outliers in cached "
                        "features; write a page to check them")  # fmt: skip
     _add_data_args(p)
+    p.set_defaults(task=None)  # the backbone's own (the trunk's: target), as compare
     _add_spec_args(p)  # the cached features audited (extract them first)
     p.add_argument("--features", default=None, metavar="FILE",
                    help="audit embeddings made elsewhere: an .npz or .h5 file holding X_train, y_train, X_test, "
