@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import INTERVAL, _kv_table, _thumb, _versions, publish
+from .report import CHECK_SCRIPT, INTERVAL, _kv_table, _thumb, _versions, publish
 
 #: At most this many findings of each kind on the page (all of them are in the CSV).
 MAX_SHOWN = 60
@@ -145,6 +145,7 @@ def audit_page(result, ds) -> str:
         settings=_kv_table({**_settings(result), "exact copies by": result.exact_by, "features": result.features,
                             "data fingerprint": result.data, "seconds": {k: round(v, 2) for k, v in result.seconds.items()}}),
         versions=_kv_table(_versions()),
+        check_script=CHECK_SCRIPT,
     )  # fmt: skip
 
 
@@ -180,12 +181,7 @@ scored on every test image or without the leaked ones. Interval: the {interval}.
 <h2>Library versions</h2>
 {versions}
 <script>
-window.addEventListener("error", function (ev) {{ document.body.dataset.jsError = String(ev.message); }});
-window.addEventListener("load", function () {{
-  var imgs = Array.from(document.images);
-  var ok = imgs.filter(function (im) {{ return im.complete && im.naturalWidth > 0; }}).length;
-  document.body.dataset.images = ok + "/" + imgs.length;
-}});
+{check_script}
 </script>
 </body></html>
 """

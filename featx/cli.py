@@ -313,22 +313,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unit_float(text: str) -> float:
+def _float(text: str) -> float:
+    """``text`` as a number (NaN where it is none: every range check then refuses it)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = float("nan")
+        return float("nan")
+
+
+def _unit_float(text: str) -> float:
+    value = _float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a cosine similarity from 0 to 1, e.g. 0.9. Received: {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
+    value = _float(text)
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number. Received: {text!r}")
     return value
 

@@ -127,11 +127,11 @@ def compare(
             elif (ds := loaded.get(spec.images)) is None:
                 ds = loaded[spec.images] = load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed,
                                                         images=spec.images)  # fmt: skip
-            shown = _excluded(ds, None, exclude)[0] if exclude is not None else ds
+            shown, drop, note = _excluded(ds, exclude) if exclude is not None else (ds, None, "")
             check_splits(shown.y_train, shown.y_test, ds.class_names, tune)  # before any features are made
             fs, X_train, y_train, X_test, y_test = _features_of(spec, ds, made, opts, protocol)
-            if exclude is not None:
-                _, (X_train, y_train, X_test, y_test), note = _excluded(ds, (X_train, y_train, X_test, y_test), exclude)
+            if drop is not None:
+                X_train, y_train, X_test, y_test = _drop((X_train, y_train, X_test, y_test), drop)
             feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info,
                                  "path": str(fs.path), "map": feature_map(X_test, y_test, seed=opts.seed)})  # fmt: skip
             extract_s = sum(fs.info.get("seconds", {}).values()) or None
@@ -149,17 +149,19 @@ def compare(
     return _finish(results, shown, reports_dir, feature_sets, curves)
 
 
-def _excluded(ds: Dataset, arrays, exclude):
-    """``ds`` and ``arrays`` (its features, or None) without the images ``exclude`` names, and a note that says so."""
+def _excluded(ds: Dataset, exclude):
+    """``ds`` without the images ``exclude`` names, the rows left out (train, test), and a note that says so."""
     from .exclusions import without
 
     tr, te = exclude.rows(ds)
     note = f"without {len(tr)} train and {len(te)} test images ({exclude.source.name})"
-    if arrays is not None:
-        X_train, y_train, X_test, y_test = arrays
-        arrays = (np.delete(X_train, tr, axis=0), np.delete(y_train, tr), np.delete(X_test, te, axis=0),
-                  np.delete(y_test, te))  # fmt: skip
-    return without(ds, tr, te), arrays, note
+    return without(ds, tr, te), (tr, te), note
+
+
+def _drop(arrays, rows):
+    """``(X_train, y_train, X_test, y_test)`` without the ``(train, test)`` rows."""
+    (X_train, y_train, X_test, y_test), (tr, te) = arrays, rows
+    return np.delete(X_train, tr, axis=0), np.delete(y_train, tr), np.delete(X_test, te, axis=0), np.delete(y_test, te)
 
 
 def _features_of(spec: FeatureSpec, ds, made: dict, opts, protocol: list):
@@ -222,7 +224,8 @@ def _compare_embeddings(path, heads, *, params, tune, reports_dir, n_jobs, repea
     ds, (X_train, y_train, X_test, y_test) = load_embeddings(path)
     note = ""
     if exclude is not None:
-        ds, (X_train, y_train, X_test, y_test), note = _excluded(ds, (X_train, y_train, X_test, y_test), exclude)
+        ds, drop, note = _excluded(ds, exclude)
+        X_train, y_train, X_test, y_test = _drop((X_train, y_train, X_test, y_test), drop)
         check_splits(y_train, y_test, ds.class_names, tune)
     results, curves = [], []
     label = f"{Path(path).name} ({X_train.shape[1]}-d)"

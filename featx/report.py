@@ -494,6 +494,7 @@ def html_report(results, ds, feature_sets=(), curves=()) -> str:
         maps=maps or "<p>No feature map.</p>",
         settings=settings,
         versions=_kv_table(_versions()),
+        check_script=CHECK_SCRIPT,
         interval=e(INTERVAL), paired=e(PAIRED),
         curves=(f'<img id="learning-curve" alt="learning curves" src="{_png(learning_curve_chart(curves, len(classes)))}">'
                 + _curve_table(curves)) if curves else
@@ -578,7 +579,7 @@ features took when they were cached. 95% interval: the {interval}. vs best: {pai
 <h2>Library versions</h2>
 {versions}
 <script>
-window.addEventListener("error", function (ev) {{ document.body.dataset.jsError = String(ev.message); }});
+{check_script}
 document.querySelectorAll("table.sortable th").forEach(function (th, col) {{
   th.addEventListener("click", function () {{
     var body = th.closest("table").tBodies[0], rows = Array.from(body.rows);
@@ -591,11 +592,15 @@ document.querySelectorAll("table.sortable th").forEach(function (th, col) {{
     rows.forEach(function (r) {{ body.appendChild(r); }});
   }});
 }});
-window.addEventListener("load", function () {{
-  var imgs = Array.from(document.images);
-  var ok = imgs.filter(function (im) {{ return im.complete && im.naturalWidth > 0; }}).length;
-  document.body.dataset.images = ok + "/" + imgs.length;
-}});
 </script>
 </body></html>
 """
+
+#: What every featx page runs: it records a script error and counts the images that decoded, on the
+#: page's body (``data-js-error``, ``data-images``), for a browser check to read.
+CHECK_SCRIPT = """window.addEventListener("error", function (ev) { document.body.dataset.jsError = String(ev.message); });
+window.addEventListener("load", function () {
+  var imgs = Array.from(document.images);
+  var ok = imgs.filter(function (im) { return im.complete && im.naturalWidth > 0; }).length;
+  document.body.dataset.images = ok + "/" + imgs.length;
+});"""
