@@ -72,7 +72,7 @@ def make_folder(root: Path, pool: list[Path], n: int) -> Path:
 _CHILD = """
 import json, resource, sys, time
 from featx.data import load_dataset
-from featx.pixels import disk_bytes
+from featx.data.pixel_cache import disk_bytes
 t0 = time.perf_counter()
 ds = load_dataset(sys.argv[1], cache_dir=sys.argv[2], progress=False)
 seconds = time.perf_counter() - t0

@@ -173,12 +173,11 @@ def find_features(settings: dict, cache_dir=None) -> FeatureSet | None:
     try:
         fs = read_features(path)
     except CacheError as exc:
-        logger.warning("%s Rebuilding it.", exc)
-        print(f"feature cache {path.name} is damaged ({exc}); rebuilding it", flush=True)
+        logger.warning(f"feature cache {path.name} is damaged ({exc}); rebuilding it")
         path.unlink(missing_ok=True)
         return None
     if fs.settings != json.loads(json.dumps(settings, default=str)):
-        print(f"feature cache {path.name} records other settings; rebuilding it", flush=True)
+        logger.warning(f"feature cache {path.name} records other settings; rebuilding it")
         path.unlink(missing_ok=True)
         return None
     return fs
@@ -210,10 +209,10 @@ class PartialWriter:
                             f[f"{s}/y"].resize(n, axis=0)
                     return f
                 f.close()
-                print(f"partial cache {self.partial.name} does not match; starting again", flush=True)
+                logger.warning(f"partial cache {self.partial.name} does not match; starting again")
             except (OSError, KeyError, ValueError) as exc:
-                print(f"partial cache {self.partial.name} is unreadable ({exc.__class__.__name__}); "
-                      "starting again", flush=True)  # fmt: skip
+                logger.warning(f"partial cache {self.partial.name} is unreadable ({exc.__class__.__name__}); "
+                      "starting again")  # fmt: skip
             self.partial.unlink(missing_ok=True)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(self.partial, "w")
@@ -279,7 +278,7 @@ def locked(path: Path, timeout: float | None = None):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"another featx process is extracting {path.name}; waiting for it", flush=True)
+        logger.info(f"another featx process is extracting {path.name}; waiting for it")
         try:
             lock.acquire(timeout=-1 if timeout is None else timeout)
         except Timeout:

@@ -7,10 +7,13 @@ function that a Python user would call.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import os
 import sys
+import tempfile
+import time
 import traceback
 
 from .errors import FeatxError, HeadError
@@ -99,9 +102,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def _add_spec_args(p: argparse.ArgumentParser, backbone: str | None = "vgg19") -> None:
     """The options that make the features: one per field of featx.spec.FeatureSpec."""
-    from .backbones import INTERPOLATIONS, POOLINGS
     from .runtime import PRECISIONS
-    from .spec import DTYPES
+    from .spec import DTYPES, INTERPOLATIONS, POOLINGS
 
     if backbone is not None:
         p.add_argument("--backbone", default=backbone, metavar="NAME|PATH",
@@ -371,6 +373,9 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .heads import HEADS, heads_help
+
+    exportable = ", ".join(name for name, cls in HEADS.items() if cls.exports())
     parser = _Parser(
         prog="featx",
         description="Extract frozen-backbone image embeddings once, cache them in HDF5, and "
@@ -409,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a head on cached features (extracting them first if missing)")
     _add_data_args(p)
     _add_spec_args(p)
-    p.add_argument("--head", default="logreg", help="dense, logreg, svm or svm-rbf (default logreg)")
+    p.add_argument("--head", default="logreg", help=f"the head (default logreg). {heads_help()}")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="head parameter, e.g. C=0.1 (repeatable)")
     p.add_argument("--tune", action="store_true",
                    help="choose the head's parameters by 3-fold cross-validation on the train split first")
@@ -421,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.set_defaults(task=None)
     p.add_argument("--backbones", default="trunk", help="comma-separated (default trunk)")
-    p.add_argument("--heads", default="dense,logreg,svm", help="comma-separated (default dense,logreg,svm)")
+    p.add_argument("--heads", default="dense,logreg,svm", help=f"comma-separated, of {', '.join(HEADS)} (default dense,logreg,svm)")
     p.add_argument("--param", action="append", metavar="HEAD:NAME=VALUE", help="e.g. logreg:C=0.1 (repeatable)")
     p.add_argument("--tune", action="store_true",
                    help="choose each head's parameters by 3-fold cross-validation on the train split first")
@@ -458,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=_unit_float, default=DEFAULT_THRESHOLD,
                    help=f"cosine similarity from which two images are copies (default {DEFAULT_THRESHOLD})")
     p.add_argument("--head", default="logreg", help="the head whose cross-validated probabilities rank the labels "
-                   "(default logreg)")  # fmt: skip
+                   f"(default logreg), of {', '.join(HEADS)}")  # fmt: skip
     p.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds (default 5)")
     p.add_argument("--neighbors", type=_positive_int, default=10,
                    help="nearest images searched per image; outliers are far from them (default 10)")
@@ -491,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a fitted head and its backbone as one model (.keras, ONNX, SavedModel)")
     _add_data_args(p)
     _add_spec_args(p)  # the head fitted with these feature options
-    p.add_argument("--head", default="logreg", help="the fitted head to export (default logreg)")
+    p.add_argument("--head", default="logreg", help=f"the fitted head to export (default logreg), of {exportable}")
     p.add_argument("--format", choices=["keras", "onnx", "saved_model"], default=None,
                    help="default: from OUT's ending (.keras, .onnx; else a SavedModel folder)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -514,11 +519,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Console(logging.Handler):
+    """featx's records as plain lines: warnings and errors on stderr, the rest on stdout (the
+    streams of the moment, so that a redirected ``sys.stdout`` gets them)."""
+
+    _featx_cli = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging's own rule: a message never breaks the run
+            self.handleError(record)
+
+
+def show_messages(verbose: int = 0) -> None:
+    """featx's messages (its ``logging`` records) as the CLI shows them: what featx is doing on
+    stdout, warnings on stderr, each as its plain text; with ``-v`` other libraries' INFO records
+    too, with ``-vv`` everything at DEBUG."""
+    featx_log = logging.getLogger("featx")
+    for handler in [h for h in featx_log.handlers if getattr(h, "_featx_cli", False)]:
+        featx_log.removeHandler(handler)  # main() run again in one process (tests): one handler
+    featx_log.addHandler(_Console())
+    featx_log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    root = logging.getLogger()
+    root.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
+    if not root.handlers:  # other libraries' records; featx's are shown above, once
+        other = logging.StreamHandler()
+        other.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        other.addFilter(lambda r: not r.name.startswith("featx"))
+        root.addHandler(other)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    show_messages(args.verbose)
     if not args.verbose:  # Dask logs every scheduler and worker event at INFO (its workers too): -v shows them
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     backend = _missing_backend()
@@ -533,17 +570,55 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (FeatxError, ValueError, TypeError, OSError) as exc:
-        # Bad input (featx's own checks, argument checks of the libraries, scikit-learn's
-        # InvalidParameterError, a path that cannot be read or written): one line.
-        # -v shows the traceback too, for when it is a bug after all.
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - every error ends here: a user's mistake (2) or a bug (1)
+        if is_users_mistake(exc):
+            # featx's own checks, or a path that cannot be read or written: one line
+            # (-v shows the traceback too).
+            if args.verbose:
+                traceback.print_exc()
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        return _report_bug(exc, args.verbose)
+
+
+#: The OS errors that are a user's mistake or the machine's state, not a bug: a missing file or
+#: folder, a permission, a full or read-only disk, a name too long.
+_EXPECTED_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
+                    errno.ENOSPC, errno.EROFS, errno.ENAMETOOLONG, errno.EDQUOT, errno.ELOOP}  # fmt: skip
+
+
+def is_users_mistake(exc: BaseException) -> bool:
+    """Whether ``exc`` is bad input or the machine's state (featx's own errors, the expected OS
+    errors) rather than a bug in featx."""
+    return isinstance(exc, FeatxError) or (isinstance(exc, OSError) and exc.errno in _EXPECTED_ERRNOS)
+
+
+def _report_bug(exc: BaseException, verbose: int) -> int:
+    """Say that ``exc`` is a bug in featx, keep its traceback in a file (and on stderr with -v): exit 1."""
+    text = "".join(traceback.format_exception(exc))
+    where = None
+    try:
+        fd, where = tempfile.mkstemp(prefix=f"featx-bug-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"featx {_version()}, Python {sys.version.split()[0]}, argv: {sys.argv!r}\n\n{text}")
+    except OSError:
+        verbose = True  # nowhere to keep it: show it
+    if verbose:
+        sys.stderr.write(text)
+    first = " ".join(str(exc).split())[:300]
+    kept = f"its traceback is in {where}" if where else "its traceback is above"
+    print(f"error: featx hit a bug ({type(exc).__name__}: {first}). This is not a mistake of yours: {kept}. "
+          "Please report it with the command you ran.", file=sys.stderr)  # fmt: skip
+    return 1
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _missing_backend() -> str | None:
@@ -572,5 +647,5 @@ def _one_line(exc: BaseException) -> str:
         return f"{exc.strerror}: '{exc.filename}'. Check the path and its permissions."
     text = " ".join(str(exc).split())
     if not isinstance(exc, FeatxError):
-        text = f"{text} ({type(exc).__name__}; run with -v for the traceback)"
+        text = f"{text} ({type(exc).__name__})"
     return text

@@ -16,16 +16,18 @@ never loads it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import socket
 import struct
 import subprocess
-import sys
 from contextlib import contextmanager
 
 from .errors import ClusterError, SettingsError
+
+log = logging.getLogger(__name__)
 
 #: Seconds to wait for a scheduler before giving up.
 CONNECT_TIMEOUT = 10
@@ -170,7 +172,7 @@ def connect(cluster, workers: int | None = None):
     with client:
         n = len(client.scheduler_info().get("workers", {}))
         if n == 0:
-            print(f"the scheduler at {address} has no workers yet: tasks wait for one", file=sys.stderr, flush=True)
+            log.warning(f"the scheduler at {address} has no workers yet: tasks wait for one")
         _announce(client, f"Dask scheduler {address}, {n} worker{'s' if n != 1 else ''}")
         yield client
 
@@ -229,7 +231,7 @@ def _announce(client, what: str) -> None:
         dash = f"dashboard {client.dashboard_link}"
     except ImportError:
         dash = "dashboard: pip install bokeh to see one"
-    print(f"{what}; {dash}", flush=True)
+    log.info(f"{what}; {dash}")
 
 
 def n_workers(client) -> int:

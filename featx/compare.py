@@ -9,10 +9,10 @@ import numpy as np
 from .cache import FeatureSet
 from .cluster import connect
 from .data import Dataset, load_dataset
-from .errors import HeadError, SettingsError
+from .errors import SettingsError
+from .evaluation import EvalSettings, FitResult, LabelledFeatures, evaluate_heads, refits
 from .extract import extract_features
-from .fit import FitResult, check_splits, check_tune, evaluate_heads
-from .heads import HEADS, make_head
+from .fit import check_splits
 from .options import RunOptions, as_options, split_kwargs
 from .report import feature_map, write_report
 from .spec import FeatureSpec, specs_for
@@ -75,46 +75,24 @@ def compare(
 
     Returns the results, best first, and the paths of the report files.
     """
-    from .curves import parse_train_sizes
-
     settings, run = split_kwargs(kwargs)
     opts = as_options(options, **run)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
-        raise SettingsError(f"repeats must be an integer from 1 to 100. Received: repeats={repeats!r}")
-    if train_sizes is not None:
-        try:
-            train_sizes = parse_train_sizes(train_sizes if isinstance(train_sizes, str) else
-                                            ",".join(map(str, train_sizes)))  # fmt: skip
-        except ValueError as exc:
-            raise SettingsError(str(exc)) from None
+    how = EvalSettings(heads=tuple(heads or ()), params=params or {}, tune=tune, repeats=repeats,
+                       train_sizes=train_sizes, n_jobs=n_jobs, seed=opts.seed)  # fmt: skip
     specs = specs_for([specs] if isinstance(specs, (str, FeatureSpec)) else specs, **settings)
     if not specs:
         raise SettingsError("No backbones to compare: name at least one, e.g. trunk or vgg19.")
-    protocol = [r for s in specs if (r := s.backbone_.reference_spec(s)) is not None] if reference else []
+    protocol = [r for s in specs if (r := s.reference()) is not None] if reference else []
     specs += [p for p in dict.fromkeys(protocol) if p not in specs]
     if task is None:
         task = next((t for s in specs if (t := s.backbone_.default_task) != "full"), "full")
-    params = params or {}
-    if not heads:
-        raise HeadError(f"No heads to fit: name at least one of {', '.join(HEADS)}.")
-    stray = [h for h in params if h not in heads]
-    if stray:
-        raise HeadError(
-            f"Parameters are given for head {stray[0]!r}, which is not compared here (heads: {', '.join(heads)}; "
-            f"known heads: {', '.join(HEADS)}). Received: params for {stray[0]!r}"
-        )
-    for h in heads:
-        make_head(h, **params.get(h, {}))  # unknown heads and bad parameters fail before any work
-        check_tune(h, params.get(h, {}), tune)
     Path(reports_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the fits
     if exclude is not None:
         from .exclusions import read_exclusions
 
         exclude = read_exclusions(exclude)
     if features is not None:
-        return _compare_embeddings(features, heads, params=params, tune=tune, reports_dir=reports_dir,
-                                   n_jobs=n_jobs, repeats=repeats, train_sizes=train_sizes, opts=opts,
-                                   exclude=exclude)  # fmt: skip
+        return _compare_embeddings(features, how, reports_dir=reports_dir, exclude=exclude)
     results: list[FitResult] = []
     feature_sets, curves = [], []
     with connect(opts.cluster, opts.workers) as client:
@@ -126,26 +104,23 @@ def compare(
                 ds = data
             elif (ds := loaded.get(spec.images)) is None:
                 ds = loaded[spec.images] = load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed,
-                                                        images=spec.images)  # fmt: skip
+                                                        images=spec.images, progress=opts.progress)  # fmt: skip
             shown, drop, note = _excluded(ds, exclude) if exclude is not None else (ds, None, "")
             check_splits(shown.y_train, shown.y_test, ds.class_names, tune)  # before any features are made
-            fs, X_train, y_train, X_test, y_test = _features_of(spec, ds, made, opts, protocol)
+            fs, feats = _features_of(spec, ds, made, opts, protocol)
             if drop is not None:
-                X_train, y_train, X_test, y_test = _drop((X_train, y_train, X_test, y_test), drop)
-            feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info,
-                                 "path": str(fs.path), "map": feature_map(X_test, y_test, seed=opts.seed)})  # fmt: skip
+                feats = feats.without(drop)
+            feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info, "path": str(fs.path),
+                                 "map": feature_map(feats.X_test, feats.y_test, seed=opts.seed)})  # fmt: skip
             extract_s = sum(fs.info.get("seconds", {}).values()) or None
-            jobs = [(h, make_head(h, **params.get(h, {}))) for h in heads]
-            for r in evaluate_heads(jobs, (X_train, y_train, X_test, y_test), client, n_jobs=n_jobs,
-                                    backbone=spec.backbone_.label, class_names=fs.class_names,
-                                    features=spec.describe(), tune=tune):  # fmt: skip
+            for r in evaluate_heads(feats, how, client):
                 if spec in protocol:
-                    r.note = " ".join(filter(None, [spec.backbone_.reference_note(spec), r.note]))
+                    r.note = " ".join(filter(None, [spec.reference_note(), r.note]))
                 if exclude is not None:
                     r.note = " ".join(filter(None, [r.note, note]))
                 r.extract_seconds = extract_s
                 results.append(r)
-                curves += _refits(r, (X_train, y_train, X_test, y_test), repeats, train_sizes, opts.seed)
+                curves += refits(r, feats, how)
     return _finish(results, shown, reports_dir, feature_sets, curves)
 
 
@@ -158,43 +133,24 @@ def _excluded(ds: Dataset, exclude):
     return without(ds, tr, te), (tr, te), note
 
 
-def _drop(arrays, rows):
-    """``(X_train, y_train, X_test, y_test)`` without the ``(train, test)`` rows."""
-    (X_train, y_train, X_test, y_test), (tr, te) = arrays, rows
-    return np.delete(X_train, tr, axis=0), np.delete(y_train, tr), np.delete(X_test, te, axis=0), np.delete(y_test, te)
-
-
 def _features_of(spec: FeatureSpec, ds, made: dict, opts, protocol: list):
-    """``(feature set, X_train, y_train, X_test, y_test)`` of ``spec``: the columns of a feature set
-    made in this run where its features are a part of that one's (the linear-probe reference of a
-    pretrained CNN), else extracted (or found in the cache)."""
-    for other, (fs, arrays) in made.items():
+    """``(feature set, features)`` of ``spec`` (a :class:`~featx.evaluation.LabelledFeatures`): the
+    columns of a feature set made in this run where its features are a part of that one's (the
+    linear-probe reference of a pretrained CNN), else extracted (or found in the cache)."""
+    what = {"backbone": spec.backbone_.label, "features": spec.describe()}
+    for other, (fs, feats) in made.items():
         cols = spec.columns_in(other)
-        if cols is not None and cols.stop <= arrays[0].shape[1]:
-            X_train, y_train, X_test, y_test = arrays
-            if cols.stop - cols.start == X_train.shape[1] and cols.start == 0:
-                return fs, *arrays
+        if cols is not None and cols.stop <= feats.X_train.shape[1]:
+            if cols.stop - cols.start == feats.X_train.shape[1] and cols.start == 0:
+                return fs, feats.columns(slice(None), **what)
             info = {**fs.info, "seconds": {}, "columns_of": str(fs.path)}
             part = FeatureSet(fs.path, {**fs.settings, **spec.key_settings(fs.settings["weights"])}, info)
-            return part, X_train[:, cols], y_train, X_test[:, cols], y_test
+            return part, feats.columns(cols, **what)
     fs = extract_features(spec, ds, options=opts)
-    arrays = fs.load()
+    feats = LabelledFeatures(*fs.load(), class_names=fs.class_names, **what)
     if any(p.columns_in(spec) is not None for p in protocol if p != spec):
-        made[spec] = (fs, arrays)  # kept only while a reference row may take its columns
-    return fs, *arrays
-
-
-def _refits(r: FitResult, data, repeats: int, train_sizes, seed: int) -> list[dict]:
-    """Fill ``r``'s repeated-split accuracies; return its learning-curve rows (the head as fitted,
-    tuned parameters included, refitted on each split or subset)."""
-    from .curves import learning_curve, repeat_accuracies
-
-    if repeats > 1:
-        r.repeat_accuracies = repeat_accuracies(r.estimator, *data, repeats, seed, first=r.accuracy)
-    if not train_sizes:
-        return []
-    return [{"features": r.features, "head": r.head, **row}
-            for row in learning_curve(r.estimator, *data, train_sizes, repeats, seed)]  # fmt: skip
+        made[spec] = (fs, feats)  # kept only while a reference row may take its columns
+    return fs, feats
 
 
 def _finish(results: list[FitResult], ds, reports_dir, feature_sets, curves) -> tuple[list[FitResult], dict]:
@@ -217,26 +173,25 @@ def mark_vs_best(results: list[FitResult]) -> None:
             r.p_vs_best = mcnemar(right, np.asarray(r.y_test) == np.asarray(r.y_pred))
 
 
-def _compare_embeddings(path, heads, *, params, tune, reports_dir, n_jobs, repeats, train_sizes, opts, exclude=None):
+def _compare_embeddings(path, how: EvalSettings, *, reports_dir, exclude=None):
     """compare on embeddings made by another tool (see :func:`featx.data.load_embeddings`)."""
     from .data import load_embeddings
 
-    ds, (X_train, y_train, X_test, y_test) = load_embeddings(path)
+    ds, arrays = load_embeddings(path)
+    feats = LabelledFeatures(*arrays, class_names=ds.class_names, backbone=Path(path).stem,
+                             features=f"{Path(path).name} ({arrays[0].shape[1]}-d)")  # fmt: skip
     note = ""
     if exclude is not None:
         ds, drop, note = _excluded(ds, exclude)
-        X_train, y_train, X_test, y_test = _drop((X_train, y_train, X_test, y_test), drop)
-        check_splits(y_train, y_test, ds.class_names, tune)
+        feats = feats.without(drop)
+        check_splits(feats.y_train, feats.y_test, ds.class_names, how.tune)
     results, curves = [], []
-    label = f"{Path(path).name} ({X_train.shape[1]}-d)"
-    jobs = [(h, make_head(h, **(params or {}).get(h, {}))) for h in heads]
-    for r in evaluate_heads(jobs, (X_train, y_train, X_test, y_test), None, n_jobs=n_jobs, backbone=Path(path).stem,
-                            class_names=ds.class_names, features=label, tune=tune):  # fmt: skip
+    for r in evaluate_heads(feats, how):
         r.note = " ".join(filter(None, [r.note, note]))
         results.append(r)
-        curves += _refits(r, (X_train, y_train, X_test, y_test), repeats, train_sizes, opts.seed)
-    feature_sets = [{"features": label, "settings": {"file": str(Path(path).resolve())}, "info": {}, "path": str(path),
-                     "map": feature_map(X_test, y_test, seed=opts.seed)}]  # fmt: skip
+        curves += refits(r, feats, how)
+    feature_sets = [{"features": feats.features, "settings": {"file": str(Path(path).resolve())}, "info": {},
+                     "path": str(path), "map": feature_map(feats.X_test, feats.y_test, seed=how.seed)}]  # fmt: skip
     return _finish(results, ds, reports_dir, feature_sets, curves)
 
 

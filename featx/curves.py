@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.base import clone
 
 from .data import stratified_split
+from .errors import SettingsError
 
 
 def _seeded(estimator, seed: int):
@@ -24,15 +25,15 @@ def _seeded(estimator, seed: int):
     return est
 
 
-def repeat_accuracies(estimator, X_train, y_train, X_test, y_test, repeats: int, seed: int,
-                      first: float) -> list[float]:  # fmt: skip
-    """Accuracy on ``repeats`` seeded splits: ``first``, measured on the split given, then train
-    and test pooled and split again (stratified, the same test share) with seeds ``seed + 1,
-    seed + 2, ...``; the head's ``random_state`` is the split's seed."""
+def repeat_accuracies(estimator, data, repeats: int, seed: int, first: float) -> list[float]:
+    """Accuracy on ``repeats`` seeded splits of ``data`` (a :class:`~featx.evaluation.LabelledFeatures`):
+    ``first``, measured on the split given, then train and test pooled and split again
+    (stratified, the same test share) with seeds ``seed + 1, seed + 2, ...``; the head's
+    ``random_state`` is the split's seed."""
     out = [first]
-    X = np.concatenate([np.asarray(X_train), np.asarray(X_test)])
-    y = np.concatenate([np.asarray(y_train), np.asarray(y_test)])
-    share = len(y_test) / len(y)
+    X = np.concatenate([np.asarray(data.X_train), np.asarray(data.X_test)])
+    y = np.concatenate([np.asarray(data.y_train), np.asarray(data.y_test)])
+    share = len(data.y_test) / len(y)
     for i in range(1, repeats):
         tr, te = stratified_split(y, share, seed + i)
         est = _seeded(estimator, seed + i).fit(X[tr], y[tr])
@@ -53,10 +54,10 @@ def parse_train_sizes(text: str) -> list[int | str]:
         except ValueError:
             n = 0
         if n < 1:
-            raise ValueError(f"train sizes are images per class (positive integers) or 'all'. Received: {part!r}")
+            raise SettingsError(f"train sizes are images per class (positive integers) or 'all'. Received: {part!r}")
         out.append(n)
     if not out:
-        raise ValueError("train sizes: name at least one, e.g. 5,50,all.")
+        raise SettingsError("train sizes: name at least one, e.g. 5,50,all.")
     return sorted(set(out), key=lambda v: (v == "all", v if v != "all" else 0))
 
 
@@ -71,14 +72,15 @@ def balanced_subset(y: np.ndarray, per_class: int | str, seed: int) -> np.ndarra
     return np.sort(np.concatenate(idx))
 
 
-def learning_curve(estimator, X_train, y_train, X_test, y_test, train_sizes, repeats: int = 1,
-                   seed: int = 0) -> list[dict]:  # fmt: skip
-    """One row per size and repeat: ``{"per_class", "n_train", "repeat", "accuracy"}``.
+def learning_curve(estimator, data, train_sizes, repeats: int = 1, seed: int = 0) -> list[dict]:
+    """One row per size and repeat: ``{"per_class", "n_train", "repeat", "accuracy"}``, the
+    head fitted on subsets of ``data``'s train rows (a :class:`~featx.evaluation.LabelledFeatures`)
+    and scored on all of its test rows.
 
     Each repeat draws its own subset (seed ``seed + repeat``) and seeds the head alike; "all"
     is fitted once per repeat too (the head's own seed is what varies there)."""
     rows = []
-    y_train = np.asarray(y_train)
+    X_train, y_train, X_test, y_test = data.X_train, np.asarray(data.y_train), data.X_test, data.y_test
     for size in train_sizes:
         for r in range(max(1, repeats)):
             idx = balanced_subset(y_train, size, seed + r)

@@ -7,13 +7,15 @@ process, a shard on a Dask worker, the Pipeline step, ``predict``) uses it.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 
 import numpy as np
 
 from .errors import OutputError, ResourceError, SettingsError
 from .spec import FeatureSpec
+
+log = logging.getLogger(__name__)
 
 
 def layer_columns(model) -> list[tuple[str, int, int]]:
@@ -88,8 +90,8 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
                             f"a batch of {batch_size} images did not fit in memory ({type(exc).__name__}): "
                             "pass a smaller --batch-size (batch_size=), or auto, which halves it until it fits."
                         ) from None
-                    print(f"a batch of {batch_size} images did not fit in device memory: going on with "
-                          f"{batch_size // 2}", file=sys.stderr, flush=True)  # fmt: skip
+                    log.warning(f"a batch of {batch_size} images did not fit in device memory: going on with "
+                          f"{batch_size // 2}")  # fmt: skip
                     batch_size //= 2
                     start = s
                     if on_resize is not None:

@@ -1,12 +1,18 @@
 """Exceptions raised by featx.
 
 Every featx error says what was wrong and what to do about it; the CLI prints
-the message alone, without a traceback.
+the message alone, without a traceback, and exits with code 2. Any other
+exception is a bug in featx: the CLI says so, writes its traceback to a file
+and exits with code 1 (see :func:`featx.cli.main`).
 """
 
 
 class FeatxError(Exception):
     """Base class of the errors featx raises on bad input or a bad state."""
+
+
+class ArgumentError(FeatxError, TypeError):
+    """An argument of a featx function is of the wrong type (a Python caller's mistake)."""
 
 
 class DataError(FeatxError, ValueError):

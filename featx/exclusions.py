@@ -115,14 +115,14 @@ def read_exclusions(path) -> Exclusions:
 
 def without(ds: Dataset, train_rows: np.ndarray, test_rows: np.ndarray) -> Dataset:
     """``ds`` without the given rows (its images, labels and files; a fingerprint of its own)."""
-    from .data import _hash_strings
+    from .data import hash_strings
 
     keep = [
         np.setdiff1d(np.arange(n), rows)
         for n, rows in ((len(ds.y_train), train_rows), (len(ds.y_test), test_rows))
     ]
     files = None if ds.files is None else tuple(tuple(f[i] for i in k) for f, k in zip(ds.files, keep))
-    fp = _hash_strings(
+    fp = hash_strings(
         ds.fingerprint, "without", ",".join(map(str, train_rows)), ",".join(map(str, test_rows))
     )
     return replace(ds, X_train=ds.X_train[keep[0]] if ds.X_train.size else ds.X_train[:0],

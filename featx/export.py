@@ -34,7 +34,8 @@ import numpy as np
 
 from .errors import HeadError, ResourceError, SettingsError
 from .extractor import Extractor
-from .fit import find_head, head_extractor
+from .fit import load_fitted
+from .heads import HEADS
 from .options import RunOptions, as_options, split_kwargs
 from .spec import FeatureSpec, as_spec
 
@@ -83,10 +84,11 @@ def export_classifier(out, head: str = "logreg", spec: FeatureSpec | str = "vgg1
                 "featx never deletes them, even with --force. Move them out, or pass a new path."
             )
     _check_installed(fmt)
-    est, rec, path = find_head(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
+    if head in HEADS and not HEADS[head].exports():  # before loading anything
+        raise HeadError(f"The {head} head cannot be exported: featx exports {', '.join(exportable())}.")
+    est, rec, _, extractor, fitted_spec = load_fitted(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
     if not hasattr(est, "to_keras"):
         raise HeadError(f"The {head} head cannot be exported: featx exports {', '.join(exportable())}.")
-    extractor, fitted_spec = head_extractor(rec, path, opts.cache_dir)
     model = classifier_model(extractor, est)
     shape = list(rec.get("image_shape", [32, 32, 3]))[:2]
     meta = {"class_names": [str(rec["class_names"][int(c)]) for c in est.classes_], "image_shape": shape,
@@ -98,9 +100,7 @@ def export_classifier(out, head: str = "logreg", spec: FeatureSpec | str = "vgg1
 
 def exportable() -> list[str]:
     """The heads that :func:`export_classifier` can export."""
-    from .heads import HEADS
-
-    return [name for name, (factory, _) in HEADS.items() if hasattr(type(factory()), "to_keras")]
+    return [name for name, cls in HEADS.items() if cls.exports()]
 
 
 def classifier_model(extractor: Extractor, estimator):

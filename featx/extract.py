@@ -79,7 +79,7 @@ def extract_features(
         with connect(opts.cluster, opts.workers) as client:  # an address is tried before any work: a bad one fails at once
             return extract_features(spec, data, task, options=opts.replace(cluster=client, workers=None))
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed,
-                                                             images=spec.images)  # fmt: skip
+                                                             images=spec.images, progress=opts.progress)  # fmt: skip
     extractor = Extractor(spec, seed=opts.seed, data=ds, cache_dir=opts.cache_dir)
     settings = feature_settings(extractor, ds)
     path = cache.feature_path(settings, opts.cache_dir)
@@ -109,7 +109,7 @@ def _cached(settings: dict, cache_dir) -> cache.FeatureSet | None:
     """The complete feature file of ``settings``, saying so, or None."""
     found = cache.find_features(settings, cache_dir)
     if found is not None:
-        print(f"features already cached: {found.path}", flush=True)
+        logger.info(f"features already cached: {found.path}")
     return found
 
 
@@ -151,8 +151,8 @@ def _run(extractor: Extractor, ds: Dataset, settings: dict, path, opts: RunOptio
     batch_size = resolve_batch_size(opts.batch_size, spec)
     check_memory(model, min(batch_size, max(len(ds.X_train), len(ds.X_test), 1)))  # before any file is written
     compiled = compilation(model)
-    print(f"{spec.backbone_.label} on {describe_device()} ({keras.backend.backend()}, {compiled}): precision "
-          f"{spec.precision}, batch {batch_size}{' (auto)' if adaptive else ''}", flush=True)  # fmt: skip
+    logger.info(f"{spec.backbone_.label} on {describe_device()} ({keras.backend.backend()}, {compiled}): precision "
+          f"{spec.precision}, batch {batch_size}{' (auto)' if adaptive else ''}")  # fmt: skip
 
     dim = int(model.output.shape[-1])
     info = {**run_info(ds, spec, batch_size, describe_device()), "compiled": compiled}
@@ -170,7 +170,7 @@ def _run(extractor: Extractor, ds: Dataset, settings: dict, path, opts: RunOptio
             if done == len(X):
                 continue
             if done:
-                print(f"resuming {split} at image {done} of {len(X)}", flush=True)
+                logger.info(f"resuming {split} at image {done} of {len(X)}")
             t0 = time.perf_counter()
             disable = None if opts.progress is None else not opts.progress
             with tqdm(total=len(X), initial=done, desc=f"{spec.backbone_.label} {split}", unit="img",
@@ -185,7 +185,7 @@ def _run(extractor: Extractor, ds: Dataset, settings: dict, path, opts: RunOptio
         fs = writer.finalize({"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     finally:
         writer.close()
-    print(f"features cached: {fs.path} (train {sizes['train']}x{dim}, test {sizes['test']}x{dim})", flush=True)
+    logger.info(f"features cached: {fs.path} (train {sizes['train']}x{dim}, test {sizes['test']}x{dim})")
     return fs
 
 

@@ -68,7 +68,7 @@ class Extractor:
         self.spec = spec
         self.seed = int(seed)
         with kept_global_rng():
-            self.state, self.weights_id = spec.backbone_.resolve(spec, seed=self.seed, data=data, cache_dir=cache_dir)
+            self.state, self.weights_id = spec.backbone_.resolve(spec.weights, seed=self.seed, data=data, cache_dir=cache_dir)
         self.backend = keras.backend.backend()
 
     @property
@@ -102,7 +102,7 @@ class Extractor:
             if key in _MODELS:
                 _MODELS.move_to_end(key)
                 return _MODELS[key]
-            self.spec.backbone_.verify(self.spec, self.seed, self.weights_id)
+            self.spec.backbone_.verify(self.spec.weights, self.seed, self.weights_id)
             with kept_global_rng():
                 model = build_extractor(self.spec, seed=self.seed, state=self.state)
             _MODELS[key] = model
@@ -167,7 +167,7 @@ def build_extractor(spec: FeatureSpec, *, seed: int = 0, state: dict | None = No
     from .runtime import dtype_policy
 
     if state is None:
-        state = spec.backbone_.resolve(spec, seed=seed)[0]
+        state = spec.backbone_.resolve(spec.weights, seed=seed)[0]
     with dtype_policy(spec.precision):  # float32, or Keras's mixed policy: float32 weights
         out, inputs = _extractor_graph(spec, seed, state)
     if spec.precision != "float32":
@@ -191,7 +191,8 @@ def _extractor_graph(spec: FeatureSpec, seed: int, state: dict):
         x = L["Preprocess"](bb.preprocessing, name="preprocess")(x)
     if spec.flip:
         x = L["WithMirror"](name="with_mirror")(x)
-    maps = bb.feature_maps(x, spec, seed=seed, state=state)
+    maps = bb.feature_maps(x, spec.layers, size=spec.size, weights=spec.weights, grid=spec.grid,
+                           pooling=spec.pooling, seed=seed, state=state)
     feats = [_pooled(spec, name, maps[name]) for name in spec.layers]
     width = sum(int(f.shape[-1]) for f in feats)
     if width > MAX_WIDTH:

@@ -1,139 +1,27 @@
-"""Fit a head on cached features: :func:`fit_head`, and what it returns, :class:`FitResult`."""
+"""Fit a head on cached features (:func:`fit_head`), and find a saved one again with the
+backbone it was fitted on (:func:`load_fitted`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-from sklearn.base import clone
-from sklearn.metrics import accuracy_score, f1_score
 
 from .cluster import connect
 from .config import cache_dir as resolve_cache_dir
 from .config import slug
 from .data import Dataset, load_dataset
-from .errors import CacheError, DataError, HeadError
+from .errors import CacheError, DataError, FeatxError
+from .evaluation import EvalSettings, FitResult, LabelledFeatures, evaluate_heads
 from .extract import extract_features
-from .heads import make_head
+from .heads import head_class
 from .options import RunOptions, as_options, split_kwargs
 from .persistence import PICKLE_SUFFIX, SUFFIX, load_head, save_head
 from .spec import FeatureSpec, as_spec
-
-
-@dataclass
-class FitResult:
-    """A fitted head and how it did on the held-out split."""
-
-    backbone: str
-    head: str
-    accuracy: float
-    macro_f1: float
-    fit_seconds: float
-    predict_ms_per_image: float
-    estimator: object
-    y_test: np.ndarray
-    y_pred: np.ndarray
-    class_names: tuple
-    note: str = ""
-    features: str = ""
-    params: dict = field(default_factory=dict)
-    cv_accuracy: float | None = None
-    extract_seconds: float | None = None
-    proba: np.ndarray | None = None  # test-split probabilities, columns in label order (heads that have them)
-    p_vs_best: float | None = None  # McNemar's exact test against the best result (None: this is the best)
-    repeat_accuracies: list = field(default_factory=list)  # with compare(repeats=N): this split's, then N-1 more
-
-    @property
-    def accuracy_interval(self) -> tuple[float, float]:
-        """The 95 % exact binomial (Clopper-Pearson) interval of :attr:`accuracy` on these test images."""
-        from .stats import accuracy_interval
-
-        return accuracy_interval(int(np.sum(np.asarray(self.y_test) == np.asarray(self.y_pred))), len(self.y_test))
-
-    @property
-    def distinguishable(self) -> bool | None:
-        """Whether McNemar's test tells this result from the best at the 5 % level (None for the best)."""
-        from .stats import ALPHA
-
-        return None if self.p_vs_best is None else bool(self.p_vs_best < ALPHA)
-
-    @property
-    def calibration(self) -> dict | None:
-        """Expected calibration error and reliability bins (:func:`featx.stats.calibration`), or None."""
-        from .stats import calibration
-
-        return None if self.proba is None else calibration(self.proba, self.y_test)
-
-    def per_class(self) -> list[dict]:
-        """Precision, recall, F1 and support of every class on the test split."""
-        from sklearn.metrics import precision_recall_fscore_support
-
-        labels = np.arange(len(self.class_names)) if self.class_names else np.unique(self.y_test)
-        p, r, f, n = precision_recall_fscore_support(self.y_test, self.y_pred, labels=labels, zero_division=0)
-        names = self.class_names or [str(k) for k in labels]
-        return [{"class": str(names[i]), "precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
-                 "f1": round(float(f[i]), 4), "support": int(n[i])} for i in range(len(labels))]  # fmt: skip
-
-    def row(self) -> dict:
-        lo, hi = self.accuracy_interval
-        reps = np.asarray(self.repeat_accuracies, dtype=np.float64)
-        cal = self.calibration
-        return {
-            "backbone": self.backbone,
-            "features": self.features,
-            "head": self.head,
-            "accuracy": round(self.accuracy, 4),
-            "accuracy_ci_low": round(lo, 4),
-            "accuracy_ci_high": round(hi, 4),
-            "p_vs_best": "" if self.p_vs_best is None else float(f"{self.p_vs_best:.4g}"),
-            "distinguishable_from_best": {None: "best", True: "yes", False: "no"}[self.distinguishable],
-            "repeats": max(1, len(reps)),
-            "accuracy_mean": round(float(reps.mean()), 4) if len(reps) > 1 else "",
-            "accuracy_std": round(float(reps.std(ddof=1)), 4) if len(reps) > 1 else "",
-            "ece": "" if cal is None else round(cal["ece"], 4),
-            "macro_f1": round(self.macro_f1, 4),
-            "fit_seconds": round(self.fit_seconds, 3),
-            "predict_ms_per_image": round(self.predict_ms_per_image, 4),
-            "params": json.dumps(self.params, sort_keys=True) if self.params else "",
-            "cv_accuracy": "" if self.cv_accuracy is None else round(self.cv_accuracy, 4),
-            "extract_seconds": "" if self.extract_seconds is None else round(self.extract_seconds, 3),
-            "note": self.note,
-        }
-
-
-def evaluate_head(estimator, X_train, y_train, X_test, y_test, *, backbone="", head="", class_names=(),
-                  features="", tune: bool = False):  # fmt: skip
-    """Fit a clone of ``estimator`` and measure it on the test split.
-
-    With ``tune``, the head's parameters are chosen first by a cross-validated
-    grid search on the train rows alone (:func:`featx.tune.tune_head`); the
-    fit time then includes the search.
-    """
-    params, cv_acc = {}, None
-    t0 = time.perf_counter()
-    if tune:
-        from .tune import tune_head
-
-        est, params, cv_acc, _ = tune_head(head, estimator, X_train, y_train)
-    else:
-        est = clone(estimator)
-        est.fit(X_train, y_train)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pred = est.predict(X_test)
-    pred_ms = (time.perf_counter() - t0) * 1000 / max(1, len(X_test))
-    note = getattr(est, "solver_", "")
-    proba = None
-    if hasattr(est, "predict_proba") and set(np.unique(y_train)) == set(range(len(class_names) or 0)):
-        proba = np.asarray(est.predict_proba(X_test), dtype=np.float64)  # columns = labels 0..k-1
-    return FitResult(backbone, head, float(accuracy_score(y_test, pred)),
-                     float(f1_score(y_test, pred, average="macro")), fit_s, pred_ms, est,
-                     np.asarray(y_test), np.asarray(pred), tuple(class_names), note, features,
-                     params, cv_acc, proba=proba)  # fmt: skip
 
 
 def head_path(head: str, spec: FeatureSpec, data_name: str, task: str, seed: int = 0, cache_dir=None) -> Path:
@@ -188,20 +76,19 @@ def fit_head(
     spec = as_spec(spec, **settings)
     opts = as_options(options, **run)
     params = dict(params or {})
-    if save and "probability" in make_head(head).get_params():
+    if save and "probability" in head_class(head)._get_param_names():
         params.setdefault("probability", True)  # `predict` prints a calibrated probability
-    estimator = make_head(head, **params)
-    check_tune(head, params, tune)
+    settings = EvalSettings(heads=(head,), params={head: params}, tune=tune, n_jobs=1, seed=opts.seed)
     with connect(opts.cluster, opts.workers) as client:
         opts = opts.replace(cluster=client, workers=None)
         ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir,
-                                                                 seed=opts.seed, images=spec.images)  # fmt: skip
+                                                                 seed=opts.seed, images=spec.images,
+                                                                 progress=opts.progress)  # fmt: skip
         check_splits(ds.y_train, ds.y_test, ds.class_names, tune)  # before any features are made
         fs = extract_features(spec, ds, options=opts)
-        X_train, y_train, X_test, y_test = fs.load()
-        [res] = evaluate_heads([(head, estimator)], (X_train, y_train, X_test, y_test), client, n_jobs=1,
-                               backbone=spec.backbone_.label, class_names=fs.class_names,
-                               features=spec.describe(), tune=tune)  # fmt: skip
+        feats = LabelledFeatures(*fs.load(), class_names=fs.class_names, backbone=spec.backbone_.label,
+                                 features=spec.describe())  # fmt: skip
+        [res] = evaluate_heads(feats, settings, client)
     path = None
     if save:
         path = head_path(head, spec, ds.name, ds.task, opts.seed, opts.cache_dir)
@@ -224,37 +111,17 @@ def fit_head(
     return res, path
 
 
-def evaluate_heads(jobs, data, client, *, n_jobs: int, **common) -> list[FitResult]:
-    """:func:`evaluate_head` for each ``(head name, estimator)`` of ``jobs`` on ``data`` (the four arrays).
-
-    On a Dask cluster (``client``), every fit is a task on its workers, through
-    joblib's dask backend. Else the scikit-learn heads run in ``n_jobs``
-    processes and the Keras head here (it keeps thread pools of its own).
-    """
-    from joblib import Parallel, delayed, parallel_config
-
-    if client is not None:
-        with parallel_config(backend="dask", client=client):
-            return list(Parallel(n_jobs=-1)(delayed(evaluate_head)(e, *data, head=h, **common) for h, e in jobs))
-    keras_jobs = [(h, e) for h, e in jobs if h == "dense"]
-    other = [(h, e) for h, e in jobs if h != "dense"]
-    par = Parallel(n_jobs=min(n_jobs, max(1, len(other))))(
-        delayed(evaluate_head)(e, *data, head=h, **common) for h, e in other
-    )
-    return [evaluate_head(e, *data, head=h, **common) for h, e in keras_jobs] + list(par)
-
-
 def check_splits(y_train: np.ndarray, y_test: np.ndarray, class_names, tune: bool) -> None:
     """What a fit needs of the data, checked before any work: test images to score on, and, with
     ``tune``, as many train images of each class as the cross-validation has folds."""
-    from .tune import CV_FOLDS
-
     if len(y_test) == 0:
         raise DataError("The test split is empty: a head is scored on the test images. Add a test/ folder of "
                         "class folders, or give class folders alone (featx then splits them 80/20).")  # fmt: skip
     if len(y_train) == 0:
         raise DataError("The train split is empty: add train images (a train/ folder of class folders).")
     if tune:
+        from .tune import CV_FOLDS
+
         counts = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=len(class_names))
         few = [(class_names[i], int(c)) for i, c in enumerate(counts) if c < CV_FOLDS]
         if few:
@@ -263,20 +130,6 @@ def check_splits(y_train: np.ndarray, y_test: np.ndarray, class_names, tune: boo
                 f"--tune cross-validates on the train split in {CV_FOLDS} folds: every class needs {CV_FOLDS} train "
                 f"images or more, and {len(few)} have fewer ({name!r}: {n}). Add images, or fit without --tune."
             )
-
-
-def check_tune(head: str, params: dict, tune: bool) -> None:
-    """A parameter set by hand and searched by ``tune`` would be silently overridden: refuse."""
-    if not tune:
-        return
-    from .tune import SEARCHES
-
-    both = sorted(set(params) & set(SEARCHES.get(head, {})))
-    if both:
-        raise HeadError(
-            f"The {head} head's {', '.join(both)} is both given and tuned (its search: "
-            f"{SEARCHES[head]}). Drop the parameter or drop --tune."
-        )
 
 
 def find_head(head: str, spec: FeatureSpec, data=None, task: str = "full", *, options: RunOptions | None = None,
@@ -353,10 +206,30 @@ def recorded_spec(record: dict) -> tuple[FeatureSpec, str, int]:
     return spec, args["data"], int(args.get("seed", 0))
 
 
+class FittedHead(NamedTuple):
+    """A saved head found again, with the backbone it was fitted on (:func:`load_fitted`)."""
+
+    estimator: object
+    record: dict
+    path: Path
+    extractor: object  # featx.extractor.Extractor
+    spec: FeatureSpec  # the features it was fitted on, as recorded
+
+
+def load_fitted(head: str, spec: FeatureSpec, data=None, task: str = "full", *, options: RunOptions | None = None,
+                trust_pickle: bool = False) -> FittedHead:  # fmt: skip
+    """The saved ``head`` fitted on ``spec``'s features of ``data`` and ``task`` (see
+    :func:`find_head`) and its backbone rebuilt from the record (see :func:`head_extractor`):
+    what ``predict`` and ``export`` run."""
+    opts = as_options(options)
+    est, rec, path = find_head(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
+    extractor, fitted_spec = head_extractor(rec, path, opts.cache_dir)
+    return FittedHead(est, rec, path, extractor, fitted_spec)
+
+
 def head_extractor(record: dict, path: Path, cache_dir=None):
     """``(extractor, spec)`` of the backbone a saved head (``record``, from ``path``) was fitted on,
     rebuilt from its record; an error if it does not rebuild the same (other weights, say)."""
-    from .errors import FeatxError
     from .extractor import Extractor
 
     spec, data, seed = recorded_spec(record)

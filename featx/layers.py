@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import SettingsError
+
 _LAYERS: dict | None = None
 
 #: The preprocessing modes of keras.applications (see :class:`Preprocess`).
@@ -40,7 +42,7 @@ def _register() -> dict:
         def __init__(self, mode: str = "caffe", **kwargs):
             super().__init__(**kwargs)
             if mode not in PREPROCESSING:
-                raise ValueError(f"mode must be one of {', '.join(PREPROCESSING)}. Received: mode={mode!r}")
+                raise SettingsError(f"mode must be one of {', '.join(PREPROCESSING)}. Received: mode={mode!r}")
             self.mode = mode
 
         def call(self, x):
@@ -151,7 +153,7 @@ def _register() -> dict:
             g, d = self.patches, x.shape[-1]
             extra = x.shape[1] - g * g
             if extra < 0:
-                raise ValueError(f"{x.shape[1]} tokens cannot hold {g}x{g} patches")
+                raise SettingsError(f"{x.shape[1]} tokens cannot hold {g}x{g} patches")
             patches = ops.reshape(x[:, extra:, :], (-1, g, g, d))
             if self.mode == "flatten":
                 pooled = ops.reshape(patches, (-1, g * g * d))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import SettingsError
+from .errors import ArgumentError, SettingsError
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def _positive_or_auto(name: str, value) -> None:
 def _check_names(fields: Mapping) -> None:
     unknown = [k for k in fields if k not in NAMES]
     if unknown:
-        raise TypeError(f"Unknown run option {unknown[0]!r}. The run options are: {', '.join(NAMES)}.")
+        raise ArgumentError(f"Unknown run option {unknown[0]!r}. The run options are: {', '.join(NAMES)}.")
 
 
 def as_options(options: RunOptions | None = None, **changes) -> RunOptions:
@@ -115,7 +115,7 @@ def as_options(options: RunOptions | None = None, **changes) -> RunOptions:
     (3, 3)
     """
     if options is not None and not isinstance(options, RunOptions):
-        raise TypeError(f"options must be a RunOptions. Received: {options!r}")
+        raise ArgumentError(f"options must be a RunOptions. Received: {options!r}")
     options = options or RunOptions()
     return options.replace(**changes) if changes else options
 

@@ -5,7 +5,7 @@ persistence guide says so, and points to skops and ONNX). :func:`save_head`
 writes a fitted head and its record with ``skops.io``, which stores the
 estimator's state as data; :func:`load_head` reads it back allowing only the
 types featx's heads are made of (scikit-learn's own, which skops trusts, and
-those in :data:`TRUSTED_TYPES`). A file that names any other type is refused,
+the registered head classes, :func:`featx.heads.trusted_types`). A file that names any other type is refused,
 naming it. The Keras head keeps its model in Keras's own ``.keras`` format
 inside, as bytes.
 
@@ -19,18 +19,8 @@ import os
 from pathlib import Path
 
 from .errors import CacheError
+from .heads import trusted_types
 
-#: Types besides scikit-learn's and NumPy's that a saved head may hold.
-TRUSTED_TYPES = (
-    "featx.heads.DenseClassifier",
-    "featx.heads.LinearSVMHead",
-    "featx.heads.LogisticRegressionHead",
-    "featx.heads.RBFSVMClassifier",
-    "featx.heads.KNNClassifier",
-    "featx.heads.NearestCentroidHead",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-)
 #: File name endings of saved heads: skops now, joblib pickles from earlier versions.
 SUFFIX, PICKLE_SUFFIX = ".skops", ".joblib"
 
@@ -75,7 +65,8 @@ def load_head(path: Path, *, trust_pickle: bool = False) -> tuple[object, dict]:
         untrusted = sio.get_untrusted_types(file=path)
     except Exception as exc:  # noqa: BLE001 - a damaged file is one line, whatever skops raised
         raise CacheError(f"Cannot read saved head {path} ({exc.__class__.__name__}: {exc}): fit it again.") from None
-    unknown = sorted(t for t in untrusted if t not in TRUSTED_TYPES)
+    trusted = set(trusted_types())
+    unknown = sorted(t for t in untrusted if t not in trusted)
     if unknown:
         raise CacheError(
             f"Saved head {path} holds a type featx does not trust: {unknown[0]}"

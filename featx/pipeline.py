@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from . import cache
 from .embed import check_batch_size, embed, resolve_batch_size
+from .errors import ArgumentError, DataError
 from .extractor import Extractor
 from .images import decode_image, image_digest
 from .overlap import decode_pool, prefetch
@@ -300,29 +301,29 @@ class _Images:
         self.items = None
         if X is None or isinstance(X, (str, bytes, os.PathLike)):
             hint = " To embed one file, pass a list: [path]." if X is not None else ""
-            raise ValueError(
+            raise DataError(
                 "X must be images: an array of shape (n, h, w, 3), or a list of image file paths or "
                 f"(h, w, 3) arrays. Received: {_describe(X)}.{hint}"
             )
         if hasattr(X, "tocsr") or hasattr(X, "todense"):  # scipy.sparse
-            raise TypeError(
+            raise ArgumentError(
                 f"Sparse input is not supported: FeatureExtractor takes dense images. Received: {type(X).__name__} "
                 f"of shape {getattr(X, 'shape', '?')}."
             )
         if hasattr(X, "columns") and hasattr(X, "iloc"):  # a DataFrame
-            raise ValueError(
+            raise DataError(
                 "X must be images: an array of shape (n, h, w, 3), or a list of image file paths. Received "
                 f"a DataFrame with columns {list(X.columns)[:5]}; pass the column of paths, e.g. df['path']."
             )
         if isinstance(X, (list, tuple)) or (hasattr(X, "__array__") and np.asarray(X).dtype.kind in "OUS"):
             self.items = list(X.tolist() if hasattr(X, "tolist") and not isinstance(X, list) else X)
             if not self.items:
-                raise ValueError("X holds no images (an empty list). Pass at least one image.")
+                raise DataError("X holds no images (an empty list). Pass at least one image.")
             for i, item in enumerate(self.items):
                 if isinstance(item, np.ndarray) or (hasattr(item, "__array__") and not isinstance(item, str)):
                     self.items[i] = _check_array(np.asarray(item), single=True, where=f"X[{i}]")
                 elif not isinstance(item, (str, os.PathLike)):
-                    raise ValueError(
+                    raise DataError(
                         f"X[{i}] is {_describe(item)}; each item of a list must be an image file path or an "
                         "(h, w, 3) array."
                     )
@@ -356,9 +357,9 @@ def _check_array(arr: np.ndarray, *, single: bool, where: str) -> np.ndarray:
     """Check an image array: shape (n, h, w, 3) (one image: (h, w, 3)), pixels 0-255, no NaN."""
     want, rank = ("(h, w, 3)", 3) if single else ("(n, h, w, 3)", 4)
     if arr.dtype.kind == "c":
-        raise ValueError(f"Complex data not supported: {where} must hold real pixel values 0-255.")
+        raise DataError(f"Complex data not supported: {where} must hold real pixel values 0-255.")
     if arr.dtype.kind not in "uif":
-        raise ValueError(
+        raise DataError(
             f"{where} must hold numbers (uint8 pixels, or floats on the 0-255 scale). Received: {_describe(arr)}."
         )
     if arr.ndim != rank:
@@ -370,15 +371,15 @@ def _check_array(arr: np.ndarray, *, single: bool, where: str) -> np.ndarray:
         elif arr.ndim == 2 and not single:
             hint = (" FeatureExtractor takes images, not feature tables; to fit a head on features "
                     "already extracted, leave the FeatureExtractor out.")  # fmt: skip
-        raise ValueError(f"{where} must be images of shape {want}. Received: {_describe(arr)}.{hint}")
+        raise DataError(f"{where} must be images of shape {want}. Received: {_describe(arr)}.{hint}")
     if arr.shape[-1] != 3:
         hint = {1: " Grayscale: np.repeat(X, 3, axis=-1) makes it RGB.",
                 4: " RGBA: drop the alpha channel with X[..., :3]."}.get(arr.shape[-1], "")  # fmt: skip
-        raise ValueError(
+        raise DataError(
             f"{where} must have 3 (RGB) channels in its last axis. Received: {_describe(arr)}.{hint}"
         )
     if arr.size == 0:
-        raise ValueError(
+        raise DataError(
             f"{where} holds no images (shape {arr.shape}). Pass at least one image of at least 1x1."
         )
     if arr.dtype == np.uint8:
@@ -387,18 +388,18 @@ def _check_array(arr: np.ndarray, *, single: bool, where: str) -> np.ndarray:
         bad = ~np.isfinite(arr)
         if bad.any():
             first = np.argwhere(bad)[0]
-            raise ValueError(
+            raise DataError(
                 f"{where} holds {int(bad.sum())} NaN or infinite values (first at index {tuple(first.tolist())}). "
                 "Images must be finite pixel values 0-255."
             )
     lo, hi = float(arr.min()), float(arr.max())
     if lo < -0.5 or hi > 255.5:
-        raise ValueError(
+        raise DataError(
             f"{where} pixel values must lie in 0-255. Received values from {lo:g} to {hi:g}"
             + (" (images normalised for some other network? pass the raw 0-255 pixels)." if lo < 0 else ".")
         )
     if arr.dtype.kind == "f" and 0 < hi <= 1.0:
-        raise ValueError(
+        raise DataError(
             f"{where} is float with every value in [0, 1] (max {hi:g}): images scaled to 0-1. featx takes "
             "the 0-255 scale (as Keras applications do): pass X * 255, or the uint8 pixels."
         )

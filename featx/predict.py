@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import DataError, FeatxError
-from .fit import find_head, head_extractor
+from .fit import load_fitted
 from .options import RunOptions, as_options, split_kwargs
 from .spec import FeatureSpec, as_spec
 
@@ -61,8 +61,7 @@ def predict_files(files, head: str = "logreg", spec: FeatureSpec | str = "vgg19"
     settings, run = split_kwargs(kwargs)
     spec = as_spec(spec, **settings)
     opts = as_options(options, **run)
-    est, rec, path = find_head(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
-    extractor, fitted_spec = head_extractor(rec, path, opts.cache_dir)
+    est, rec, _, extractor, fitted_spec = load_fitted(head, spec, data, task, options=opts, trust_pickle=trust_pickle)
     shape = tuple(rec.get("image_shape", ())) or None
 
     def scores(X):

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .heads import HEADS
+
 #: At most this many misclassified test images in the page's grid.
 MAX_MISCLASSIFIED = 48
 
@@ -233,14 +235,13 @@ def tradeoff_chart(results):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8 + 0.15 * len({r.features or r.backbone for r in results})))
     features = list(dict.fromkeys(r.features or r.backbone for r in results))
-    markers = {"dense": "o", "logreg": "s", "svm": "^", "svm-rbf": "D", "knn": "v", "centroid": "P"}
     for i, feat in enumerate(features):
         mine = [r for r in results if (r.features or r.backbone) == feat]
         for j, r in enumerate(mine):
             x = max(r.fit_seconds, 1e-3)
             lo, hi = r.accuracy_interval
             ax.errorbar(x, r.accuracy, yerr=[[r.accuracy - lo], [hi - r.accuracy]], color=f"C{i % 10}",
-                        marker=markers.get(r.head, "o"), markersize=7, capsize=3, linestyle="none",
+                        marker=HEADS[r.head].marker if r.head in HEADS else "o", markersize=7, capsize=3, linestyle="none",
                         label=feat if j == 0 else None)  # fmt: skip
             ax.annotate(r.head, (x, r.accuracy), textcoords="offset points", xytext=(6, 3), fontsize=8)
     ax.set_xscale("log")

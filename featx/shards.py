@@ -20,6 +20,7 @@ cannot.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -35,6 +36,8 @@ from tqdm.auto import tqdm
 
 from . import cache
 from .errors import CacheError, ClusterError, FeatxError, SettingsError
+
+log = logging.getLogger(__name__)
 
 _PROBE = "driver-token.txt"
 #: Shard size "auto": about this many shards per worker, within these bounds (images).
@@ -239,8 +242,8 @@ def run_sharded(client, *, ds, extractor, settings: dict, path: Path, info: dict
     job = {"extractor": extractor, "key": key, "batch_size": options.batch_size, "shard_dir": str(folder),
            "cache_dir": str(cache_dir), "token": token, "data": ref}  # fmt: skip
     reused = len(shards) - len(todo)
-    print(f"{spec.backbone_.label}: {len(shards)} shards of up to {size} images on {workers} worker"
-          f"{'s' if workers > 1 else ''}" + (f"; {reused} already done" if reused else ""), flush=True)  # fmt: skip
+    log.info(f"{spec.backbone_.label}: {len(shards)} shards of up to {size} images on {workers} worker"
+          f"{'s' if workers > 1 else ''}" + (f"; {reused} already done" if reused else ""))  # fmt: skip
     t0 = time.perf_counter()
     futures = []
     for split, a, b in todo:
@@ -279,8 +282,8 @@ def run_sharded(client, *, ds, extractor, settings: dict, path: Path, info: dict
     fs = assemble(path, settings, info, sizes, folder, shards, key, spec.dtype, extra)
     assemble_s = fs.info["seconds"]["assemble"]
     remove_shards(folder)
-    print(f"features cached: {fs.path} (train {sizes['train']}, test {sizes['test']}; {ran} shards run, "
-          f"{len(shards) - ran} reused; assembled in {assemble_s:.2f} s)", flush=True)  # fmt: skip
+    log.info(f"features cached: {fs.path} (train {sizes['train']}, test {sizes['test']}; {ran} shards run, "
+          f"{len(shards) - ran} reused; assembled in {assemble_s:.2f} s)")  # fmt: skip
     return fs
 
 

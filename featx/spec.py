@@ -20,12 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import INTERPOLATIONS, POOLINGS, Backbone, get_backbone
-from .errors import FeatxError, SettingsError
+from .backbones import Backbone, get_backbone
+from .errors import ArgumentError, FeatxError, SettingsError
 from .images import DEFAULT_SIDE, MAX_SIDE, ImageOptions
 
 #: Storage types of the features.
 DTYPES = ("float32", "float16")
+#: How each layer's maps are pooled into columns.
+POOLINGS = ("avg", "max", "flatten")
+#: How images are resized to the input size.
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5", "area")
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -236,6 +240,16 @@ class FeatureSpec:
         start = sum(widths[: starts[0]])
         return slice(start, start + sum(widths[starts[0] : starts[0] + n]))
 
+    def reference(self) -> FeatureSpec | None:
+        """The spec of ``compare``'s reference row for these features (the backbone says how it
+        differs: :meth:`~featx.backbones.Backbone.reference_changes`), or None."""
+        changes = self.backbone_.reference_changes(self.weights, self.layers)
+        return None if changes is None else self.replace(**changes)
+
+    def reference_note(self) -> str:
+        """What ``compare``'s table says of this spec's reference row."""
+        return self.backbone_.reference_note(self.weights)
+
     @property
     def classic(self) -> bool:
         """Whether this is the backbone's classic embedding: its last layer alone."""
@@ -265,7 +279,7 @@ def _check_names(fields: Mapping) -> None:
     names = [f.name for f in dataclasses.fields(FeatureSpec)]
     unknown = [k for k in fields if k not in names]
     if unknown:
-        raise TypeError(
+        raise ArgumentError(
             f"Unknown feature setting {unknown[0]!r}. The feature settings are: {', '.join(names)}. "
             f"Received: {unknown[0]}={fields[unknown[0]]!r}"
         )
@@ -287,11 +301,11 @@ def as_spec(spec: FeatureSpec | str | None = None, **fields) -> FeatureSpec:
         return FeatureSpec(**fields)
     if isinstance(spec, str):
         if "backbone" in fields:
-            raise TypeError(
+            raise ArgumentError(
                 f"The backbone is named twice: {spec!r} and backbone={fields['backbone']!r}. Name it once."
             )
         return FeatureSpec(backbone=spec, **fields)
-    raise TypeError(f"spec must be a FeatureSpec or a backbone name. Received: {spec!r}")
+    raise ArgumentError(f"spec must be a FeatureSpec or a backbone name. Received: {spec!r}")
 
 
 def specs_for(backbones: Iterable[FeatureSpec | str], **fields) -> list[FeatureSpec]:

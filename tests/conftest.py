@@ -41,3 +41,21 @@ def make_class_folders(root: Path, classes=("cat", "dog", "eel"), n_train=4, n_t
                 write_image(root / c / f"{i:03d}.png", seed)
                 seed += 1
     return root
+
+
+# A head module that a test registers and then removes: collecting it would register it for every test.
+collect_ignore = ["throwaway_head.py"]
+
+
+@pytest.fixture(autouse=True)
+def _featx_messages(caplog):
+    """featx's INFO records reach ``caplog`` in every test; the CLI's console handler, which a test
+    that runs ``cli.main`` in this process installs, is removed after it."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="featx")
+    yield
+    featx_log = logging.getLogger("featx")
+    for handler in [h for h in featx_log.handlers if getattr(h, "_featx_cli", False)]:
+        featx_log.removeHandler(handler)
+    featx_log.setLevel(logging.NOTSET)

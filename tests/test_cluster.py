@@ -21,7 +21,7 @@ distributed = pytest.importorskip("distributed")
 from featx import cluster as cluster_mod  # noqa: E402
 from featx import shards as shards_mod  # noqa: E402
 from featx.compare import compare  # noqa: E402
-from featx.data import Dataset, _fingerprint, load_dataset  # noqa: E402
+from featx.data import Dataset, fingerprint_arrays, load_dataset  # noqa: E402
 from featx.errors import ClusterError, SettingsError  # noqa: E402
 from featx.extract import extract_features  # noqa: E402
 
@@ -50,7 +50,7 @@ def subset(n_train: int, n_test: int, task: str = "target") -> Dataset:
     te = np.sort(rng.permutation(len(ds.X_test))[:n_test])
     parts = ds.X_train[tr], ds.y_train[tr], ds.X_test[te], ds.y_test[te]
     return Dataset(f"sample-part-{n_train}-{n_test}", *parts, class_names=ds.class_names, task=task,
-                   fingerprint=_fingerprint(*parts, ds.class_names))  # fmt: skip
+                   fingerprint=fingerprint_arrays(*parts, ds.class_names))  # fmt: skip
 
 
 def assert_same_file(a, b):
@@ -73,7 +73,7 @@ def assert_same_file(a, b):
 
 
 @pytest.mark.parametrize("data", ["folder", "memory"])
-def test_sharded_extract_equals_single_process(client, tiny, tmp_path, data, capsys):
+def test_sharded_extract_equals_single_process(client, tiny, tmp_path, data, caplog):
     ds = load_dataset(tiny) if data == "folder" else subset(90, 30)
     one = extract_features("trunk", ds, cache_dir=tmp_path / "one", **TRUNK)
     many = extract_features("trunk", ds, cache_dir=tmp_path / "many", cluster=client, shard_size=8, **TRUNK)
@@ -88,10 +88,10 @@ def test_sharded_extract_equals_single_process(client, tiny, tmp_path, data, cap
     assert n == sum(x.shape[0] for x in many.load()[::2])
     # a second run finds the complete file, with or without the cluster
     assert extract_features("trunk", ds, cache_dir=tmp_path / "many", cluster=client, **TRUNK).path == many.path
-    assert "already cached" in capsys.readouterr().out
+    assert "already cached" in caplog.text
 
 
-def test_a_cached_result_starts_no_local_cluster(tiny, tmp_path, monkeypatch, capsys):
+def test_a_cached_result_starts_no_local_cluster(tiny, tmp_path, monkeypatch, caplog):
     fs = extract_features("trunk", tiny, cache_dir=tmp_path, **TRUNK)
 
     def no_cluster(*args, **kwargs):
@@ -99,7 +99,7 @@ def test_a_cached_result_starts_no_local_cluster(tiny, tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(cluster_mod, "connect", no_cluster)
     again = extract_features("trunk", tiny, cache_dir=tmp_path, cluster="local", workers=2, **TRUNK)
-    assert again.path == fs.path and "features already cached" in capsys.readouterr().out
+    assert again.path == fs.path and "features already cached" in caplog.text
     with pytest.raises(AssertionError, match="a cluster was started"):  # force: the cluster does the work
         extract_features("trunk", tiny, cache_dir=tmp_path, cluster="local", force=True, **TRUNK)
 
@@ -223,7 +223,7 @@ def test_compare_on_the_cluster_gives_the_local_table(client, tmp_path):
 
 
 def test_heads_are_fitted_on_the_workers(client, tmp_path, monkeypatch):
-    from featx import fit as fit_mod
+    from featx import evaluation as fit_mod
 
     where = []
     real = fit_mod.evaluate_head
@@ -318,10 +318,9 @@ def test_something_else_at_the_address_is_one_line_not_a_hang(tmp_path):
         web.wait()
 
 
-def test_connect_to_a_scheduler_by_address(client, tiny, tmp_path, capsys):
+def test_connect_to_a_scheduler_by_address(client, tiny, tmp_path, caplog):
     fs = extract_features("trunk", tiny, cache_dir=tmp_path, cluster=client.scheduler.address, **TRUNK)
-    out = capsys.readouterr().out
-    assert f"Dask scheduler {client.scheduler.address}, 2 workers" in out and fs.info["cluster"]["workers"] == 2
+    assert f"Dask scheduler {client.scheduler.address}, 2 workers" in caplog.text and fs.info["cluster"]["workers"] == 2
 
 
 def test_pipeline_predicts_over_a_dask_array(client, tmp_path):

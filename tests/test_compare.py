@@ -103,8 +103,9 @@ def test_the_table_fits_the_terminal_with_a_legend_of_feature_sets():
     from featx.fit import FitResult
 
     def row(features, head, acc, note=""):
-        return FitResult("trunk", head, acc, 0.7, 2.5, 0.02, None, np.zeros(1), np.zeros(1), (), note=note,
-                         features=features)  # fmt: skip
+        return FitResult(backbone="trunk", head=head, accuracy=acc, macro_f1=0.7, fit_seconds=2.5,
+                         predict_ms_per_image=0.02, estimator=None, y_test=np.zeros(1), y_pred=np.zeros(1),
+                         note=note, features=features)  # fmt: skip
 
     long = "trunk 32px max, trained, layers conv1+pool+flatten, grid 4, flip"
     results = [row(long, "dense", 0.79), row("trunk 32px flatten, trained", "svm", 0.70, "reference: split-CIFAR protocol"),
@@ -151,8 +152,7 @@ def test_a_pretrained_cnn_gets_the_linear_probe_as_reference_without_a_second_pa
                   for s in (spec, spec.replace(layers="classic")))  # fmt: skip
     np.testing.assert_allclose(full[:, spec.replace(layers="classic").columns_in(spec)], part, atol=1e-6)
     # a random init has no reference row (its default is the last layer already)
-    assert FeatureSpec(str(path), size=32, weights="none").backbone_.reference_spec(
-        FeatureSpec(str(path), size=32, weights="none")) is None  # fmt: skip
+    assert FeatureSpec(str(path), size=32, weights="none").reference() is None
 
 
 def test_a_head_file_copied_over_another_heads_name_is_refused(tiny, tmp_path):

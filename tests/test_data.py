@@ -11,6 +11,7 @@ from conftest import make_class_folders, write_image
 from PIL import Image
 
 from featx import data as data_mod
+from featx.data import folders
 from featx.data import CIFAR10_CLASSES, load_dataset, make_task, stratified_split
 from featx.errors import DataError
 
@@ -266,7 +267,7 @@ def test_pixel_cache_hit_and_invalidation(tmp_path):
     with tarfile.open(arch, "w") as tf:
         tf.add(root, arcname="ds")
     cache = tmp_path / "cache"
-    with mock.patch.object(data_mod, "_read_source", wraps=data_mod._read_source) as spy:
+    with mock.patch.object(folders, "_read_source", wraps=folders._read_source) as spy:
         first = load_dataset(arch, cache_dir=cache)
         second = load_dataset(arch, cache_dir=cache)
         assert spy.call_count == 1  # second load came from the cache

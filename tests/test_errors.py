@@ -1,4 +1,5 @@
-"""Every bad input the CLI can be given ends in one line on stderr and exit code 2."""
+"""Every bad input the CLI can be given ends in one line on stderr and exit code 2; a bug in featx
+ends in exit code 1 with its traceback kept."""
 
 import os
 import subprocess
@@ -113,19 +114,54 @@ def test_bad_input_is_one_line_and_exit_2(case, capsys, tiny, tmp_path):
     assert not any("Traceback" in line for line in lines)
 
 
-def test_a_bug_still_shows_its_traceback(capsys, monkeypatch):
-    def broken(args):
+@pytest.mark.parametrize("bug", ["reshape", "type", "key", "runtime"])
+def test_a_bug_in_featx_exits_1_and_points_to_its_traceback(bug, capsys, monkeypatch, tmp_path):
+    import featx.data
+
+    def broken(*args, **kwargs):  # a bug deep in featx: what the data command calls
+        if bug == "reshape":
+            np.zeros(2).reshape(3)  # a ValueError, which once passed for bad input
+        elif bug == "type":
+            len(5)
+        elif bug == "key":
+            {}["split"]
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_data", broken)
-    with pytest.raises(RuntimeError, match="a bug"):
-        cli.main(["data"])
-    # a ValueError from a library is bad input as far as the CLI can tell: one line, and -v shows where it came from
-    monkeypatch.setattr(cli, "cmd_data", lambda args: np.zeros(2).reshape(3))
+    monkeypatch.setattr(featx.data, "load_dataset", broken)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read again
     code, lines = run_main(capsys, "data")
-    assert code == 2 and len(lines) == 1 and "run with -v for the traceback" in lines[0]
-    code, lines = run_main(capsys, "-v", "data")
-    assert code == 2 and lines[0].startswith("Traceback") and lines[-1].startswith("error: cannot reshape")
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("error: featx hit a bug (") and "not a mistake of yours" in lines[0]
+    [kept] = tmp_path.glob("featx-bug-*.txt")
+    assert str(kept) in lines[0]
+    text = kept.read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text and "argv" in text
+    code, lines = run_main(capsys, "-v", "data")  # -v: the traceback on stderr too
+    assert code == 1 and lines[0].startswith("Traceback") and lines[-1].startswith("error: featx hit a bug")
+
+
+def test_bad_input_from_python_is_featx_s_own_error_and_still_a_value_or_type_error():
+    from featx.errors import ArgumentError, DataError, FeatxError, SettingsError
+    from featx.options import as_options
+    from featx.spec import as_spec
+
+    with pytest.raises(ArgumentError) as info:
+        as_spec(3.5)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, FeatxError)
+    with pytest.raises(ArgumentError):
+        as_options("fast")
+    from featx.data import load_dataset
+
+    with pytest.raises(DataError) as info:
+        load_dataset("sample", "everything")
+    assert isinstance(info.value, ValueError)
+    from featx.curves import parse_train_sizes
+
+    with pytest.raises(SettingsError):
+        parse_train_sizes("0")
 
 
 def test_cli_start_up_prints_featx_output_only():

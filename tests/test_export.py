@@ -15,8 +15,9 @@ from featx.errors import CacheError, HeadError, SettingsError
 from featx.export import export_classifier, exportable, load_exported
 from featx.extractor import Extractor
 from featx.fit import fit_head
+from featx.heads import trusted_types
 from featx.images import load_image
-from featx.persistence import TRUSTED_TYPES, load_head
+from featx.persistence import load_head
 from featx.predict import predict_files
 from featx.spec import FeatureSpec
 
@@ -204,7 +205,7 @@ def test_a_tampered_skops_head_is_refused_naming_the_type(tiny, cache, images, t
             list(predict_files(files, "logreg", SPEC, tiny, cache_dir=cache))
     finally:
         path.write_bytes(backup)
-    assert all(t.startswith(("featx.heads.", "sklearn.calibration.")) for t in TRUSTED_TYPES)
+    assert all(t.startswith(("featx.heads.", "sklearn.calibration.")) for t in trusted_types())
 
 
 def test_a_pickled_head_loads_only_when_trusted(tiny, cache, tmp_path):

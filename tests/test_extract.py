@@ -138,7 +138,7 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.parametrize("where", ["between-batches", "mid-write", "in-model"])
-def test_killed_run_resumes_to_the_same_result(tiny, tmp_path, where, capsys):
+def test_killed_run_resumes_to_the_same_result(tiny, tmp_path, where, caplog):
     res = subprocess.run([sys.executable, "-c", CHILD, str(tiny), str(tmp_path / "c"), where],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
@@ -152,7 +152,7 @@ def test_killed_run_resumes_to_the_same_result(tiny, tmp_path, where, capsys):
 
     resumed = extract_features("vgg19", tiny, cache_dir=tmp_path / "c", **FAST)
     if done:
-        assert f"resuming train at image {done} of 30" in capsys.readouterr().out
+        assert f"resuming train at image {done} of 30" in caplog.text
     fresh = extract_features("vgg19", tiny, cache_dir=tmp_path / "f", **FAST)
     for a, b in zip(resumed.load(), fresh.load()):
         np.testing.assert_array_equal(a, b)
@@ -185,18 +185,18 @@ def test_lock_makes_a_second_writer_wait_or_fail(tiny, tmp_path):
     assert extract_features("vgg19", tiny, cache_dir=tmp_path / "c", lock_timeout=5, **FAST).path == path
 
 
-def test_truncated_cache_is_rebuilt(tiny, tmp_path, capsys):
+def test_truncated_cache_is_rebuilt(tiny, tmp_path, caplog):
     fs = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
     good = fs.load()
     data = fs.path.read_bytes()
     fs.path.write_bytes(data[: len(data) // 2])
     again = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
-    assert "damaged" in capsys.readouterr().out
+    assert "damaged" in caplog.text
     for a, b in zip(good, again.load()):
         np.testing.assert_array_equal(a, b)
 
 
-def test_cache_with_mismatched_attrs_is_not_reused(tiny, tmp_path, capsys):
+def test_cache_with_mismatched_attrs_is_not_reused(tiny, tmp_path, caplog):
     fs = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
     with h5py.File(fs.path, "r+") as f:
         settings = json.loads(f.attrs["settings"])
@@ -204,7 +204,7 @@ def test_cache_with_mismatched_attrs_is_not_reused(tiny, tmp_path, capsys):
     with mock.patch.object(extract_mod, "_run", wraps=extract_mod._run) as spy:
         extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
         assert spy.call_count == 1
-    assert "do not match its key" in capsys.readouterr().out
+    assert "do not match its key" in caplog.text
 
 
 def test_trunk_architecture():
@@ -218,7 +218,7 @@ def test_trunk_architecture():
     assert model.get_layer("dropout").rate == 0.42
 
 
-def test_trunk_is_pretrained_on_source_then_frozen(tmp_path, capsys):
+def test_trunk_is_pretrained_on_source_then_frozen(tmp_path, caplog):
     from PIL import Image
 
     from featx.data import load_dataset
@@ -233,15 +233,15 @@ def test_trunk_is_pretrained_on_source_then_frozen(tmp_path, capsys):
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(X[i]).save(path)
     fs = extract_features("trunk", root, "target", cache_dir=tmp_path, batch_size=16)
-    out = capsys.readouterr().out
-    assert "training it now" in out and "validation accuracy" in out
+    assert "training it now" in caplog.text and "validation accuracy" in caplog.text
+    caplog.clear()
     # conv1 and pool max-pooled to 4x4 (16 x 32 + 16 x 16) and the 800-d flatten output
     assert fs.load()[0].shape[1] == 512 + 256 + 800 and fs.settings["weights"].startswith("trunk:sha256=")
     saved = list((tmp_path / "trunk").glob("*.keras"))
     assert len(saved) == 1 and saved[0].with_suffix(".json").exists()
     # The second use loads the saved trunk instead of training again.
     extract_features("trunk", root, "target", cache_dir=tmp_path, batch_size=16, force=True)
-    assert "training it now" not in capsys.readouterr().out
+    assert "training it now" not in caplog.text and "features cached" in caplog.text
 
 
 def test_imagenet_offline_says_where_keras_looks(monkeypatch, tmp_path, tiny):
@@ -345,7 +345,7 @@ def test_a_backbone_whose_features_overflow_is_stopped_and_nothing_is_cached(tin
     assert all(f.name.endswith(".partial.h5") for f in files)  # no file that looks complete
 
 
-def test_a_full_disk_is_one_line_before_hdf5_fails_and_the_run_resumes(tiny, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_is_one_line_before_hdf5_fails_and_the_run_resumes(tiny, tmp_path, monkeypatch, caplog):
     import collections
     import shutil
 
@@ -366,6 +366,6 @@ def test_a_full_disk_is_one_line_before_hdf5_fails_and_the_run_resumes(tiny, tmp
     assert not [p for p in (tmp_path / "features").glob("*.h5") if not p.name.endswith(".partial.h5")]
     monkeypatch.setattr(extract_mod.shutil, "disk_usage", real)  # space freed: the same run goes on
     fs = extract_features("trunk", tiny, weights="none", cache_dir=tmp_path, batch_size=4, progress=False)
-    assert "resuming train at image 4" in capsys.readouterr().out  # the batch written before the disk filled
+    assert "resuming train at image 4" in caplog.text  # the batch written before the disk filled
     fresh = extract_features("trunk", tiny, weights="none", cache_dir=tmp_path / "fresh", progress=False)
     np.testing.assert_allclose(fs.load()[0], fresh.load()[0], atol=1e-5)

@@ -146,3 +146,68 @@ def test_dense_is_an_ensemble_whose_probabilities_are_the_members_mean(blobs):
     old = DenseClassifier.__new__(DenseClassifier)
     old.__setstate__(state)
     assert old.n_members == 1 and len(old.models_) == 1 and old.predict_proba(X).shape == (len(X), 3)
+
+
+# ------------------------------------------------------------------ the registry
+@pytest.fixture
+def throwaway():
+    """A head family featx does not ship (tests/throwaway_head.py), registered for one test."""
+    import throwaway_head
+
+    from featx.heads import HEADS
+
+    HEADS.add(throwaway_head.ShrunkCentroidHead)
+    yield throwaway_head.ShrunkCentroidHead
+    HEADS.remove("shrunk-centroid")
+
+
+def test_a_new_head_is_one_module_and_every_part_of_featx_finds_it(throwaway, tmp_path, capsys):
+    from conftest import make_class_folders
+
+    from featx.cli import build_parser
+    from featx.compare import compare
+    from featx.fit import find_head, fit_head
+    from featx.heads import trusted_types
+    from featx.options import RunOptions
+    from featx.report import tradeoff_chart
+    from featx.spec import FeatureSpec
+
+    assert "shrunk-centroid" in HEADS and "throwaway_head.ShrunkCentroidHead" in trusted_types()
+    # fit: fitted, saved as skops, found and loaded again (its type trusted because it is registered)
+    data = make_class_folders(tmp_path / "ds", n_train=6, n_test=3)
+    spec = FeatureSpec("trunk", weights="none")
+    res, path = fit_head("shrunk-centroid", spec, data, cache_dir=tmp_path / "c", params={"shrink": 0.2})
+    est, rec, found = find_head("shrunk-centroid", spec, data, options=RunOptions(cache_dir=tmp_path / "c"))
+    assert found == path and isinstance(est, throwaway) and est.shrink == 0.2 and rec["head"] == "shrunk-centroid"
+    assert res.note == "shrunk by 0.2"
+    # compare and tune: its grid is searched on embeddings made elsewhere
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(90, 4)), np.repeat([0, 1, 2], 30)
+    X[np.arange(90), y] += 3
+    np.savez(tmp_path / "emb.npz", X_train=X[::2], y_train=y[::2], X_test=X[1::2], y_test=y[1::2])
+    results, _ = compare(heads=["shrunk-centroid", "logreg"], features=tmp_path / "emb.npz", tune=True,
+                         reports_dir=tmp_path / "r")  # fmt: skip
+    mine = next(r for r in results if r.head == "shrunk-centroid")
+    assert set(mine.params) == {"shrink"} and mine.params["shrink"] in (0.0, 0.5) and mine.accuracy > 0.8
+    # the report draws it with its own marker
+    fig = tradeoff_chart(results)
+    markers = {line.get_marker() for line in fig.axes[0].lines}
+    assert "X" in markers and "s" in markers
+    # the CLI's help names it, with its description
+    sub = build_parser()._subparsers._group_actions[0].choices
+    assert "shrunk-centroid: nearest class mean, shrunk" in " ".join(sub["fit"].format_help().split())
+    assert "shrunk-centroid" in sub["compare"].format_help()
+
+
+def test_heads_saved_by_the_release_before_the_package_still_load_and_predict_the_same():
+    from pathlib import Path
+
+    from featx.persistence import load_head
+
+    folder = Path(__file__).parent / "fixtures" / "saved-heads"
+    want = np.load(folder / "expected.npz")
+    for name in ("dense", "logreg", "svm", "svm-rbf", "knn", "centroid"):
+        est, rec = load_head(folder / f"{name}.skops")
+        assert isinstance(est, HEADS[name]) and rec["head"] == name
+        np.testing.assert_array_equal(est.predict(want["X_query"]), want[f"{name}_pred"])
+        np.testing.assert_allclose(est.predict_proba(want["X_query"]), want[f"{name}_proba"], rtol=1e-6, atol=1e-9)

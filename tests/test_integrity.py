@@ -31,15 +31,15 @@ def _damage(path, dataset="train/X", nbytes=4096):
     assert path.stat().st_size == size
 
 
-def test_a_feature_file_damaged_in_place_is_found_and_recomputed(tiny, tmp_path, capsys):
+def test_a_feature_file_damaged_in_place_is_found_and_recomputed(tiny, tmp_path, caplog):
     fs = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)
     good = fs.load()
     _damage(fs.path)
     with pytest.raises(CacheError, match=rf"corrupt cache file {fs.path}.*run again with --force"):
         fs.load()
-    capsys.readouterr()
+    caplog.clear()
     again = extract_features("vgg19", tiny, cache_dir=tmp_path, **FAST)  # found damaged: made again
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "is damaged" in out and "rebuilding it" in out and "features cached" in out
     for a, b in zip(good, again.load()):
         np.testing.assert_array_equal(a, b)
@@ -190,15 +190,16 @@ def test_heads_fitted_on_other_features_are_other_files_and_predict_takes_the_on
     assert "vgg19 32px avg, random init, seed 0" in str(e.value) and "vgg19 64px avg, random init, seed 0" in str(e.value)
 
 
-def test_a_class_folder_without_images_is_named_at_every_load(tmp_path, capsys):
+def test_a_class_folder_without_images_is_named_at_every_load(tmp_path, caplog):
     from featx.data import load_dataset
 
     folder = make_class_folders(tmp_path / "ds", n_train=4, n_test=2, split=False)
     (folder / "zebra").mkdir()
     (folder / "zebra" / "readme.txt").write_text("photos to come")
     for _ in range(2):  # decoded, then from the pixel cache
+        caplog.clear()
         ds = load_dataset(str(folder), cache_dir=tmp_path / "c")
-        assert "class folders with no images, left out: zebra" in capsys.readouterr().err
+        assert [r.levelname for r in caplog.records if "class folders with no images, left out: zebra" in r.message] == ["WARNING"]
     assert ds.class_names == ("cat", "dog", "eel") and ds.info["empty class folders"] == "zebra"
 
 

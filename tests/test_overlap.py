@@ -80,7 +80,7 @@ def test_background_writer_writes_in_order_and_reports_its_failure():
     assert written == [0, 1, 2]  # nothing after the failed write
 
 
-def test_a_failing_batch_is_a_clear_error_and_the_cache_resumes(tmp_path, capsys):
+def test_a_failing_batch_is_a_clear_error_and_the_cache_resumes(tmp_path, caplog):
     tiny = make_class_folders(tmp_path / "ds", n_train=12, n_test=4)
     real = keras.Model.predict_on_batch
     calls = []
@@ -99,7 +99,7 @@ def test_a_failing_batch_is_a_clear_error_and_the_cache_resumes(tmp_path, capsys
     with h5py.File(partial) as f:  # the two batches before the failure were written and vouched for
         assert int(f["train"].attrs["n_done"]) == 16 and not f.attrs["complete"]
     resumed = extract_features(SPEC, tiny, cache_dir=tmp_path / "c", batch_size=8)
-    assert "resuming train at image 16 of 36" in capsys.readouterr().out
+    assert "resuming train at image 16 of 36" in caplog.text
     fresh = extract_features(SPEC, tiny, cache_dir=tmp_path / "f", batch_size=8)
     for a, b in zip(resumed.load(), fresh.load()):
         np.testing.assert_array_equal(a, b)

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from featx import data as data_mod
-from featx import pixels
 from featx.data import load_dataset
+from featx.data import pixel_cache as pixels
 from featx.errors import DataError, SettingsError
 from featx.images import ImageOptions, image_size, load_image
 from featx.persistence import load_head
@@ -150,7 +150,8 @@ def test_corrupt_photo_is_named_and_the_rows_done_are_kept(tmp_path):
 
 _CHILD = """
 import sys, time
-from featx import data, images, pixels
+from featx import data, images
+from featx.data import pixel_cache as pixels
 pixels.CHUNK = 2
 slow = images.load_image
 def load_image(*a, **k):
@@ -164,7 +165,7 @@ data.load_dataset(sys.argv[1], cache_dir=sys.argv[2], images=images.ImageOptions
 def test_kill_9_during_a_decode_resumes_and_equals_a_clean_run(tmp_path):
     root = _photo_folder(tmp_path / "photos", [(120, 180), (180, 120), (150, 150)] * 4)  # 24 photos
     cache = tmp_path / "cache"
-    env = dict(os.environ, PYTHONPATH=str(Path(data_mod.__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(data_mod.__file__).parents[2]))
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(root), str(cache)], env=env)
     try:
         deadline = time.monotonic() + 60
@@ -218,7 +219,7 @@ def test_sample_pixels_and_keys_are_unchanged():
 
 # ------------------------------------------------- the command line, fit and predict
 def _run_cli(*args):
-    root = Path(data_mod.__file__).parents[1]
+    root = Path(data_mod.__file__).parents[2]
     return subprocess.run([sys.executable, str(root / "cli.py"), *args], capture_output=True, text=True, cwd=root)
 
 

@@ -75,7 +75,7 @@ def test_lower_precision_embeddings_agree_with_float32(precision):
     assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
 
 
-def test_a_batch_that_does_not_fit_is_halved_and_the_run_goes_on(tmp_path, capsys):
+def test_a_batch_that_does_not_fit_is_halved_and_the_run_goes_on(tmp_path, caplog):
     tf = pytest.importorskip("tensorflow")
     if keras.backend.backend() != "tensorflow":
         pytest.skip("simulates TensorFlow's out-of-memory error")
@@ -84,7 +84,7 @@ def test_a_batch_that_does_not_fit_is_halved_and_the_run_goes_on(tmp_path, capsy
     first = extract_features(spec, tiny, cache_dir=tmp_path / "a", batch_size=8)
     fresh = first.load()
     # Keras's compilation choice on a CPU-only TensorFlow: a graph, not XLA; said and recorded
-    assert first.info["compiled"] == "graph" and "(tensorflow, graph): precision" in capsys.readouterr().out
+    assert first.info["compiled"] == "graph" and "(tensorflow, graph): precision" in caplog.text
     model = build_extractor(spec, seed=0)
     assert runtime.compilation(model) == "graph"
     model.jit_compile = True
@@ -106,9 +106,9 @@ def test_a_batch_that_does_not_fit_is_halved_and_the_run_goes_on(tmp_path, capsy
             fs = extract_features(spec.replace(precision="float32"), tiny, cache_dir=tmp_path / "b")
     finally:
         runtime._REPORT = None
-    out = capsys.readouterr()
-    assert "a batch of 32 images did not fit in device memory: going on with 16" in out.err
-    assert "going on with 8" in out.err and seen[:3] == [32, 16, 8] and max(seen[3:]) == 8
+    warned = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert "a batch of 32 images did not fit in device memory: going on with 16" in warned
+    assert "a batch of 16 images did not fit in device memory: going on with 8" in warned and seen[:3] == [32, 16, 8] and max(seen[3:]) == 8
     for a, b in zip(fs.load(), fresh):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # a fixed batch size is the user's: an out-of-memory error is one line that says what to do, not worked around

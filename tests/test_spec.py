@@ -123,7 +123,7 @@ def test_round_trip_and_description(tmp_path):
                        layers=["conv5_block3_out"])  # fmt: skip
     assert FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert spec.describe() == "resnet50 64px avg, random init, interpolation nearest, float16"
-    recorded = spec.key_settings(spec.backbone_.resolve(spec, seed=3)[1])
+    recorded = spec.key_settings(spec.backbone_.resolve(spec.weights, seed=3)[1])
     assert describe(recorded) == "resnet50 64px avg, random init (seed 3), interpolation nearest, float16"
     # a trunk's weights are named by their hash: trained or a seeded random init, the hash does not say
     assert describe({**recorded, "backbone": "trunk", "weights": "trunk:sha256=0123456789abcdef"}).startswith(
@@ -143,7 +143,7 @@ def test_key_settings_are_the_settings_featx_0_1_hashed():
     spec = FeatureSpec("vgg19", weights="none", size=32, dtype="float16", layers=["block5_pool"])
     old = {"backbone": "vgg19", "weights": "random-init-seed0", "size": 32, "interpolation": "bilinear",
            "pooling": "avg", "dtype": "float16"}  # fmt: skip
-    assert spec.key_settings(spec.backbone_.resolve(spec, seed=0)[1]) == old
+    assert spec.key_settings(spec.backbone_.resolve(spec.weights, seed=0)[1]) == old
 
 
 def test_a_later_setting_enters_the_key_only_away_from_its_neutral_value():
@@ -175,12 +175,12 @@ def legacy_cache(tmp_path):
     return tmp_path
 
 
-def test_feature_files_written_before_the_spec_are_still_found(legacy_cache, capsys):
+def test_feature_files_written_before_the_spec_are_still_found(legacy_cache, caplog):
     (old,) = (legacy_cache / "features").glob("*.h5")
     with mock.patch("featx.extract._run", side_effect=AssertionError("recomputed")):
         fs = extract_features("vgg19", _legacy_dataset(), weights="none", size=32, dtype="float16",
                               layers=["block5_pool"], cache_dir=legacy_cache)  # fmt: skip
-    assert fs.path == old and "features already cached" in capsys.readouterr().out
+    assert fs.path == old and "features already cached" in caplog.text
     assert fs.load()[0].shape == (6, 512)
 
 

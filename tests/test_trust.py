@@ -16,7 +16,7 @@ from conftest import make_class_folders
 from featx.compare import compare, mark_vs_best
 from featx.curves import balanced_subset, learning_curve, parse_train_sizes, summarize
 from featx.errors import DataError, SettingsError
-from featx.fit import FitResult
+from featx.evaluation import FitResult, LabelledFeatures
 from featx.heads import make_head
 from featx.stats import accuracy_interval, calibration, mcnemar
 
@@ -25,8 +25,9 @@ BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if 
 
 
 def _result(y_test, y_pred, head="logreg", proba=None):
-    return FitResult("b", head, float(np.mean(y_test == y_pred)), 0.0, 0.1, 0.01, None, np.asarray(y_test),
-                     np.asarray(y_pred), ("a", "b"), proba=proba)  # fmt: skip
+    return FitResult(backbone="b", head=head, accuracy=float(np.mean(y_test == y_pred)), macro_f1=0.0,
+                     fit_seconds=0.1, predict_ms_per_image=0.01, estimator=None, y_test=np.asarray(y_test),
+                     y_pred=np.asarray(y_pred), class_names=("a", "b"), proba=proba)  # fmt: skip
 
 
 # ------------------------------------------------------------------ statistics
@@ -101,7 +102,8 @@ def test_learning_curve_rises_with_labelled_images():
     centers = rng.normal(scale=1.0, size=(4, 30))
     y = rng.integers(0, 4, 1200)
     X = centers[y] + rng.normal(size=(1200, 30))
-    rows = learning_curve(make_head("logreg"), X[:1000], y[:1000], X[1000:], y[1000:], [1, 10, "all"], repeats=3)
+    rows = learning_curve(make_head("logreg"), LabelledFeatures(X[:1000], y[:1000], X[1000:], y[1000:]), [1, 10, "all"],
+                          repeats=3)
     assert len(rows) == 9 and {r["repeat"] for r in rows} == {0, 1, 2}
     means = {s["per_class"]: s["accuracy_mean"] for s in summarize(rows)}
     assert means[1] < means[10] < means["all"]

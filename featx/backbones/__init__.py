@@ -24,9 +24,9 @@ import os
 from pathlib import Path
 
 from ..errors import SettingsError
-from .base import INTERPOLATIONS, POOLINGS, Backbone, file_sha256, keras_models_dir
+from .base import Backbone, file_sha256, keras_models_dir
 
-__all__ = ["INTERPOLATIONS", "POOLINGS", "Backbone", "backbone_names", "file_sha256", "get_backbone",
+__all__ = ["Backbone", "backbone_names", "file_sha256", "get_backbone",
            "keras_models_dir"]  # fmt: skip
 
 

@@ -17,17 +17,10 @@ import hashlib
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import SettingsError, WeightsError
-
-if TYPE_CHECKING:  # the spec is built above this package, from its backbones
-    from ..spec import FeatureSpec
-
-POOLINGS = ("avg", "max", "flatten")
-INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5", "area")
 
 
 class Backbone:
@@ -211,16 +204,17 @@ class Backbone:
                 own.pop("weights")
         return own
 
-    def reference_spec(self, spec: FeatureSpec) -> FeatureSpec | None:
-        """A spec whose features are the reference row of ``compare`` for ``spec``, or None: for
+    def reference_changes(self, weights: str, layers: tuple) -> dict | None:
+        """How the features of ``compare``'s reference row differ from features of these
+        ``weights`` and ``layers`` (settings to change), or None for no reference row: for
         pretrained weights at the default layers, the classic layer alone (the standard linear
         probe), whose columns are part of the default's (``compare`` takes them, no second pass)."""
-        if spec.weights == "none" or spec.classic or spec.layers != self.default_layers:
+        if weights == "none" or layers == (self.output_layer,) or layers != self.default_layers:
             return None
-        return spec.replace(layers="classic")
+        return {"layers": "classic"}
 
-    def reference_note(self, spec: FeatureSpec) -> str:
-        """What ``compare``'s table says of the reference row made by :meth:`reference_spec`."""
+    def reference_note(self, weights: str) -> str:
+        """What ``compare``'s table says of the reference row (:meth:`reference_changes`)."""
         return "reference: linear probe (last layer)"
 
     def layer_width(self, name: str, grid: int, pooling: str) -> int | None:
@@ -234,14 +228,14 @@ class Backbone:
 
     # ------------------------------------------------------------------ weights
 
-    def resolve(self, spec: FeatureSpec, *, seed: int = 0, data=None, cache_dir=None) -> tuple[dict, str]:
-        """``(state, weights identity)`` of ``spec``'s weights.
+    def resolve(self, weights: str, *, seed: int = 0, data=None, cache_dir=None) -> tuple[dict, str]:
+        """``(state, weights identity)`` of ``weights``.
 
-        ``state`` is what :meth:`feature_maps` needs besides the spec (small and
+        ``state`` is what :meth:`feature_maps` needs besides the settings (small and
         picklable: it travels to other processes); the identity is a string that
         changes whenever the weights do, part of every cache key.
         """
-        return {}, self.weights_identity(spec.weights, seed)
+        return {}, self.weights_identity(weights, seed)
 
     def weights_identity(self, weights: str, seed: int) -> str:
         if weights == "none":
@@ -255,13 +249,13 @@ class Backbone:
         """The identity of weights named ``weights`` (see :meth:`resolve`)."""
         raise NotImplementedError
 
-    def verify(self, spec: FeatureSpec, seed: int, identity: str) -> None:
-        """Check, in the process that builds the model, that the weights are still those of
+    def verify(self, weights: str, seed: int, identity: str) -> None:
+        """Check, in the process that builds the model, that ``weights`` are still those of
         ``identity`` (a weights file may have changed since, or differ on another machine)."""
-        if spec.weights not in self.named_weights and spec.weights != "none":
-            if self.weights_identity(spec.weights, seed) != identity:
+        if weights not in self.named_weights and weights != "none":
+            if self.weights_identity(weights, seed) != identity:
                 raise WeightsError(
-                    f"The weights file '{spec.weights}' is not the one these features were keyed on (it "
+                    f"The weights file '{weights}' is not the one these features were keyed on (it "
                     "changed since, or differs on this machine): its embeddings would differ. Use the same "
                     "file everywhere, or run again to key the features on the new one."
                 )
@@ -273,24 +267,26 @@ class Backbone:
         ("none" is a random init seeded by ``seed``; unseeded where ``seed`` is None)."""
         raise NotImplementedError
 
-    def feature_maps(self, x, spec: FeatureSpec, *, seed: int, state: dict) -> dict:
-        """``{layer name: tensor}`` for every layer of ``spec.layers``, applied to ``x``
-        (the preprocessed, resized batch)."""
+    def feature_maps(self, x, layers: tuple, *, size: int, weights: str, grid: int, pooling: str, seed: int,
+                     state: dict) -> dict:  # fmt: skip
+        """``{layer name: tensor}`` for every one of ``layers``, applied to ``x`` (the preprocessed
+        batch, resized to ``size``), from the network of ``weights``. ``grid`` and ``pooling`` are
+        for backbones that pool their own outputs (tokens); maps are pooled after."""
         import keras
 
-        base = self.build_base(spec.size, spec.weights, seed)
+        base = self.build_base(size, weights, seed)
         base.trainable = False
-        if spec.layers == (base.layers[-1].name,) and len(base.outputs) == 1:
-            return {spec.layers[0]: base(x)}  # the network's own output: the whole base, as it comes
+        if layers == (base.layers[-1].name,) and len(base.outputs) == 1:
+            return {layers[0]: base(x)}  # the network's own output: the whole base, as it comes
         try:
-            taps = keras.Model(base.inputs, [base.get_layer(n).output for n in spec.layers], name=base.name)
+            taps = keras.Model(base.inputs, [base.get_layer(n).output for n in layers], name=base.name)
         except (AttributeError, ValueError) as exc:
             raise SettingsError(
                 f"The layers of {self.label} cannot be tapped ({exc.__class__.__name__}: {str(exc)[:200]}): "
                 "--layers needs a functional or Sequential model."
             ) from None
         out = taps(x)
-        return dict(zip(spec.layers, out if isinstance(out, (list, tuple)) else [out]))
+        return dict(zip(layers, out if isinstance(out, (list, tuple)) else [out]))
 
     # ------------------------------------------------------------------ listing
 

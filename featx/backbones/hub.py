@@ -305,41 +305,42 @@ class KerasHubPreset(Backbone):
             load_weights_file(model, weights, self.label, "backbone (backbone.save_weights)")
         return model
 
-    def feature_maps(self, x, spec, *, seed: int, state: dict) -> dict:
+    def feature_maps(self, x, layers: tuple, *, size: int, weights: str, grid: int, pooling: str, seed: int,
+                     state: dict) -> dict:  # fmt: skip
         import keras
 
         from ..layers import featx_layers
 
-        model = self.build_base(spec.size, spec.weights, seed)
+        model = self.build_base(size, weights, seed)
         model.trainable = False
         x = featx_layers()["Affine"](self._scale, self._offset, name="preprocess")(x)
         if self.kind == "image-text":
             return {"embedding": model.get_vision_embeddings(x)}
         if self.kind == "maps":
-            wanted = [model.output if n == "output" else model.get_layer(n).output for n in spec.layers]
+            wanted = [model.output if n == "output" else model.get_layer(n).output for n in layers]
             out = keras.Model(model.inputs, wanted, name=f"{model.name}_taps")(x)
-            return dict(zip(spec.layers, out if isinstance(out, (list, tuple)) else [out]))
+            return dict(zip(layers, out if isinstance(out, (list, tuple)) else [out]))
         norm = _final_norm(model)
-        tensors = [model.output if n == "output" else model.pyramid_outputs[n] for n in spec.layers]
+        tensors = [model.output if n == "output" else model.pyramid_outputs[n] for n in layers]
         seqs = keras.Model(model.inputs, tensors, name=f"{model.name}_taps")(x)
         seqs = seqs if isinstance(seqs, (list, tuple)) else [seqs]
         Tokens = featx_layers()["TokenPooling"]
         out = {}
-        for name, seq in zip(spec.layers, seqs):
+        for name, seq in zip(layers, seqs):
             if name != "output" and norm is not None:
                 seq = norm(seq)
             # The patches are the largest square of tokens (the few others: class, registers,
             # distillation): so a model whose tokens are not one per input patch (Swin's last stage) too.
             g = math.isqrt(seq.shape[1] or 0)
             if not g:
-                raise SettingsError(f"{self.label} gives {seq.shape[1]} tokens at size {spec.size}: featx cannot "
+                raise SettingsError(f"{self.label} gives {seq.shape[1]} tokens at size {size}: featx cannot "
                                     "find its patch tokens. Try another --size.")  # fmt: skip
-            if spec.grid > g:
+            if grid > g:
                 raise SettingsError(
-                    f"grid {spec.grid} is finer than the {g}x{g} patches of {self.label} at size {spec.size}: "
+                    f"grid {grid} is finer than the {g}x{g} patches of {self.label} at size {size}: "
                     f"use --grid {g} or less, or a larger --size."
                 )
-            out[name] = Tokens(g, spec.grid, spec.pooling, name=f"tokens_{name}")(seq)
+            out[name] = Tokens(g, grid, pooling, name=f"tokens_{name}")(seq)
         return out
 
 

@@ -99,8 +99,8 @@ class KerasModel(Backbone):
     def named_identity(self, weights: str) -> str:
         return f"file:{self.path.name}:sha256={_sha256(str(self.path), *_stamp(self.path))}"
 
-    def verify(self, spec, seed: int, identity: str) -> None:
-        if self.weights_identity(spec.weights, seed) != identity:
+    def verify(self, weights: str, seed: int, identity: str) -> None:
+        if self.weights_identity(weights, seed) != identity:
             raise WeightsError(
                 f"The model file '{self.path}' is not the one these features were keyed on (it changed "
                 "since, or differs on this machine): its embeddings would differ. Use the same file "

@@ -135,21 +135,21 @@ def pretrain_trunk(
 
     ds = data if isinstance(data, Dataset) else load_dataset(data, "source", cache_dir=cache_dir, seed=seed)
     if ds.task != "source":
-        raise ValueError(f"The trunk trains on the 'source' task. Received a dataset with task={ds.task!r}")
+        raise SettingsError(f"The trunk trains on the 'source' task. Received a dataset with task={ds.task!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+            raise SettingsError(f"{name} must be a positive integer. Received: {name}={value!r}")
     path = trunk_path(ds, seed, cache_dir, epochs=epochs, batch_size=batch_size)
     if path.exists() and not force:
-        print(f"trunk already trained with these settings: {path} (--force trains it again)", flush=True)
+        logger.info(f"trunk already trained with these settings: {path} (--force trains it again)")
         record = path.with_suffix(".json")
         return path, json.loads(record.read_text()) if record.exists() else {}
     model = build_trunk_classifier(ds.n_classes, seed)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    print(f"training the trunk on {ds.name} classes {', '.join(ds.class_names)} "
-          f"({len(ds.X_train)} images, {epochs} epochs)", flush=True)  # fmt: skip
+    logger.info(f"training the trunk on {ds.name} classes {', '.join(ds.class_names)} "
+          f"({len(ds.X_train)} images, {epochs} epochs)")  # fmt: skip
     t0 = time.perf_counter()
     hist = model.fit(
         np.asarray(ds.X_train), ds.y_train, validation_data=(np.asarray(ds.X_test), ds.y_test),
@@ -178,11 +178,11 @@ def pretrain_trunk(
     model.save(tmp)
     os.replace(tmp, path)  # a crash never leaves a half-written trunk behind
     path.with_suffix(".json").write_text(json.dumps(record, indent=1))
-    print(f"trunk: validation accuracy {record['val_accuracy']:.2%} after {epochs} epochs "
-          f"({seconds:.1f} s), saved to {path}", flush=True)  # fmt: skip
+    logger.info(f"trunk: validation accuracy {record['val_accuracy']:.2%} after {epochs} epochs "
+          f"({seconds:.1f} s), saved to {path}")  # fmt: skip
     if (epochs, batch_size) != (EPOCHS, BATCH_SIZE):
-        print(f"this is not the trunk that --weights trained uses ({EPOCHS} epochs, batch {BATCH_SIZE}); "
-              f"use it with --weights {path}", flush=True)  # fmt: skip
+        logger.info(f"this is not the trunk that --weights trained uses ({EPOCHS} epochs, batch {BATCH_SIZE}); "
+              f"use it with --weights {path}")  # fmt: skip
     return path, record
 
 
@@ -194,8 +194,8 @@ def load_or_train_trunk(data=None, *, seed: int = 0, cache_dir=None):
     ds = data if isinstance(data, Dataset) else load_dataset(data, "source", cache_dir=cache_dir, seed=seed)
     path = trunk_path(ds, seed, cache_dir)
     if not path.exists():
-        print(f"no trunk trained on {ds.name} yet: training it now (python cli.py pretrain "
-              "--backbone trunk does this ahead of time)", flush=True)  # fmt: skip
+        logger.info(f"no trunk trained on {ds.name} yet: training it now (python cli.py pretrain "
+              "--backbone trunk does this ahead of time)")  # fmt: skip
         pretrain_trunk(ds, seed=seed, cache_dir=cache_dir)
     return keras.saving.load_model(path), path
 
@@ -302,26 +302,27 @@ class Trunk(Backbone):
         own.pop("precision", None)  # float32 only
         return own
 
-    def reference_spec(self, spec):
-        return spec.replace(layers=["flatten"], flip=False)
+    def reference_changes(self, weights: str, layers: tuple) -> dict | None:
+        return {"layers": ["flatten"], "flip": False}
 
-    def reference_note(self, spec) -> str:
-        if spec.weights == "trained":
+    def reference_note(self, weights: str) -> str:
+        if weights == "trained":
             return "reference: split-CIFAR protocol"
-        what = "random init" if spec.weights == "none" else Path(spec.weights).name
+        what = "random init" if weights == "none" else Path(weights).name
         return f"reference: the trunk's 800-d flatten output ({what})"
 
-    def resolve(self, spec, *, seed: int = 0, data=None, cache_dir=None) -> tuple[dict, str]:
+    def resolve(self, weights: str, *, seed: int = 0, data=None, cache_dir=None) -> tuple[dict, str]:
         """The trunk's embedding weights (a few thousand floats: they travel to workers) and their hash."""
-        model = load_trunk(spec.weights, data=data, seed=seed, cache_dir=cache_dir)
+        model = load_trunk(weights, data=data, seed=seed, cache_dir=cache_dir)
         return {"trunk_weights": embedding_weights(model)}, trunk_weights_id(model)
 
-    def verify(self, spec, seed: int, identity: str) -> None:
+    def verify(self, weights: str, seed: int, identity: str) -> None:
         pass  # the weights travel in the state: nothing to look up again
 
-    def feature_maps(self, x, spec, *, seed: int, state: dict) -> dict:
+    def feature_maps(self, x, layers: tuple, *, size: int, weights: str, grid: int, pooling: str, seed: int,
+                     state: dict) -> dict:  # fmt: skip
         model = trunk_from_weights(state["trunk_weights"], seed)
-        maps, wanted = {}, set(spec.layers)
+        maps, wanted = {}, set(layers)
         for layer in trunk_embedding_layers(model):
             x = layer(x)
             if layer.name in wanted:

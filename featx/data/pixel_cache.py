@@ -1,4 +1,5 @@
-"""The decoded-pixel cache: a folder or archive of images decoded once, straight to disk.
+"""The decoded-pixel cache: a folder or archive of images decoded once, straight to disk, under
+``<cache_dir>/pixels/``; a second load of the same, unchanged source is near instant.
 
 Decoding thousands of photos is slow and their full-resolution pixels are large,
 so a folder or archive is decoded in two passes that never hold the images in
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +33,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .images import load_image
+from ..errors import DataError
+from ..images import ImageOptions, load_image
+from .dataset import Dataset, source_stamp
+
+logger = logging.getLogger(__name__)
 
 #: Images decoded between two records of the rows done (and the most held at once).
 CHUNK = 64
@@ -119,7 +126,7 @@ def decode_to_entry(entry: Path, plan: Plan, read: Callable[[set[str]], Iterator
             os.close(fd)
     if not done.all():
         missing = plan.names[int(np.flatnonzero(~done)[0])]
-        raise OSError(f"'{where}' changed while it was read: '{missing}' is gone")
+        raise DataError(f"'{where}' changed while it was read: '{missing}' is gone")
     return part
 
 
@@ -137,11 +144,6 @@ def fingerprint(part: Path, classes: Iterable[str]) -> str:
                 h.update(block)
     h.update("\0".join(classes).encode())
     return h.hexdigest()[:16]
-
-
-def disk_bytes(entry: Path) -> int:
-    """What an entry of the pixel cache takes on disk."""
-    return sum(p.stat().st_size for p in entry.iterdir() if p.is_file())
 
 
 def _chunks(items: Iterator[tuple[str, object]]) -> Iterator[list]:
@@ -177,3 +179,77 @@ def _plan_of(part: Path) -> str | None:
         return json.dumps(json.loads((part / "plan.json").read_text()), sort_keys=True)
     except (OSError, ValueError):
         return None
+
+
+# ------------------------------------------------------------ entries
+
+# Bump when decoding changes, so stale pixel caches are not reused.
+VERSION = 2
+
+
+def read_entry(entry: Path) -> Dataset | None:
+    meta_file = entry / "meta.json"
+    if not meta_file.exists():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        arrays = {k: np.load(entry / f"{k}.npy", mmap_mode="r") for k in ("X_train", "y_train", "X_test", "y_test")}
+        images = ImageOptions(**meta["images"]) if meta.get("images") else None
+    except (OSError, ValueError, TypeError) as exc:
+        logger.warning("ignoring unreadable pixel cache %s (%s)", entry, exc)
+        return None
+    return Dataset(meta["name"], class_names=tuple(meta["class_names"]), fingerprint=meta["fingerprint"],
+                   info=meta["info"], images=images, pixel_cache=entry, files=_files_of(entry, arrays),
+                   **arrays)  # fmt: skip
+
+
+def _files_of(entry: Path, arrays: dict) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The image files of a decoded folder or archive, in row order of each split (None for
+    CIFAR batches, which have no files, or a plan that does not match the rows)."""
+    try:
+        plan = json.loads((entry / "plan.json").read_text())
+        names = plan["names"]
+        files = tuple(tuple(names[i] for i in plan[split]) for split in ("train", "test"))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    if (len(files[0]), len(files[1])) != (len(arrays["y_train"]), len(arrays["y_test"])):
+        return None
+    return files
+
+
+def write_entry(entry: Path, ds: Dataset, source: str) -> Dataset:
+    """Cache the pixels of ``ds`` (read whole: CIFAR-10 batches) in ``entry``; return ``ds``."""
+    root = entry.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        for k in ("X_train", "y_train", "X_test", "y_test"):
+            np.save(tmp / f"{k}.npy", getattr(ds, k))
+        meta = {"name": ds.name, "class_names": list(ds.class_names), "fingerprint": ds.fingerprint,
+                "info": ds.info, "source": source}  # fmt: skip
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        install(entry, tmp, source)
+    except OSError as exc:
+        logger.warning("could not cache decoded pixels in %s (%s)", root, exc)
+    return ds
+
+
+def install(entry: Path, complete: Path, source: str) -> None:
+    """Give the complete folder ``complete`` the entry's name. Decodes of ``source`` as it was
+    before (another stamp: files changed since) go; those of the same files with other settings
+    (``--aspect``, ``--image-side``, seed) stay, so that switching between them decodes nothing."""
+    root = entry.parent
+    meta_file = complete / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    stamp = meta["stamp"] = source_stamp(Path(source)) if Path(source).exists() else ""
+    meta_file.write_text(json.dumps(meta, indent=1))
+    for old in root.iterdir():
+        if old.is_dir() and old not in (entry, complete) and not old.name.startswith(".") and (old / "meta.json").exists():
+            try:
+                was = json.loads((old / "meta.json").read_text())
+                if was.get("source") == source and was.get("stamp") != stamp:
+                    shutil.rmtree(old, ignore_errors=True)
+            except (OSError, ValueError):
+                pass
+    shutil.rmtree(entry, ignore_errors=True)
+    os.replace(complete, entry)  # atomic: a crash leaves no half-written entry

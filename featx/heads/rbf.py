@@ -1,0 +1,151 @@
+"""``svm-rbf``: an RBF-kernel SVM, exact up to ``max_exact_samples`` rows, a Nystroem kernel
+approximation + linear SVM beyond."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.kernel_approximation import Nystroem
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ..errors import HeadError
+from .calibration import PROBABILITY_DOC, OptionalProbability, calibrated_fit
+from .keras_layers import calibrated_probabilities, dense_layer, linear_decision, standardize
+
+
+class RBFSVMClassifier(OptionalProbability):
+    """RBF-kernel SVM that stays usable on tens of thousands of rows.
+
+    Up to ``max_exact_samples`` training rows it fits an exact
+    :class:`~sklearn.svm.SVC`; beyond, it maps the features with a
+    :class:`~sklearn.kernel_approximation.Nystroem` approximation of the same
+    kernel (``n_components`` landmarks) and fits a :class:`~sklearn.svm.LinearSVC`.
+    ``solver_`` says which was used. Features are standardised first.
+
+    Parameters
+    ----------
+    C : float, default=10.0
+    gamma : "scale" or float, default="scale"
+        As in SVC: "scale" is ``1 / (n_features * X.var())`` after standardisation.
+    max_exact_samples : int, default=10000
+    n_components : int, default=2000
+    random_state : int or None, default=0
+    %s
+    Attributes
+    ----------
+    classes_ : ndarray
+    n_features_in_ : int
+    solver_ : str
+        "exact SVC" or "Nystroem(n) + LinearSVC".
+    pipeline_ : Pipeline
+        The scaler and the rest (Nystroem map, then the classifier, when large).
+    calibrator_ : CalibratedClassifierCV
+        With ``probability=True`` only.
+    """
+
+    name = "svm-rbf"
+    description = "standardise + RBF SVM: exact SVC, Nystroem + linear SVM when large"
+    search = {"C": [1.0, 10.0], "gamma": ["scale"]}
+    marker = "D"
+    rank = 3
+
+    _parameter_constraints: dict = {
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "gamma": [StrOptions({"scale"}), Interval(Real, 0, None, closed="neither")],
+        "max_exact_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "probability": ["boolean"],
+    }
+
+    def __init__(self, C: float = 10.0, gamma="scale", max_exact_samples: int = 10000,
+                 n_components: int = 2000, random_state: int | None = 0, probability: bool = False):  # fmt: skip
+        self.C = C
+        self.gamma = gamma
+        self.max_exact_samples = max_exact_samples
+        self.n_components = n_components
+        self.random_state = random_state
+        self.probability = probability
+
+    def fit(self, X, y):
+        self._validate_params()
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        n, d = X.shape
+        scaler = StandardScaler().fit(X)
+        Xs = scaler.transform(X)
+        if n <= self.max_exact_samples:
+            steps = [SVC(C=self.C, gamma=self.gamma)]
+            self.solver_ = "exact SVC"
+        else:
+            gamma = 1.0 / d if self.gamma == "scale" else self.gamma  # unit variance after scaling
+            k = min(self.n_components, n)
+            nys = Nystroem(gamma=gamma, n_components=k, random_state=self.random_state)
+            Xs = nys.fit_transform(Xs)
+            steps = [nys, LinearSVC(C=self.C / 10, random_state=self.random_state)]
+            self.solver_ = f"Nystroem({k}) + LinearSVC"
+        steps[-1], self.calibrator_ = calibrated_fit(steps[-1], Xs, y, self.probability)
+        self.pipeline_ = make_pipeline(scaler, *steps)
+        return self
+
+    def fit_note(self) -> str:
+        return getattr(self, "solver_", "")
+
+    def _transform(self, X):
+        """The input of the classifier: scaled (and mapped, when large)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self.pipeline_[:-1].transform(X)
+
+    def decision_function(self, X):
+        Xt = self._transform(X)
+        return self.pipeline_[-1].decision_function(Xt)
+
+    def predict(self, X):
+        Xt = self._transform(X)
+        return self.pipeline_[-1].predict(Xt)
+
+    def to_keras(self, features):
+        """The fitted head as Keras layers: standardisation, the Nystroem RBF map (exp of a
+        distance made of two Dense layers), then the linear SVM and its sigmoid calibration as one
+        Dense layer. Only the Nystroem solver, with ``probability=True``, can be exported."""
+        import keras
+
+        check_is_fitted(self)
+        if self.solver_ == "exact SVC":
+            raise HeadError(
+                "This svm-rbf head was fitted with the exact SVC solver (one-vs-one votes over its support "
+                "vectors), which featx does not export: fit it with max_exact_samples=1 (--param "
+                "max_exact_samples=1: the Nystroem map) to export it, or export logreg, svm or dense."
+            )
+        scaler, nys, svm = self.pipeline_
+        x = standardize(features, scaler)
+        gamma, c = float(nys.gamma), np.asarray(nys.components_, dtype=np.float64)
+        # -gamma |x - c|^2 = 2 gamma x.c - gamma |c|^2 - gamma |x|^2
+        cross = dense_layer(x, 2 * gamma * c.T, -gamma * (c**2).sum(1), "rbf_cross")
+        sq = keras.layers.Dot(axes=1, name="rbf_norm")([x, x])
+        norm = dense_layer(sq, np.full((1, len(c)), -gamma), np.zeros(len(c)), "rbf_norm_term")
+        kernel = keras.layers.Activation("exponential", name="rbf_kernel")(
+            keras.layers.Add(name="rbf_exponent")([cross, norm])
+        )
+        W, b = linear_decision(svm)
+        W = np.asarray(nys.normalization_, dtype=np.float64).T @ W  # the map's normalisation, folded in
+        return calibrated_probabilities(kernel, W, b, self._calibration(), len(self.classes_))
+
+    def _calibration(self):
+        if not self.probability:
+            raise HeadError(
+                "This head was fitted without probability=True: it has margins, not probabilities, to "
+                "export. Fit it again with probability=True (featx fit does so)."
+            )
+        return self.calibrator_
+
+
+RBFSVMClassifier.__doc__ %= PROBABILITY_DOC
