@@ -10,10 +10,28 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def sample_pixels(tmp_path_factory):
+    """The shipped sample decoded once per test run: a read-only entry of the pixel cache."""
+    from featx.data import load_dataset
+
+    root = tmp_path_factory.mktemp("sample-pixels")
+    load_dataset("sample", cache_dir=root, progress=False)
+    (entry,) = [p for p in (root / "pixels").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    for p in [entry, *entry.iterdir()]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    yield entry
+    entry.chmod(0o755)
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    # Nothing a test does lands in the repository's cache/.
-    monkeypatch.setenv("FEATX_CACHE_DIR", str(tmp_path_factory.mktemp("featx-cache")))
+def _isolated_cache(tmp_path_factory, monkeypatch, sample_pixels):
+    # Nothing a test does lands in the repository's cache/; the sample's pixels, decoded once, are
+    # in every test's cache (read-only: no test can change them for the next).
+    cache = tmp_path_factory.mktemp("featx-cache")
+    (cache / "pixels").mkdir()
+    (cache / "pixels" / sample_pixels.name).symlink_to(sample_pixels, target_is_directory=True)
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(cache))
 
 
 def write_image(path: Path, seed: int, size=(32, 32), mode="RGB", fmt=None) -> np.ndarray:
@@ -59,3 +77,14 @@ def _featx_messages(caplog):
     for handler in [h for h in featx_log.handlers if getattr(h, "_featx_cli", False)]:
         featx_log.removeHandler(handler)
     featx_log.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
+def _one_network_for_dense(request, monkeypatch):
+    """The dense head fits one network, not featx's ensemble of 5, in tests about something else
+    (``@pytest.mark.ensemble``: a test about the ensemble keeps featx's default)."""
+    if request.node.get_closest_marker("ensemble"):
+        return
+    from featx.heads import DenseClassifier
+
+    monkeypatch.setattr(DenseClassifier, "defaults", {**DenseClassifier.defaults, "n_members": 1})

@@ -14,7 +14,7 @@ import pytest
 from conftest import make_class_folders, write_image
 
 from featx.auditing import AuditSettings, audit, audit_features
-from featx.errors import CacheError, DataError, SettingsError
+from featx.errors import CacheError, DataError, HeadError, SettingsError
 from featx.neighbors import NeighborSearch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_bad_audit_settings_are_one_line(bad, match):
 
 def test_a_head_gets_its_probabilities_where_they_are_optional():
     assert AuditSettings(head="svm").head_estimator().probability is True
-    with pytest.raises(Exception, match="Unknown head"):
+    with pytest.raises(HeadError, match="Unknown head"):
         AuditSettings(head="forest").head_estimator()
     X_train, y_train, X_test, y_test = clusters(n_train=10, n_test=2)
     res = audit_features(X_train, y_train, X_test, y_test, settings=AuditSettings(head="svm", n_jobs=1,

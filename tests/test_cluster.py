@@ -17,6 +17,7 @@ import pytest
 from conftest import make_class_folders
 
 distributed = pytest.importorskip("distributed")
+pytestmark = pytest.mark.slow  # a real Dask cluster of worker processes
 
 from featx import cluster as cluster_mod  # noqa: E402
 from featx import shards as shards_mod  # noqa: E402
@@ -124,10 +125,39 @@ def test_sharded_keras_hub_preset(client, tiny, tmp_path):
     assert one.settings["backbone"] == "hub:tiny_dinov2"
 
 
+class HoldThirdShard(distributed.WorkerPlugin):
+    """On the workers: the first worker to start the third train shard says so (a Dask Event) and
+    holds it until it is killed; where it runs again, it runs."""
+
+    name = "featx-test-hold-third-shard"
+
+    def setup(self, worker):
+        import featx.shards as shards
+
+        real = self.real = shards.embed_shard
+
+        def held(job, split, start, stop, rows=None):
+            reached = distributed.Event("featx-test-third-shard")
+            if split == "train" and start == 600 and not reached.is_set():
+                distributed.Variable("featx-test-holder").set(distributed.get_worker().address)
+                reached.set()
+                distributed.Event("featx-test-never").wait()
+            return real(job, split, start, stop, rows)
+
+        shards.embed_shard = held
+
+    def teardown(self, worker):
+        import featx.shards as shards
+
+        shards.embed_shard = self.real
+
+
 def test_killed_worker_mid_run_same_result(client, tmp_path):
+    import cloudpickle
+
     ds = subset(3000, 600)
     reference = extract_features("trunk", ds, cache_dir=tmp_path / "one", **TRUNK)
-    out, killed = {}, []
+    out = {}
 
     def run():
         try:
@@ -136,19 +166,22 @@ def test_killed_worker_mid_run_same_result(client, tmp_path):
         except BaseException as exc:  # noqa: BLE001 - reported below
             out["error"] = exc
 
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the plugin travels to the workers
+    try:
+        client.register_plugin(HoldThirdShard())
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     t = threading.Thread(target=run)
-    t.start()
-    deadline = time.time() + 120
-    while not killed and time.time() < deadline and t.is_alive():
-        busy = [w for w, tasks in client.processing().items() if any("featx-shard" in k for k in tasks)]
-        folder = next((tmp_path / "many" / "features").glob("*.shards"), None)
-        if busy and folder is not None and list(folder.glob("*-*-*.h5")):  # some shards done, one running
-            pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
-            os.kill(pid, signal.SIGKILL)
-            killed.append(busy[0])
-        time.sleep(0.05)
-    t.join(300)
-    assert killed, "no worker was busy with a shard to kill"
+    try:
+        t.start()
+        assert distributed.Event("featx-test-third-shard", client=client).wait(120), "no worker started the shard"
+        holder = distributed.Variable("featx-test-holder", client=client).get(timeout=30)
+        folder = next((tmp_path / "many" / "features").glob("*.shards"))
+        assert [p for p in folder.glob("*-*-*.h5") if ".partial" not in p.name]  # a shard done before, one running
+        os.kill(client.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
+        t.join(300)
+    finally:
+        client.unregister_worker_plugin(HoldThirdShard.name)
     assert "error" not in out, out.get("error")
     assert_same_file(reference, out["fs"])
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it
@@ -266,10 +299,10 @@ def test_worker_that_cannot_build_the_model(client, tiny, tmp_path):
            "data": None, "extractor": Extractor(spec)}  # fmt: skip
     weights.unlink()
     rows = (np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64))
-    t0 = time.time()
+    fut = client.submit(shards_mod.embed_shard, job, "train", 0, 4, rows, pure=False)
     with pytest.raises(ClusterError, match=r"on worker tcp://\S+ \(.*\): .*w\.weights\.h5"):
-        client.submit(shards_mod.embed_shard, job, "train", 0, 4, rows, pure=False).result(timeout=120)
-    assert time.time() - t0 < 120
+        fut.result(timeout=120)  # a hang would be a TimeoutError, not this one line
+    assert fut.status == "error"
 
 
 @pytest.mark.parametrize("bad", ["foo", "tcp://", "tcp://host", "host:99999", "http//x:1", 8786, ["local"]])

@@ -38,6 +38,15 @@ def test_compare_writes_table_and_pictures(tiny, tmp_path):
         assert np.asarray(img.convert("L")).std() > 10  # something is drawn
 
 
+def _row(root, file) -> int:
+    """The row of ``file`` (a path under ``root``) in its split of the features of ``root``."""
+    from featx.data import load_dataset
+
+    train, test = load_dataset(root).files
+    name = file.relative_to(root).as_posix()
+    return (train if name.startswith("train/") else test).index(name)
+
+
 def test_compare_rejects_unknown_head_before_work(tiny, tmp_path):
     with pytest.raises(ValueError, match="Known heads"):
         compare(["vgg19"], ["kmeans"], tiny, weights="none", size=32, cache_dir=tmp_path)
@@ -52,7 +61,9 @@ def test_fit_saves_head_with_its_feature_record(tiny, tmp_path):
     assert rec["params"] == {"C": 0.5} and est.C == 0.5
     assert rec["feature_settings"]["backbone"] == "vgg19" and rec["features"].endswith(".h5")
     assert rec["metrics"]["accuracy"] == pytest.approx(res.accuracy, abs=1e-4)
-    assert 0 <= res.accuracy <= 1 and res.fit_seconds > 0
+    _, _, X_test, y_test = read_features(rec["features"]).load()
+    assert np.array_equal(est.predict(X_test), res.y_pred) and np.array_equal(res.y_test, y_test)
+    assert res.accuracy == np.mean(res.y_pred == y_test) and res.fit_seconds > 0
 
 
 def test_predict_images_with_a_bad_file(tiny, tmp_path):
@@ -63,12 +74,15 @@ def test_predict_images_with_a_bad_file(tiny, tmp_path):
     out = list(predict_files([*good, bad], "logreg", "vgg19", tiny, cache_dir=tmp_path, weights="none", size=32))
     by_file = {o[0]: o for o in out}
     assert "Cannot read" in by_file[str(bad)][3]
-    for g in good:
-        _, label, proba, err, kind = by_file[str(g)]
-        assert err is None and kind == "probability" and label in ("cat", "dog", "eel") and 0 < proba <= 1
     # The saved head is the fitted one: it scores on the cached test features what fit measured.
     est, rec = load_head(head_file)
     X_train, y_train, X_test, y_test = read_features(rec["features"]).load()
+    for g, X in zip(good, (X_test, X_train)):
+        _, label, proba, err, kind = by_file[str(g)]
+        row = _row(tiny, g)
+        want = est.predict_proba(X[row : row + 1])[0]
+        assert err is None and kind == "probability" and label == rec["class_names"][int(est.classes_[want.argmax()])]
+        assert proba == pytest.approx(want.max(), rel=1e-5)
     assert est.score(X_test, y_test) == pytest.approx(rec["metrics"]["accuracy"], abs=1e-4)
     folder = list(predict_files([tiny / "test" / "cat"], "logreg", "vgg19", tiny, cache_dir=tmp_path, weights="none",
                                 size=32))  # fmt: skip
@@ -86,7 +100,9 @@ def test_svm_heads_predict_a_calibrated_probability(head, tiny, tmp_path):
     files = sorted((tiny / "test").rglob("*.png"))
     out = list(predict_files(files, head, "vgg19", tiny, cache_dir=tmp_path, weights="none", size=32))
     assert {p.score_name for p in out} == {"probability"}
-    assert all(0 < p.score <= 1 for p in out)
+    X_test = read_features(rec["features"]).load()[2]
+    want = est.predict_proba(X_test[[_row(tiny, f) for f in files]])
+    np.testing.assert_allclose([p.score for p in out], want.max(axis=1), rtol=1e-5)
     # a head saved without a calibration says its column is a margin
     fit_head(head, "vgg19", tiny, weights="none", size=32, cache_dir=tmp_path, params={"probability": False})
     out = list(predict_files(files, head, "vgg19", tiny, cache_dir=tmp_path, weights="none", size=32))

@@ -11,8 +11,7 @@ from conftest import make_class_folders, write_image
 from PIL import Image
 
 from featx import data as data_mod
-from featx.data import folders
-from featx.data import CIFAR10_CLASSES, load_dataset, make_task, stratified_split
+from featx.data import CIFAR10_CLASSES, folders, load_dataset, make_task, stratified_split
 from featx.errors import DataError
 
 
@@ -192,12 +191,24 @@ def test_non_image_files_are_skipped_and_recorded(tmp_path):
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
 def test_other_colour_modes_become_rgb(tmp_path, mode):
+    from PIL import Image
+
     root = make_class_folders(tmp_path / "ds")
-    write_image(root / "train" / "cat" / "odd.png", seed=99, mode=mode)
+    path = root / "train" / "cat" / "odd.png"
+    rgb = np.random.default_rng(99).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    if mode == "I;16":  # a real 16-bit image: 0..65535
+        Image.fromarray(grey.astype(np.uint16) * 257).save(path)
+    else:
+        Image.fromarray(rgb).convert(mode).save(path)
+    want = {"L": np.repeat(grey[..., None], 3, axis=2), "RGBA": rgb, "I;16": np.repeat(grey[..., None], 3, axis=2),
+            "P": np.asarray(Image.open(path).convert("RGB"))}[mode]  # fmt: skip
+    assert Image.open(path).mode == mode
     ds = load_dataset(root)
     assert ds.X_train.shape == (13, 32, 32, 3)
-    img = ds.X_train[3]  # cat/000, cat/001, ..., cat/odd sorts after the digits
+    img = ds.X_train[ds.files[0].index("train/cat/odd.png")]
     assert img.dtype == np.uint8
+    np.testing.assert_array_equal(img, want)
 
 
 def test_grayscale_pixels_are_replicated(tmp_path):

@@ -276,6 +276,7 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(tiny, cache, t
     assert list(tmp_path.iterdir()) == []  # no folder, no staging folder
 
 
+@pytest.mark.slow  # a real kill -9
 def test_an_export_killed_mid_write_leaves_nothing_the_next_one_keeps(tiny, cache, tmp_path):
     import subprocess as sp
 

@@ -15,7 +15,7 @@ DENSE_XFAIL = {
 
 def _heads_for_checks():
     # Few epochs keep the Keras head's ~40 checks fast; the rest use their defaults.
-    return [DenseClassifier(n_members=1, epochs=30, batch_size=32, learning_rate=0.01, random_state=0),
+    return [DenseClassifier(n_members=1, epochs=8, batch_size=32, learning_rate=0.05, random_state=0),
             RBFSVMClassifier(), RBFSVMClassifier(max_exact_samples=10, n_components=20)] + [
         make_head(name) for name in ("logreg", "svm", "knn", "centroid")
     ]
@@ -71,11 +71,11 @@ def test_dense_is_reproducible_and_clonable(blobs):
 @pytest.mark.parametrize("dump", ["pickle", "joblib"])
 def test_dense_survives_pickle_and_joblib(blobs, tmp_path, dump):
     X, y = blobs
-    clf = DenseClassifier(epochs=5, random_state=0).fit(X, y)
+    clf = DenseClassifier(n_members=2, epochs=5, random_state=0).fit(X, y)
     if dump == "pickle":
         state = clf.__getstate__()
         assert "model_" not in state and "models_" not in state
-        assert len(state["_members_keras_bytes"]) == 5 and all(b[:2] == b"PK" for b in state["_members_keras_bytes"])
+        assert len(state["_members_keras_bytes"]) == 2 and all(b[:2] == b"PK" for b in state["_members_keras_bytes"])
         again = pickle.loads(pickle.dumps(clf))
     else:
         joblib.dump(clf, tmp_path / "h.joblib")
@@ -140,12 +140,14 @@ def test_dense_is_an_ensemble_whose_probabilities_are_the_members_mean(blobs):
     np.testing.assert_allclose(ens.predict_proba(X), np.mean(singles, axis=0), atol=1e-6)
     assert len(ens.models_) == 3 and ens.model_ is ens.models_[0]
     # a head of one member saved by an earlier featx (no member list, no n_members) loads as one
-    state = DenseClassifier(n_members=1, epochs=5, random_state=0).fit(X, y).__getstate__()
+    one = DenseClassifier(n_members=1, epochs=5, random_state=0).fit(X, y)
+    state = one.__getstate__()
     state.pop("_members_keras_bytes")
     state.pop("n_members")
     old = DenseClassifier.__new__(DenseClassifier)
     old.__setstate__(state)
-    assert old.n_members == 1 and len(old.models_) == 1 and old.predict_proba(X).shape == (len(X), 3)
+    assert old.n_members == 1 and len(old.models_) == 1
+    np.testing.assert_allclose(old.predict_proba(X), one.predict_proba(X), rtol=1e-6)
 
 
 # ------------------------------------------------------------------ the registry

@@ -18,7 +18,7 @@ from PIL import Image
 from featx import data as data_mod
 from featx.data import load_dataset
 from featx.data import pixel_cache as pixels
-from featx.errors import DataError, SettingsError
+from featx.errors import CacheError, DataError, SettingsError
 from featx.images import ImageOptions, image_size, load_image
 from featx.persistence import load_head
 
@@ -149,39 +149,44 @@ def test_corrupt_photo_is_named_and_the_rows_done_are_kept(tmp_path):
 
 
 _CHILD = """
-import sys, time
+import sys, threading
 from featx import data, images
 from featx.data import pixel_cache as pixels
 pixels.CHUNK = 2
-slow = images.load_image
-def load_image(*a, **k):
-    time.sleep(0.15)
-    return slow(*a, **k)
+real, calls, lock = images.load_image, [], threading.Lock()
+def load_image(*a, **k):  # from the 9th image on, every decode stops: the parent kills the process there
+    with lock:
+        calls.append(1)
+        if len(calls) == 9:
+            print("stopped", flush=True)
+    if len(calls) >= 9:
+        threading.Event().wait()
+    return real(*a, **k)
 pixels.load_image = load_image
 data.load_dataset(sys.argv[1], cache_dir=sys.argv[2], images=images.ImageOptions(side=40), progress=False)
 """
 
 
+@pytest.mark.slow  # a real kill -9
 def test_kill_9_during_a_decode_resumes_and_equals_a_clean_run(tmp_path):
     root = _photo_folder(tmp_path / "photos", [(120, 180), (180, 120), (150, 150)] * 4)  # 24 photos
     cache = tmp_path / "cache"
     env = dict(os.environ, PYTHONPATH=str(Path(data_mod.__file__).parents[2]))
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(root), str(cache)], env=env)
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(root), str(cache)], env=env, stdout=subprocess.PIPE,
+                             text=True)  # fmt: skip
     try:
+        assert child.stdout.readline().strip() == "stopped"  # 8 images decoded, the rest held
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            done = list((cache / "pixels" / ".partial").glob("*/done.npy"))
-            if done and 4 <= np.load(done[0]).sum() < 24:
-                break
-            assert child.poll() is None, "the decode ended before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("the decode did not start")
+        # the chunks of the 8 decoded images are recorded as they are written: wait for the first
+        while not (done := list((cache / "pixels" / ".partial").glob("*/done.npy"))) or np.load(done[0]).sum() < 2:
+            assert time.monotonic() < deadline and child.poll() is None, "no chunk of the decode was recorded"
+            time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
         child.wait(10)
     finally:
         child.kill()
     before = int(np.load(done[0]).sum())
+    assert 2 <= before <= 8
     assert not [p for p in (cache / "pixels").iterdir() if not p.name.startswith(".")]
     with mock.patch.object(pixels, "load_image", wraps=pixels.load_image) as spy:
         resumed = load_dataset(root, cache_dir=cache, images=ImageOptions(side=40))
@@ -259,7 +264,7 @@ def test_predict_stores_a_photo_as_the_heads_training_images(tmp_path):
     got = [p.score for p in predict_files(files, "logreg", "vgg19", root, **opts)]
     np.testing.assert_allclose(got, want, rtol=1e-5)
     # the head fitted on letterboxed photos is not the one for cropped ones: an error lists it
-    with pytest.raises(Exception, match="aspect pad"):
+    with pytest.raises(CacheError, match="aspect pad"):
         list(predict_files(files, "logreg", "vgg19", root, **{**opts, "aspect": "crop"}))
 
 

@@ -60,8 +60,9 @@ def _imagenet_stand_in():
 
 def _small_sample():
     import featx.data
+    import featx.data.loading
 
-    featx.data.sample_path = lambda: Path(os.environ["README_SAMPLE"])
+    featx.data.loading.sample_path = featx.data.sample_path = lambda: Path(os.environ["README_SAMPLE"])
 
 
 if os.environ.get("README_SAMPLE"):

@@ -84,6 +84,9 @@ class Head:
     in_process: ClassVar[bool] = False
     defaults: ClassVar[dict] = {}
     rank: ClassVar[int] = 100
+    #: scikit-learn's checks of the parameters, made when the head is made (none: a head of yours
+    #: that gives none is checked by its own ``fit``).
+    _parameter_constraints: ClassVar[dict] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
