@@ -613,7 +613,7 @@ def cached_features(spec, data, task, opts: RunOptions, spec_settings: dict):
     spec = as_spec(spec, **spec_settings)
     task = task or spec.backbone_.default_task
     ds = load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed, images=spec.images, progress=opts.progress)
-    extractor = Extractor(spec, seed=opts.seed, data=ds, cache_dir=opts.cache_dir)
+    extractor = Extractor(spec, seed=opts.seed, data=ds, cache_dir=opts.cache_dir, progress=opts.progress)
     settings = feature_settings(extractor, ds)
     fs = find_features(settings, opts.cache_dir)
     if fs is None:

@@ -212,7 +212,7 @@ class PartialWriter:
                 logger.warning(f"partial cache {self.partial.name} does not match; starting again")
             except (OSError, KeyError, ValueError) as exc:
                 logger.warning(f"partial cache {self.partial.name} is unreadable ({exc.__class__.__name__}); "
-                      "starting again")  # fmt: skip
+                               "starting again")  # fmt: skip
             self.partial.unlink(missing_ok=True)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(self.partial, "w")

@@ -91,7 +91,7 @@ def embed(model, X: np.ndarray, *, batch_size: int = 32, progress=None, desc: st
                             "pass a smaller --batch-size (batch_size=), or auto, which halves it until it fits."
                         ) from None
                     log.warning(f"a batch of {batch_size} images did not fit in device memory: going on with "
-                          f"{batch_size // 2}")  # fmt: skip
+                                f"{batch_size // 2}")  # fmt: skip
                     batch_size //= 2
                     start = s
                     if on_resize is not None:

@@ -247,9 +247,7 @@ def evaluate_head(head: str, estimator, data: LabelledFeatures, settings: EvalSe
     pred = est.predict(data.X_test)
     pred_ms = (time.perf_counter() - t0) * 1000 / max(1, len(data.X_test))
     proba = None
-    if hasattr(est, "predict_proba") and set(np.unique(data.y_train)) == set(
-        range(len(data.class_names) or 0)
-    ):
+    if hasattr(est, "predict_proba") and set(np.unique(data.y_train)) == set(range(len(data.class_names))):
         proba = np.asarray(est.predict_proba(data.X_test), dtype=np.float64)  # columns = labels 0..k-1
     return FitResult(backbone=data.backbone, head=head, accuracy=float(accuracy_score(data.y_test, pred)),
                      macro_f1=float(f1_score(data.y_test, pred, average="macro")), fit_seconds=fit_s,
@@ -269,17 +267,13 @@ def evaluate_heads(data: LabelledFeatures, settings: EvalSettings, client=None) 
     from joblib import Parallel, delayed, parallel_config
 
     heads = settings.heads
+    jobs = {h: delayed(evaluate_head)(h, settings.estimator(h), data, settings) for h in heads}
     if client is not None:
         with parallel_config(backend="dask", client=client):
-            return list(
-                Parallel(n_jobs=-1)(
-                    delayed(evaluate_head)(h, settings.estimator(h), data, settings) for h in heads
-                )
-            )
+            return list(Parallel(n_jobs=-1)(jobs.values()))
     here = [h for h in heads if HEADS[h].in_process]
     other = [h for h in heads if not HEADS[h].in_process]
-    done = dict(zip(other, Parallel(n_jobs=min(settings.n_jobs, max(1, len(other))))(
-        delayed(evaluate_head)(h, settings.estimator(h), data, settings) for h in other)))  # fmt: skip
+    done = dict(zip(other, Parallel(n_jobs=min(settings.n_jobs, max(1, len(other))))(jobs[h] for h in other)))
     done.update({h: evaluate_head(h, settings.estimator(h), data, settings) for h in here})
     return [done[h] for h in heads]
 
@@ -290,9 +284,7 @@ def refits(r: FitResult, data: LabelledFeatures, settings: EvalSettings) -> list
     from .curves import learning_curve, repeat_accuracies
 
     if settings.repeats > 1:
-        r.repeat_accuracies = repeat_accuracies(
-            r.estimator, data, settings.repeats, settings.seed, first=r.accuracy
-        )
+        r.repeat_accuracies = repeat_accuracies(r.estimator, data, settings.repeats, settings.seed, first=r.accuracy)
     if not settings.train_sizes:
         return []
     return [{"features": r.features, "head": r.head, **row}

@@ -80,7 +80,7 @@ def extract_features(
             return extract_features(spec, data, task, options=opts.replace(cluster=client, workers=None))
     ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir, seed=opts.seed,
                                                              images=spec.images, progress=opts.progress)  # fmt: skip
-    extractor = Extractor(spec, seed=opts.seed, data=ds, cache_dir=opts.cache_dir)
+    extractor = Extractor(spec, seed=opts.seed, data=ds, cache_dir=opts.cache_dir, progress=opts.progress)
     settings = feature_settings(extractor, ds)
     path = cache.feature_path(settings, opts.cache_dir)
     if not opts.force and (found := _cached(settings, opts.cache_dir)) is not None:
@@ -152,7 +152,7 @@ def _run(extractor: Extractor, ds: Dataset, settings: dict, path, opts: RunOptio
     check_memory(model, min(batch_size, max(len(ds.X_train), len(ds.X_test), 1)))  # before any file is written
     compiled = compilation(model)
     logger.info(f"{spec.backbone_.label} on {describe_device()} ({keras.backend.backend()}, {compiled}): precision "
-          f"{spec.precision}, batch {batch_size}{' (auto)' if adaptive else ''}")  # fmt: skip
+                f"{spec.precision}, batch {batch_size}{' (auto)' if adaptive else ''}")  # fmt: skip
 
     dim = int(model.output.shape[-1])
     info = {**run_info(ds, spec, batch_size, describe_device()), "compiled": compiled}

@@ -50,6 +50,9 @@ class Extractor:
         The dataset whose source classes the trunk is trained on (``weights="trained"``).
     cache_dir : path, optional
         Where the trained trunk (and a model object saved as a file) is kept.
+    progress : bool, optional
+        Progress bars of what resolving the weights runs (the trunk's training, the decoding of its
+        data); default: on a terminal.
 
     Examples
     --------
@@ -62,13 +65,14 @@ class Extractor:
     ((2, 512), 'vgg190')
     """
 
-    def __init__(self, spec: FeatureSpec, *, seed: int = 0, data=None, cache_dir=None):
+    def __init__(self, spec: FeatureSpec, *, seed: int = 0, data=None, cache_dir=None, progress: bool | None = None):
         import keras
 
         self.spec = spec
         self.seed = int(seed)
         with kept_global_rng():
-            self.state, self.weights_id = spec.backbone_.resolve(spec.weights, seed=self.seed, data=data, cache_dir=cache_dir)
+            self.state, self.weights_id = spec.backbone_.resolve(spec.weights, seed=self.seed, data=data,
+                                                                 cache_dir=cache_dir, progress=progress)  # fmt: skip
         self.backend = keras.backend.backend()
 
     @property

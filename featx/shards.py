@@ -243,7 +243,7 @@ def run_sharded(client, *, ds, extractor, settings: dict, path: Path, info: dict
            "cache_dir": str(cache_dir), "token": token, "data": ref}  # fmt: skip
     reused = len(shards) - len(todo)
     log.info(f"{spec.backbone_.label}: {len(shards)} shards of up to {size} images on {workers} worker"
-          f"{'s' if workers > 1 else ''}" + (f"; {reused} already done" if reused else ""))  # fmt: skip
+             f"{'s' if workers > 1 else ''}" + (f"; {reused} already done" if reused else ""))  # fmt: skip
     t0 = time.perf_counter()
     futures = []
     for split, a, b in todo:
@@ -283,7 +283,7 @@ def run_sharded(client, *, ds, extractor, settings: dict, path: Path, info: dict
     assemble_s = fs.info["seconds"]["assemble"]
     remove_shards(folder)
     log.info(f"features cached: {fs.path} (train {sizes['train']}, test {sizes['test']}; {ran} shards run, "
-          f"{len(shards) - ran} reused; assembled in {assemble_s:.2f} s)")  # fmt: skip
+             f"{len(shards) - ran} reused; assembled in {assemble_s:.2f} s)")  # fmt: skip
     return fs
 
 

@@ -169,12 +169,16 @@ def test_export_refuses_to_overwrite_and_checks_the_format(tiny, cache, tmp_path
     assert export_classifier(sm, "logreg", SPEC, tiny, cache_dir=cache, format="saved_model", force=True) == sm
 
 
-def test_export_from_the_command_line(tiny, cache, images, tmp_path):
+def test_export_from_the_command_line(tiny, cache, images, tmp_path, capsys):
+    from featx.cli import main
+
     files, _ = images
     args = ["--backbone", "trunk", "--weights", "none", "--data", str(tiny), "--cache-dir", str(cache)]
 
-    def cli(*a):
-        return subprocess.run([sys.executable, str(ROOT / "cli.py"), *a], capture_output=True, text=True, cwd=ROOT)
+    def cli(*a):  # the command line, in this process
+        code = main(list(a))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(a, code, out.out, out.err)
 
     fit_head("logreg", SPEC, tiny, cache_dir=cache)  # as `fit --head logreg` with these options does
     res = cli("export", "--head", "logreg", *args, "--format", "onnx", str(tmp_path / "c.onnx"))

@@ -93,7 +93,7 @@ def spy(fx: FeatureExtractor):
 
 
 @pytest.mark.parametrize(
-    "head", [LogisticRegression(max_iter=500), make_head("svm"), DenseClassifier(epochs=40, random_state=0)]
+    "head", [LogisticRegression(max_iter=500), make_head("svm"), DenseClassifier(n_members=1, epochs=40, random_state=0)]
 )
 def test_pipeline_fit_predict(data, head):
     X, y = data

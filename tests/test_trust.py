@@ -113,14 +113,19 @@ def test_learning_curve_rises_with_labelled_images():
 @pytest.fixture(scope="module")
 def curves_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("curves")
+    import contextlib
+    import io
+
+    from featx.cli import main
+
     tiny = make_class_folders(tmp / "ds", n_train=12, n_test=6)
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "compare", "--backbones", "trunk", "--weights", "none",
-         "--heads", "knn,logreg,dense", "--param", "dense:n_members=1", "--train-sizes", "2,5,all", "--repeats", "3",
-         "--no-reference",
-         "--data", str(tiny), "--task", "full", "--cache-dir", str(tmp / "c"), "--reports-dir", str(tmp / "rep")],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # the command line, in this process
+        code = main(["compare", "--backbones", "trunk", "--weights", "none", "--heads", "knn,logreg,dense",
+                     "--param", "dense:n_members=1", "--train-sizes", "2,5,all", "--repeats", "3", "--no-reference",
+                     "--data", str(tiny), "--task", "full", "--cache-dir", str(tmp / "c"),
+                     "--reports-dir", str(tmp / "rep")])  # fmt: skip
+    res = subprocess.CompletedProcess("featx compare", code, out.getvalue(), err.getvalue())
     assert res.returncode == 0, res.stderr[-3000:]
     return res, tmp / "rep"
 

@@ -228,8 +228,8 @@ class Backbone:
 
     # ------------------------------------------------------------------ weights
 
-    def resolve(self, weights: str, *, seed: int = 0, data=None, cache_dir=None) -> tuple[dict, str]:
-        """``(state, weights identity)`` of ``weights``.
+    def resolve(self, weights: str, *, seed: int = 0, data=None, cache_dir=None, progress=None) -> tuple[dict, str]:
+        """``(state, weights identity)`` of ``weights`` (``progress``: bars of what that runs).
 
         ``state`` is what :meth:`feature_maps` needs besides the settings (small and
         picklable: it travels to other processes); the identity is a string that

@@ -149,7 +149,7 @@ def pretrain_trunk(
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     logger.info(f"training the trunk on {ds.name} classes {', '.join(ds.class_names)} "
-          f"({len(ds.X_train)} images, {epochs} epochs)")  # fmt: skip
+                f"({len(ds.X_train)} images, {epochs} epochs)")  # fmt: skip
     t0 = time.perf_counter()
     hist = model.fit(
         np.asarray(ds.X_train), ds.y_train, validation_data=(np.asarray(ds.X_test), ds.y_test),
@@ -179,24 +179,25 @@ def pretrain_trunk(
     os.replace(tmp, path)  # a crash never leaves a half-written trunk behind
     path.with_suffix(".json").write_text(json.dumps(record, indent=1))
     logger.info(f"trunk: validation accuracy {record['val_accuracy']:.2%} after {epochs} epochs "
-          f"({seconds:.1f} s), saved to {path}")  # fmt: skip
+                f"({seconds:.1f} s), saved to {path}")  # fmt: skip
     if (epochs, batch_size) != (EPOCHS, BATCH_SIZE):
         logger.info(f"this is not the trunk that --weights trained uses ({EPOCHS} epochs, batch {BATCH_SIZE}); "
-              f"use it with --weights {path}")  # fmt: skip
+                    f"use it with --weights {path}")  # fmt: skip
     return path, record
 
 
-def load_or_train_trunk(data=None, *, seed: int = 0, cache_dir=None):
+def load_or_train_trunk(data=None, *, seed: int = 0, cache_dir=None, progress: bool | None = None):
     """The trunk trained on ``data``'s source classes with the default settings: loaded if saved,
-    else trained now (saying so)."""
+    else trained now (saying so; ``progress``: Keras's bar of the training, default on a terminal)."""
     import keras
 
-    ds = data if isinstance(data, Dataset) else load_dataset(data, "source", cache_dir=cache_dir, seed=seed)
+    ds = data if isinstance(data, Dataset) else load_dataset(data, "source", cache_dir=cache_dir, seed=seed,
+                                                             progress=progress)  # fmt: skip
     path = trunk_path(ds, seed, cache_dir)
     if not path.exists():
         logger.info(f"no trunk trained on {ds.name} yet: training it now (python cli.py pretrain "
-              "--backbone trunk does this ahead of time)")  # fmt: skip
-        pretrain_trunk(ds, seed=seed, cache_dir=cache_dir)
+                    "--backbone trunk does this ahead of time)")
+        pretrain_trunk(ds, seed=seed, cache_dir=cache_dir, verbose="auto" if progress is None else int(progress))
     return keras.saving.load_model(path), path
 
 
@@ -224,7 +225,7 @@ def load_trunk_file(path) -> object:
     return model
 
 
-def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None):
+def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None, progress: bool | None = None):
     """The trunk classifier for ``weights``: "trained" (on ``data``'s source classes,
     loaded from the cache or trained now), "none" (seeded random init) or a saved file."""
     if weights == "trained":
@@ -232,7 +233,7 @@ def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None):
         if source is None:
             name = data.name if isinstance(data, Dataset) else data
             full = data if isinstance(data, Dataset) and data.task == "full" else None
-            full = full or load_dataset(name, "full", cache_dir=cache_dir, seed=seed)
+            full = full or load_dataset(name, "full", cache_dir=cache_dir, seed=seed, progress=progress)
             if full.n_classes < 4:
                 raise SettingsError(
                     f"The trunk's 'trained' weights are trained on the first half of the classes of the data, and "
@@ -241,7 +242,7 @@ def load_trunk(weights: str, *, data=None, seed: int = 0, cache_dir=None):
                     "(--backbone resnet50, say)."
                 )
             source = make_task(full, "source", seed=seed)
-        return load_or_train_trunk(source, seed=seed, cache_dir=cache_dir)[0]
+        return load_or_train_trunk(source, seed=seed, cache_dir=cache_dir, progress=progress)[0]
     if weights == "none":
         return build_trunk_classifier(5, seed)
     return load_trunk_file(weights)
@@ -311,9 +312,9 @@ class Trunk(Backbone):
         what = "random init" if weights == "none" else Path(weights).name
         return f"reference: the trunk's 800-d flatten output ({what})"
 
-    def resolve(self, weights: str, *, seed: int = 0, data=None, cache_dir=None) -> tuple[dict, str]:
+    def resolve(self, weights: str, *, seed: int = 0, data=None, cache_dir=None, progress=None) -> tuple[dict, str]:
         """The trunk's embedding weights (a few thousand floats: they travel to workers) and their hash."""
-        model = load_trunk(weights, data=data, seed=seed, cache_dir=cache_dir)
+        model = load_trunk(weights, data=data, seed=seed, cache_dir=cache_dir, progress=progress)
         return {"trunk_weights": embedding_weights(model)}, trunk_weights_id(model)
 
     def verify(self, weights: str, seed: int, identity: str) -> None:
