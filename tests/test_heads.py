@@ -213,3 +213,17 @@ def test_heads_saved_by_the_release_before_the_package_still_load_and_predict_th
         assert isinstance(est, HEADS[name]) and rec["head"] == name
         np.testing.assert_array_equal(est.predict(want["X_query"]), want[f"{name}_pred"])
         np.testing.assert_allclose(est.predict_proba(want["X_query"]), want[f"{name}_proba"], rtol=1e-6, atol=1e-9)
+
+
+def test_a_head_name_that_is_taken_is_refused():
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    from featx.errors import HeadError
+    from featx.heads import Head
+
+    with pytest.raises(HeadError, match="The head name 'logreg' is taken by featx.heads.linear.LogisticRegressionHead"):
+
+        class MyLogreg(Head, ClassifierMixin, BaseEstimator):
+            name = "logreg"
+
+    assert HEADS["logreg"].__module__ == "featx.heads.linear"

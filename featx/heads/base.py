@@ -26,6 +26,12 @@ class _Registry(Mapping):
         self._classes: dict[str, type] = {}
 
     def add(self, cls: type) -> None:
+        """Register ``cls`` under its name; a name that another class holds is refused (the same
+        class defined again, as a reloaded module does, takes its place)."""
+        held = self._classes.get(cls.name)
+        if held is not None and (held.__module__, held.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise HeadError(f"The head name {cls.name!r} is taken by {held.__module__}.{held.__qualname__}: give "
+                            f"{cls.__qualname__} another name.")  # fmt: skip
         self._classes[cls.name] = cls
 
     def remove(self, name: str) -> None:
