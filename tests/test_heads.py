@@ -227,3 +227,34 @@ def test_a_head_name_that_is_taken_is_refused():
             name = "logreg"
 
     assert HEADS["logreg"].__module__ == "featx.heads.linear"
+
+
+def test_knn_searches_in_blocks_and_equals_the_full_similarity_matrix():
+    from featx.heads import KNNClassifier
+    from featx.neighbors import faiss_available
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 16))
+    y = rng.integers(0, 4, 700)
+    X = (centers[y] + rng.normal(scale=1.5, size=(700, 16))).astype(np.float32)
+    Xq = X[:150] + rng.normal(scale=0.1, size=(150, 16)).astype(np.float32)
+    # the whole queries x rows matrix, in float64: what the head computed before it searched in blocks
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    q = Xq / np.linalg.norm(Xq, axis=1, keepdims=True)
+    sims = q.astype(np.float64) @ unit.T.astype(np.float64)
+    top = np.argsort(-sims, axis=1)[:, :20]
+    s = np.take_along_axis(sims, top, axis=1)
+    w = np.exp((s - s.max(axis=1, keepdims=True)) / 0.07)
+    want = np.zeros((150, 4))
+    np.add.at(want, (np.repeat(np.arange(150), 20), y[top].ravel()), w.ravel())
+    want /= want.sum(axis=1, keepdims=True)
+    engines = ["numpy"] + (["faiss"] if faiss_available() else [])
+    for engine in engines:
+        got = KNNClassifier(batch_size=64, engine=engine).fit(X, y).predict_proba(Xq)  # blocks of 64 rows
+        np.testing.assert_allclose(got, want, atol=1e-6, err_msg=engine)
+    half = KNNClassifier(storage="float16", engine="numpy").fit(X, y)
+    assert half.train_.dtype == np.float16 and half.train_.nbytes == unit.nbytes // 2
+    assert np.mean(half.predict(Xq) == want.argmax(axis=1)) > 0.98
+    if faiss_available():
+        approx = KNNClassifier(method="approximate").fit(X, y)
+        assert np.mean(approx.predict(Xq) == want.argmax(axis=1)) > 0.95

@@ -6,10 +6,11 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..neighbors import NeighborSearch, nearest, unit_rows
 from .base import Head
 from .keras_layers import dense_layer
 
@@ -33,7 +34,10 @@ class KNNClassifier(_CosineVote):
 
     The k-NN evaluation of frozen features (DINO's: k=20, temperature 0.07): no
     training beyond storing the L2-normalised training rows, and ``predict_proba``
-    is the normalised vote.
+    is the normalised vote. The neighbours are found by :func:`featx.neighbors.nearest`
+    (a block of queries against a block of the training rows at a time, never a
+    queries x rows matrix; FAISS where installed), and their similarities computed again
+    in float64, so that a row's vote never depends on the rows beside it.
 
     Parameters
     ----------
@@ -42,11 +46,20 @@ class KNNClassifier(_CosineVote):
     temperature : float, default=0.07
         Sharpness of the similarity weights.
     batch_size : int, default=1024
-        Query rows compared with the training rows at once (memory: batch x training rows).
+        Rows per block of the search (the working set is about ``batch_size**2`` similarities).
+    method : {"exact", "approximate"}, default="exact"
+        "approximate": FAISS's inverted-file index, faster on large banks at a recall below 1
+        (:func:`featx.neighbors.recall` measures it).
+    engine : {"auto", "numpy", "faiss"}, default="auto"
+        "auto": FAISS where installed, else NumPy.
+    storage : {"float32", "float16"}, default="float32"
+        How the training rows are held: float16 takes half the memory.
 
     Attributes
     ----------
     classes_, n_features_in_
+    train_ : ndarray of shape (n_train, n_features)
+        The unit-length training rows, in ``storage``.
     """
 
     name = "knn"
@@ -59,39 +72,53 @@ class KNNClassifier(_CosineVote):
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "temperature": [Interval(Real, 0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "method": [StrOptions({"exact", "approximate"})],
+        "engine": [StrOptions({"auto", "numpy", "faiss"})],
+        "storage": [StrOptions({"float32", "float16"})],
     }
 
-    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024):
+    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024,
+                 method: str = "exact", engine: str = "auto", storage: str = "float32"):  # fmt: skip
         self.n_neighbors = n_neighbors
         self.temperature = temperature
         self.batch_size = batch_size
+        self.method = method
+        self.engine = engine
+        self.storage = storage
 
     def fit(self, X, y):
         self._validate_params()
+        self._search().resolved_engine()  # an engine this machine lacks fails now, not at predict
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         check_classification_targets(y)
         self.classes_, self.labels_ = np.unique(y, return_inverse=True)
-        self.train_ = _unit_rows(X.astype(np.float64))  # float64: a row's result never depends on its batch
+        self.train_ = unit_rows(X, dtype=np.dtype(self.storage))
         return self
+
+    def _search(self) -> NeighborSearch:
+        # heads saved before the search options existed have none: the exact search, as then
+        return NeighborSearch(method=getattr(self, "method", "exact"), engine=getattr(self, "engine", "auto"),
+                              block_rows=self.batch_size, storage=getattr(self, "storage", "float32"),
+                              progress=False)  # fmt: skip
 
     def predict_proba(self, X):
         check_is_fitted(self)
-        X = _unit_rows(validate_data(self, X, dtype=[np.float32, np.float64], reset=False).astype(np.float64))
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
         k = min(self.n_neighbors, len(self.train_))
+        _, idx = nearest(self.train_, k, X, search=self._search())
+        Xu = _unit_rows(np.asarray(X, dtype=np.float64))
         out = np.zeros((len(X), len(self.classes_)))
-        for start in range(0, len(X), self.batch_size):
-            sims = X[start : start + self.batch_size] @ self.train_.T
-            top = (
-                np.argpartition(-sims, k - 1, axis=1)[:, :k]
-                if k < sims.shape[1]
-                else np.tile(np.arange(k), (len(sims), 1))
-            )
-            s = np.take_along_axis(sims, top, axis=1).astype(np.float64)
+        step = max(1, (32 << 20) // (8 * k * max(1, X.shape[1])))  # about 32 MiB of neighbour rows at a time
+        for start in range(0, len(X), step):
+            i = idx[start : start + step]
+            found = i >= 0
+            rows = _unit_rows(np.asarray(self.train_[np.where(found, i, 0).ravel()], dtype=np.float64))
+            s = np.einsum("nd,nkd->nk", Xu[start : start + step], rows.reshape(len(i), k, -1))
+            s = np.where(found, s, -np.inf)
             w = np.exp((s - s.max(axis=1, keepdims=True)) / self.temperature)
-            rows = np.repeat(np.arange(len(sims)), k)
-            votes = np.zeros((len(sims), len(self.classes_)))
-            np.add.at(votes, (rows, self.labels_[top].ravel()), w.ravel())
-            out[start : start + len(sims)] = votes / votes.sum(axis=1, keepdims=True)
+            votes = np.zeros((len(i), len(self.classes_)))
+            np.add.at(votes, (np.repeat(np.arange(len(i)), k), self.labels_[np.where(found, i, 0)].ravel()), w.ravel())
+            out[start : start + len(i)] = votes / votes.sum(axis=1, keepdims=True)
         return out
 
 

@@ -1,0 +1,85 @@
+"""Heads on large caches: wall time, peak RSS and accuracy of `compare --features FILE --heads H`, one
+fresh process per head, on synthetic 10-class embeddings of width 1,024 (test rows = train rows / 5).
+
+    python benchmarks/bench_heads_scale.py make --rows 20000 --out /tmp/emb-20000.h5
+    python benchmarks/bench_heads_scale.py run --features /tmp/emb-20000.h5 --heads knn,centroid [--featx-root DIR]
+
+``--featx-root`` runs another checkout of featx (its cli.py, with it first on the path), so that two
+versions are measured on the same file, one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make(rows: int, out: Path, width: int = 1024, classes: int = 10, dtype: str = "float32", seed: int = 0) -> None:
+    """``rows`` train and ``rows // 5`` test rows: class centres plus noise, written in blocks."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, width)).astype(np.float32)
+    with h5py.File(out, "w") as f:
+        for split, n in (("train", rows), ("test", rows // 5)):
+            X = f.create_dataset(f"X_{split}", (n, width), dtype=dtype)
+            y = rng.integers(0, classes, n)
+            f[f"y_{split}"] = y
+            for a in range(0, n, 50_000):
+                b = min(n, a + 50_000)
+                X[a:b] = (centers[y[a:b]] + rng.normal(scale=4.0, size=(b - a, width))).astype(dtype)
+        f["class_names"] = np.array([f"c{i}" for i in range(classes)], dtype="S")
+
+
+def run(features: Path, head: str, root: Path) -> dict:
+    """One head in a fresh process: seconds, peak RSS (GNU time) and accuracy."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, PYTHONPATH=str(root))
+        cmd = ["/usr/bin/time", "-v", sys.executable, str(root / "cli.py"), "compare", "--features", str(features),
+               "--heads", head, "--reports-dir", tmp, "--n-jobs", "1"]  # fmt: skip
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
+        seconds = time.perf_counter() - t0
+    if res.returncode != 0:
+        return {"head": head, "error": res.stderr[-600:]}
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr).group(1)) / 1024
+    acc = re.search(rf"\s{re.escape(head)}\s+(\d+\.\d+)%", res.stdout)
+    return {"head": head, "seconds": round(seconds, 1), "peak_rss_mib": round(rss),
+            "accuracy": float(acc.group(1)) / 100 if acc else None}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make")
+    m.add_argument("--rows", type=int, required=True)
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    r = sub.add_parser("run")
+    r.add_argument("--features", type=Path, required=True)
+    r.add_argument("--heads", default="knn,centroid,logreg,dense")
+    r.add_argument("--featx-root", type=Path, default=ROOT)
+    args = p.parse_args()
+    if args.cmd == "make":
+        make(args.rows, args.out, dtype=args.dtype)
+        print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:,.0f} MB)")
+        return
+    for head in args.heads.split(","):
+        print(json.dumps({"features": args.features.name, "featx": str(args.featx_root), **run(args.features, head,
+                                                                                                args.featx_root)}),
+              flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
