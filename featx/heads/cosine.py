@@ -10,6 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..errors import DataError
 from ..neighbors import NeighborSearch, nearest, unit_rows
 from .base import Head
 from .keras_layers import dense_layer
@@ -87,12 +88,29 @@ class KNNClassifier(_CosineVote):
         self.storage = storage
 
     def fit(self, X, y):
-        self._validate_params()
-        self._search().resolved_engine()  # an engine this machine lacks fails now, not at predict
-        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        for attr in ("train_", "labels_", "classes_"):
+            self.__dict__.pop(attr, None)
+        return self.partial_fit(X, y)
+
+    def partial_fit(self, X, y, classes=None):
+        """Add the rows ``X`` of classes ``y`` to the bank (in ``storage``: a float16 bank takes half
+        the memory, whatever the cache holds). ``classes``: every class, at the first call."""
+        first = not hasattr(self, "train_")
+        if first:
+            self._validate_params()
+            self._search().resolved_engine()  # an engine this machine lacks fails now, not at predict
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], reset=first)
         check_classification_targets(y)
-        self.classes_, self.labels_ = np.unique(y, return_inverse=True)
-        self.train_ = unit_rows(X, dtype=np.dtype(self.storage))
+        y = np.asarray(y)
+        if first:
+            self.classes_ = np.unique(y if classes is None else np.concatenate([np.unique(classes), np.unique(y)]))
+            self.train_ = np.empty((0, X.shape[1]), dtype=np.dtype(self.storage))
+            self.labels_ = np.empty(0, dtype=np.int64)
+        labels = np.searchsorted(self.classes_, y)
+        if np.any(labels >= len(self.classes_)) or np.any(self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y):
+            raise DataError(f"y holds classes not given at the first partial_fit (classes: {list(self.classes_)}).")
+        self.train_ = np.concatenate([self.train_, unit_rows(X, dtype=np.dtype(self.storage))])
+        self.labels_ = np.concatenate([self.labels_, labels])
         return self
 
     def _search(self) -> NeighborSearch:
@@ -149,13 +167,29 @@ class NearestCentroidHead(_CosineVote):
         self.temperature = temperature
 
     def fit(self, X, y):
-        self._validate_params()
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        for attr in ("sums_", "counts_", "classes_"):
+            self.__dict__.pop(attr, None)
+        return self.partial_fit(X, y)
+
+    def partial_fit(self, X, y, classes=None):
+        """Add the rows ``X`` of classes ``y`` to the class sums (a cache read a block at a time
+        gives the same centroids as :meth:`fit` on all of it). ``classes``: every class, at the
+        first call, where a block may lack some."""
+        first = not hasattr(self, "sums_")
+        if first:
+            self._validate_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=first)
         check_classification_targets(y)
-        self.classes_, labels = np.unique(y, return_inverse=True)
-        X = _unit_rows(np.asarray(X, dtype=np.float64))
-        means = np.stack([X[labels == i].mean(axis=0) for i in range(len(self.classes_))])
-        self.centroids_ = _unit_rows(means)
+        if first:
+            self.classes_ = np.unique(y if classes is None else np.concatenate([np.unique(classes), np.unique(y)]))
+            self.sums_ = np.zeros((len(self.classes_), X.shape[1]))
+            self.counts_ = np.zeros(len(self.classes_), dtype=np.int64)
+        labels = np.searchsorted(self.classes_, y)
+        if np.any(labels >= len(self.classes_)) or np.any(self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y):
+            raise DataError(f"y holds classes not given at the first partial_fit (classes: {list(self.classes_)}).")
+        np.add.at(self.sums_, labels, _unit_rows(np.asarray(X, dtype=np.float64)))
+        self.counts_ += np.bincount(labels, minlength=len(self.classes_))
+        self.centroids_ = _unit_rows(self.sums_ / np.maximum(self.counts_, 1)[:, None])
         return self
 
     def similarities(self, X):
