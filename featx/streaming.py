@@ -1,7 +1,9 @@
 """Heads fitted on a feature cache a block of rows at a time, never all of it in memory.
 
 A head that has scikit-learn's ``partial_fit`` (``centroid``: class sums; ``knn``: its bank, in
-float16 if asked) learns from one block of rows after another. :func:`fit_in_blocks` reads the
+float16 if asked) learns from one block of rows after another; the Keras heads (``dense``,
+``linear``) train on :func:`shuffled_batches`, a Keras data source that reads the file a group of
+blocks at a time. :func:`fit_in_blocks` reads the
 rows of an array, a memmap or an HDF5 dataset (``FeatureSet.open()``) a block at a time, each
 block converted to float32 on its own: a float16 cache is never copied whole to float32.
 :func:`predict_proba_in_blocks` scores the same way.
@@ -27,9 +29,58 @@ def blocks(X, y=None, *, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndar
         yield part, (None if y is None else np.asarray(y[start : start + block_rows]))
 
 
+#: Rows read together, one contiguous piece of the file, when batches are drawn in a shuffled order.
+CHUNK_ROWS = 4096
+
+
+def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int = BLOCK_ROWS,
+                     seed: int = 0) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int]:  # fmt: skip
+    """A Keras data source of the rows of ``X`` (labels ``y``, in memory), never all in memory:
+    ``(an endless generator of (X, y) batches, the batches of one epoch)``.
+
+    Each epoch the rows are cut into chunks of :data:`CHUNK_ROWS`, the chunks shuffled and read
+    in groups of about ``block_rows`` rows (chunks from all over the file, so that a cache sorted
+    by class still gives batches of every class), each group's rows shuffled, passed through
+    ``transform`` (as float32) and cut into batches of ``batch_size``.
+    """
+    y = np.asarray(y)
+    n, per_group = len(X), max(1, block_rows // CHUNK_ROWS)
+    n_chunks = -(-n // CHUNK_ROWS)
+    sizes = [min(CHUNK_ROWS, n - c * CHUNK_ROWS) for c in range(n_chunks)]
+    rng = np.random.default_rng(seed)
+
+    def steps_of(chunks) -> int:
+        return sum(-(-sum(sizes[c] for c in chunks[i : i + per_group]) // batch_size)
+                   for i in range(0, len(chunks), per_group))  # fmt: skip
+
+    plan = rng.permutation(n_chunks)
+    steps = steps_of(plan)  # of the first epoch: the others differ by a batch at most (the endless stream goes on)
+
+    def generate():
+        order = plan
+        while True:
+            for i in range(0, len(order), per_group):
+                group = np.sort(order[i : i + per_group])
+                rows = np.concatenate([np.arange(c * CHUNK_ROWS, c * CHUNK_ROWS + sizes[c]) for c in group])
+                Xg = np.concatenate([np.asarray(X[c * CHUNK_ROWS : c * CHUNK_ROWS + sizes[c]], dtype=np.float32)
+                                     for c in group])  # fmt: skip
+                mix = rng.permutation(len(rows))
+                Xg, yg = Xg[mix], y[rows[mix]]
+                if transform is not None:
+                    Xg = np.asarray(transform(Xg), dtype=np.float32)
+                for b in range(0, len(rows), batch_size):
+                    yield Xg[b : b + batch_size], yg[b : b + batch_size]
+            order = rng.permutation(n_chunks)
+
+    return generate(), steps
+
+
 def fit_in_blocks(estimator, X, y, *, classes=None, block_rows: int = BLOCK_ROWS, progress: bool | None = None):
-    """Fit ``estimator`` (a head with ``partial_fit``) on ``X``, ``y`` one block of rows at a time,
-    in one pass; ``classes``: every class (default: those of ``y``, read once). Returns it."""
+    """Fit ``estimator`` on ``X``, ``y`` a block of rows at a time, never all in memory: through its
+    ``fit_blocks`` where it has one (the Keras heads: several passes), else its ``partial_fit``, in
+    one pass; ``classes``: every class (default: those of ``y``, read once). Returns it."""
+    if hasattr(estimator, "fit_blocks"):
+        return estimator.fit_blocks(X, y, block_rows=block_rows, progress=progress)
     if not hasattr(estimator, "partial_fit"):
         raise HeadError(f"{type(estimator).__name__} learns from all its rows at once (it has no partial_fit): "
                         "fit it on features held in memory, or use a head that streams (centroid, knn).")  # fmt: skip

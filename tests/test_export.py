@@ -49,7 +49,7 @@ def _featx_proba(head, tiny, cache, X):
 
 
 def test_every_head_featx_fits_can_be_exported_or_says_why():
-    assert exportable() == ["dense", "logreg", "svm", "svm-rbf", "centroid"]
+    assert exportable() == ["dense", "logreg", "linear", "svm", "svm-rbf", "centroid"]
 
 
 @pytest.mark.parametrize("fmt", ["keras", "onnx"])

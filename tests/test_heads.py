@@ -6,7 +6,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from featx.heads import HEADS, DenseClassifier, RBFSVMClassifier, make_head, parse_params
+from featx.heads import HEADS, DenseClassifier, LinearSoftmaxHead, RBFSVMClassifier, make_head, parse_params
 
 DENSE_XFAIL = {
     "check_sample_weight_equivalence_on_dense_data": "fit takes no sample_weight",
@@ -16,13 +16,14 @@ DENSE_XFAIL = {
 def _heads_for_checks():
     # Few epochs keep the Keras head's ~40 checks fast; the rest use their defaults.
     return [DenseClassifier(n_members=1, epochs=8, batch_size=32, learning_rate=0.05, random_state=0),
+            LinearSoftmaxHead(epochs=8, batch_size=32, learning_rate=0.05, random_state=0),
             RBFSVMClassifier(), RBFSVMClassifier(max_exact_samples=10, n_components=20)] + [
         make_head(name) for name in ("logreg", "svm", "knn", "centroid")
     ]
 
 
 @parametrize_with_checks(_heads_for_checks(), expected_failed_checks=lambda est: (
-    DENSE_XFAIL if isinstance(est, DenseClassifier) else {}))
+    DENSE_XFAIL if isinstance(est, DenseClassifier) else {}))  # the linear head is one too
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
@@ -98,7 +99,7 @@ def test_params_from_strings():
         parse_params(["C"])
     assert make_head("svm", C=2.0).C == 2.0
     assert make_head("dense", epochs=3).epochs == 3
-    with pytest.raises(ValueError, match="Known heads: dense, logreg, svm, svm-rbf, knn, centroid. Received: head='kmeans'"):
+    with pytest.raises(ValueError, match="Known heads: dense, logreg, linear, svm, svm-rbf, knn, centroid. Received: head='kmeans'"):
         make_head("kmeans")
     with pytest.raises(ValueError, match="Unknown parameter 'epochs' for head 'logreg'. Its parameters: C"):
         make_head("logreg", epochs=3)

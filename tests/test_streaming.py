@@ -80,3 +80,34 @@ def test_a_float16_cache_is_fitted_without_a_float32_copy(head, params, tmp_path
     # the peak grows by a block or two (and, for knn, its float16 bank: half the float32 size), never by
     # the whole cache in float32
     assert out["grew_mib"] < (0.75 if head == "knn" else 0.25) * out["float32_mib"], out
+
+
+def test_shuffled_batches_give_every_row_once_an_epoch_and_mix_a_sorted_cache():
+    from featx.streaming import shuffled_batches
+
+    X = np.arange(20_000, dtype=np.float32)[:, None]
+    y = np.repeat(np.arange(4), 5000)  # sorted by class, as a cache of class folders is
+    source, steps = shuffled_batches(X, y, batch_size=512, block_rows=8192, seed=0)
+    batches = [next(source) for _ in range(steps)]
+    rows = np.concatenate([b[0][:, 0] for b in batches]).astype(int)
+    assert sorted(rows) == list(range(20_000))
+    assert all(np.array_equal(yb, y[xb[:, 0].astype(int)]) for xb, yb in batches)
+    assert np.mean([len(np.unique(yb)) for _, yb in batches]) > 2.5  # batches of several classes
+
+
+@pytest.mark.parametrize("head", ["linear", "dense"])
+def test_the_keras_heads_train_from_a_cache_in_blocks_as_well_as_from_memory(head, cache):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 32))  # the fixture's
+    yq = np.random.default_rng(9).integers(0, 3, 1000)
+    Xq = (centers[yq] + np.random.default_rng(10).normal(scale=2.0, size=(1000, 32))).astype(np.float32)
+    params = {"epochs": 5, "n_members": 1}
+    with h5py.File(cache) as f:
+        X, y = f["X"], f["y"]
+        streamed = fit_in_blocks(make_head(head, **params), X, y, block_rows=1024)
+        X_all, y_all = np.asarray(X[:], dtype=np.float32), y[:]
+    whole = make_head(head, **params).fit(X_all, y_all)
+    a, b = streamed.score(Xq, yq), whole.score(Xq, yq)
+    assert streamed.n_features_in_ == 32 and streamed.scaler_.n_samples_seen_ == 3000
+    np.testing.assert_allclose(streamed.scaler_.mean_, X_all.astype(np.float64).mean(axis=0), atol=1e-5)
+    assert abs(a - b) < 0.03 and b > 0.8, (a, b)

@@ -1,6 +1,7 @@
 """Classifier heads for cached features, one family per module, each a scikit-learn estimator.
 
-- ``dense`` (:mod:`.dense`): the split-CIFAR softmax head in Keras.
+- ``dense``, ``linear`` (:mod:`.dense`): the split-CIFAR softmax head in Keras, and the same with no
+  hidden layer (multinomial logistic regression by SGD, which also trains from a cache in blocks).
 - ``logreg``, ``svm`` (:mod:`.linear`): standardisation + a linear classifier.
 - ``svm-rbf`` (:mod:`.rbf`): an RBF SVM, exact when small, Nystroem + linear SVM when large.
 - ``knn``, ``centroid`` (:mod:`.cosine`): votes by cosine similarity to the training rows.
@@ -14,7 +15,7 @@ import pkgutil
 
 from .base import HEADS, Head, head_class, heads_help, make_head, parse_params, trusted_types
 from .cosine import KNNClassifier, NearestCentroidHead
-from .dense import DenseClassifier
+from .dense import DenseClassifier, LinearSoftmaxHead
 from .linear import LinearSVMHead, LogisticRegressionHead
 from .rbf import RBFSVMClassifier
 
@@ -27,6 +28,7 @@ __all__ = [
     "Head",
     "KNNClassifier",
     "LinearSVMHead",
+    "LinearSoftmaxHead",
     "LogisticRegressionHead",
     "NearestCentroidHead",
     "RBFSVMClassifier",

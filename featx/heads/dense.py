@@ -1,4 +1,5 @@
-"""``dense``: the split-CIFAR softmax head, Dense(128, relu) -> Dropout -> Dense(softmax), in Keras."""
+"""``dense``: the split-CIFAR softmax head, Dense(128, relu) -> Dropout -> Dense(softmax), in Keras; and
+``linear``, the same with no hidden layer (multinomial logistic regression by SGD)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ class DenseClassifier(Head, ClassifierMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "n_members": [Interval(Integral, 1, 100, closed="both")],
-        "hidden_units": [Interval(Integral, 1, None, closed="left")],
+        "hidden_units": [Interval(Integral, 0, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -150,22 +151,8 @@ class DenseClassifier(Head, ClassifierMixin, BaseEstimator):
     def _fit_member(self, Xs, y_idx, seed: int):
         import keras
 
-        from ..runtime import seeded_build
 
-        with seeded_build(seed):
-            model = keras.Sequential(
-                [
-                    keras.Input(shape=(Xs.shape[1],)),
-                    keras.layers.Dense(self.hidden_units, activation="relu"),
-                    keras.layers.Dropout(self.dropout),
-                    keras.layers.Dense(len(self.classes_), activation="softmax"),
-                ]
-            )
-        model.compile(
-            optimizer=keras.optimizers.Adam(self.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+        model = self._build_member(Xs.shape[1], seed)
         kw = {}
         if self.early_stopping:
             from ..data import stratified_split
@@ -179,6 +166,59 @@ class DenseClassifier(Head, ClassifierMixin, BaseEstimator):
         hist = model.fit(Xs, y_idx, epochs=self.epochs, batch_size=self.batch_size, shuffle=True,
                          verbose=self.verbose, **kw)  # fmt: skip
         return model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
+    def _build_member(self, n_features: int, seed: int):
+        """One network, compiled: Dense(hidden_units, relu) -> Dropout -> Dense(softmax), or the
+        softmax layer alone with ``hidden_units=0`` (multinomial logistic regression)."""
+        import keras
+
+        from ..runtime import seeded_build
+
+        with seeded_build(seed):
+            hidden = [keras.layers.Dense(self.hidden_units, activation="relu"),
+                      keras.layers.Dropout(self.dropout)] if self.hidden_units else []  # fmt: skip
+            model = keras.Sequential([keras.Input(shape=(n_features,)), *hidden,
+                                      keras.layers.Dense(len(self.classes_), activation="softmax")])  # fmt: skip
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])  # fmt: skip
+        return model
+
+    def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None):
+        """Fit on rows read a block at a time from ``X`` (an HDF5 dataset, a memmap or an array),
+        never all of them in memory: the standardisation from one pass over the blocks, then each
+        network trained on a Keras data source, a generator of shuffled batches
+        (:func:`featx.streaming.shuffled_batches`), one group of row blocks in memory at a time."""
+        from sklearn.base import clone
+
+        from ..errors import SettingsError
+        from ..streaming import blocks, shuffled_batches
+
+        self._validate_params()
+        if self.early_stopping:
+            raise SettingsError("early_stopping holds out rows in memory: fit the dense head in blocks without it.")
+        y = np.asarray(y[:])
+        check_classification_targets(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise DataError(f"DenseClassifier needs at least 2 classes in y; got 1 class: {self.classes_[0]!r}.")
+        self.n_features_in_ = int(X.shape[1])
+        self.scaler_ = None
+        if self.standardize:
+            self.scaler_ = clone(StandardScaler())
+            for part, _ in blocks(X, block_rows=block_rows):
+                self.scaler_.partial_fit(part)
+        seed = self.random_state if self.random_state is not None else int(np.random.randint(2**31 - 1))
+        verbose = self.verbose if progress is None else int(bool(progress))
+        self.models_, histories = [], []
+        for i in range(self.n_members):
+            model = self._build_member(self.n_features_in_, seed + i)
+            source, steps = shuffled_batches(X, y_idx, self._scale, batch_size=self.batch_size, block_rows=block_rows,
+                                             seed=seed + i)  # fmt: skip
+            hist = model.fit(source, steps_per_epoch=steps, epochs=self.epochs, verbose=verbose, shuffle=False)
+            self.models_.append(model)
+            histories.append({k: [float(v) for v in vals] for k, vals in hist.history.items()})
+        self.model_, self.history_ = self.models_[0], histories[0]
+        return self
 
     def _scale(self, X):
         return X if self.scaler_ is None else self.scaler_.transform(X).astype(np.float32)
@@ -259,6 +299,43 @@ class DenseClassifier(Head, ClassifierMixin, BaseEstimator):
                     models.append(keras.saving.load_model(path))
             self.models_ = models
             self.model_ = models[0]
+
+
+class LinearSoftmaxHead(DenseClassifier):
+    """Multinomial logistic regression trained by minibatch SGD (Adam) in Keras: the dense head with
+    no hidden layer, one network. It trains the same from rows in memory or from a cache read a
+    block at a time (:func:`featx.streaming.fit_in_blocks`): the linear probe of caches too large
+    for memory, as linear probes on ImageNet-size features are trained.
+
+    Parameters are :class:`DenseClassifier`'s, with ``hidden_units=0``, ``n_members=1`` and
+    ``learning_rate=1e-2``.
+    """
+
+    name = "linear"
+    description = "multinomial logistic regression by minibatch SGD (Keras); trains from a cache in blocks"
+    search = {"epochs": [10, 30], "learning_rate": [1e-3, 1e-2]}
+    marker = "X"
+    rank = 1.5
+
+    def __init__(
+        self,
+        n_members: int = 1,
+        hidden_units: int = 0,
+        dropout: float = 0.0,
+        epochs: int = 10,
+        batch_size: int = 256,
+        learning_rate: float = 1e-2,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        patience: int = 3,
+        standardize: bool = True,
+        random_state: int | None = None,
+        verbose: int = 0,
+    ):
+        super().__init__(n_members=n_members, hidden_units=hidden_units, dropout=dropout, epochs=epochs,
+                         batch_size=batch_size, learning_rate=learning_rate, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, patience=patience, standardize=standardize,
+                         random_state=random_state, verbose=verbose)  # fmt: skip
 
 
 def _dense_forward(model, X: np.ndarray) -> np.ndarray:
