@@ -3,6 +3,10 @@ fresh process per head, on synthetic 10-class embeddings of width 1,024 (test ro
 
     python benchmarks/bench_heads_scale.py make --rows 20000 --out /tmp/emb-20000.h5
     python benchmarks/bench_heads_scale.py run --features /tmp/emb-20000.h5 --heads knn,centroid [--featx-root DIR]
+    python benchmarks/bench_heads_scale.py real --cache cache/features/FILE.h5 --seeds 0,1,2
+
+``real``: on a real feature cache, each streaming head fitted from memory and from the file in
+blocks (``featx.streaming.fit_in_blocks``), interleaved, per seed: test accuracy and seconds.
 
 ``--featx-root`` runs another checkout of featx (its cli.py, with it first on the path), so that two
 versions are measured on the same file, one after the other.
@@ -59,6 +63,30 @@ def run(features: Path, head: str, root: Path) -> dict:
             "accuracy": float(acc.group(1)) / 100 if acc else None}  # fmt: skip
 
 
+def real(cache: Path, seeds: list[int], heads: list[str], block_rows: int) -> None:
+    from featx.cache import read_features
+    from featx.heads import make_head
+    from featx.streaming import fit_in_blocks, predict_proba_in_blocks
+
+    fs = read_features(cache, check=False)
+    X_train, y_train, X_test, y_test = fs.load()
+    for seed in seeds:
+        for head in heads:
+            params = {"random_state": seed} if "random_state" in make_head(head).get_params() else {}
+            for mode in ("memory", "blocks"):
+                t0 = time.perf_counter()
+                if mode == "memory":
+                    est = make_head(head, **params).fit(X_train, y_train)
+                    proba = est.predict_proba(X_test)
+                else:
+                    with fs.open() as (Xtr, ytr, Xte, _):
+                        est = fit_in_blocks(make_head(head, **params), Xtr, ytr, block_rows=block_rows)
+                        proba = predict_proba_in_blocks(est, Xte, block_rows=block_rows)
+                acc = float(np.mean(est.classes_[proba.argmax(axis=1)] == y_test))
+                print(json.dumps({"head": head, "seed": seed, "mode": mode, "accuracy": round(acc, 4),
+                                  "seconds": round(time.perf_counter() - t0, 1)}), flush=True)  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -70,7 +98,15 @@ def main() -> None:
     r.add_argument("--features", type=Path, required=True)
     r.add_argument("--heads", default="knn,centroid,logreg,dense")
     r.add_argument("--featx-root", type=Path, default=ROOT)
+    q = sub.add_parser("real")
+    q.add_argument("--cache", type=Path, required=True)
+    q.add_argument("--seeds", default="0,1,2")
+    q.add_argument("--heads", default="linear,centroid")
+    q.add_argument("--block-rows", type=int, default=65_536)
     args = p.parse_args()
+    if args.cmd == "real":
+        real(args.cache, [int(s) for s in args.seeds.split(",")], args.heads.split(","), args.block_rows)
+        return
     if args.cmd == "make":
         make(args.rows, args.out, dtype=args.dtype)
         print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:,.0f} MB)")

@@ -265,7 +265,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .fit import fit_head
 
     res, path = fit_head(args.head, _spec(args), args.data, args.task, params=_params(args), tune=args.tune,
-                         options=_options(args))  # fmt: skip
+                         stream=args.stream, options=_options(args))  # fmt: skip
     print(format_table([res]))
     print(f"saved {args.head} head to {path}")
     return 0
@@ -289,7 +289,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                              params={h: parse_params(v) for h, v in params.items()}, tune=args.tune,
                              reference=args.reference, reports_dir=args.reports_dir, n_jobs=args.n_jobs,
                              repeats=args.repeats, train_sizes=args.train_sizes, features=args.features,
-                             exclude=args.exclude, options=_options(args))  # fmt: skip
+                             exclude=args.exclude, stream=args.stream, options=_options(args))  # fmt: skip
     print()
     print(format_table(results))
     print()
@@ -416,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--head", default="logreg", help=f"the head (default logreg). {heads_help()}")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="head parameter, e.g. C=0.1 (repeatable)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="fit on the cache read a block of rows at a time (heads that can: linear, dense, centroid, "
+                   "knn); default: when 4 float32 copies of the features would not fit in the memory available")
     p.add_argument("--tune", action="store_true",
                    help="choose the head's parameters by 3-fold cross-validation on the train split first")
     p.add_argument("--force", action="store_true", help="recompute the features even if cached")
@@ -428,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", default="trunk", help="comma-separated (default trunk)")
     p.add_argument("--heads", default="dense,logreg,svm", help=f"comma-separated, of {', '.join(HEADS)} (default dense,logreg,svm)")
     p.add_argument("--param", action="append", metavar="HEAD:NAME=VALUE", help="e.g. logreg:C=0.1 (repeatable)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="fit on the cache read a block of rows at a time (heads that can: linear, dense, centroid, "
+                   "knn); default: when 4 float32 copies of the features would not fit in the memory available")
     p.add_argument("--tune", action="store_true",
                    help="choose each head's parameters by 3-fold cross-validation on the train split first")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,

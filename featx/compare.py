@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from .cache import FeatureSet
 from .cluster import connect
 from .data import Dataset, load_dataset
 from .errors import SettingsError
-from .evaluation import EvalSettings, FitResult, LabelledFeatures, evaluate_heads, refits
+from .evaluation import EvalSettings, FitResult, LabelledFeatures, evaluate_heads, open_features, refits
 from .extract import extract_features
 from .fit import check_splits
 from .options import RunOptions, as_options, split_kwargs
@@ -33,6 +34,7 @@ def compare(
     train_sizes=None,
     features=None,
     exclude=None,
+    stream: bool | None = None,
     options: RunOptions | None = None,
     **kwargs,
 ) -> tuple[list[FitResult], dict[str, Path]]:
@@ -71,14 +73,16 @@ def compare(
     ``class_names``): the heads, table and report run on those, no backbone.
     ``exclude``: an audit's ``audit.csv`` or a text file of image paths
     (:mod:`featx.exclusions`): the train images it names are left out of
-    training and the test images out of scoring.
+    training and the test images out of scoring. ``stream``: fit the heads on the cache read a
+    block of rows at a time (:mod:`featx.streaming`; None: where the features would not fit
+    comfortably in memory, :func:`featx.streaming.fits_in_memory`; only heads that can learn so).
 
     Returns the results, best first, and the paths of the report files.
     """
     settings, run = split_kwargs(kwargs)
     opts = as_options(options, **run)
     how = EvalSettings(heads=tuple(heads or ()), params=params or {}, tune=tune, repeats=repeats,
-                       train_sizes=train_sizes, n_jobs=n_jobs, seed=opts.seed)  # fmt: skip
+                       train_sizes=train_sizes, n_jobs=n_jobs, seed=opts.seed, stream=stream)  # fmt: skip
     specs = specs_for([specs] if isinstance(specs, (str, FeatureSpec)) else specs, **settings)
     if not specs:
         raise SettingsError("No backbones to compare: name at least one, e.g. trunk or vgg19.")
@@ -95,7 +99,7 @@ def compare(
         return _compare_embeddings(features, how, reports_dir=reports_dir, exclude=exclude)
     results: list[FitResult] = []
     feature_sets, curves = [], []
-    with connect(opts.cluster, opts.workers) as client:
+    with connect(opts.cluster, opts.workers) as client, ExitStack() as files:
         opts = opts.replace(cluster=client, workers=None)
         loaded: dict = {}  # one decode per way of storing the images that the specs ask for
         made: dict = {}  # spec -> its feature set, for reference rows that are columns of another's
@@ -107,8 +111,11 @@ def compare(
                                                         images=spec.images, progress=opts.progress)  # fmt: skip
             shown, drop, note = _excluded(ds, exclude) if exclude is not None else (ds, None, "")
             check_splits(shown.y_train, shown.y_test, ds.class_names, tune)  # before any features are made
-            fs, feats = _features_of(spec, ds, made, opts, protocol)
+            fs, feats = _features_of(spec, ds, made, opts, protocol, how, files)
             if drop is not None:
+                if not feats.in_memory:
+                    raise SettingsError("--exclude leaves rows out of features held in memory; these are read in "
+                                        "blocks (too large for memory): run without it.")  # fmt: skip
                 feats = feats.without(drop)
             feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info, "path": str(fs.path),
                                  "map": feature_map(feats.X_test, feats.y_test, seed=opts.seed)})  # fmt: skip
@@ -133,10 +140,11 @@ def _excluded(ds: Dataset, exclude):
     return without(ds, tr, te), (tr, te), note
 
 
-def _features_of(spec: FeatureSpec, ds, made: dict, opts, protocol: list):
+def _features_of(spec: FeatureSpec, ds, made: dict, opts, protocol: list, how: EvalSettings, files: ExitStack):
     """``(feature set, features)`` of ``spec`` (a :class:`~featx.evaluation.LabelledFeatures`): the
     columns of a feature set made in this run where its features are a part of that one's (the
-    linear-probe reference of a pretrained CNN), else extracted (or found in the cache)."""
+    linear-probe reference of a pretrained CNN), else extracted (or found in the cache). Features
+    too large for memory (``how.streams``) stay in their file, open in ``files``, read in blocks."""
     what = {"backbone": spec.backbone_.label, "features": spec.describe()}
     for other, (fs, feats) in made.items():
         cols = spec.columns_in(other)
@@ -147,7 +155,7 @@ def _features_of(spec: FeatureSpec, ds, made: dict, opts, protocol: list):
             part = FeatureSet(fs.path, {**fs.settings, **spec.key_settings(fs.settings["weights"])}, info)
             return part, feats.columns(cols, **what)
     fs = extract_features(spec, ds, options=opts)
-    feats = LabelledFeatures(*fs.load(), class_names=fs.class_names, **what)
+    feats = open_features(fs, how, files, **what)
     if any(p.columns_in(spec) is not None for p in protocol if p != spec):
         made[spec] = (fs, feats)  # kept only while a reference row may take its columns
     return fs, feats

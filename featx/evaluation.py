@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -41,6 +42,11 @@ class LabelledFeatures:
     features: str = ""
 
     @property
+    def in_memory(self) -> bool:
+        """Whether the rows are arrays in memory (else they are read from the cache in blocks)."""
+        return isinstance(self.X_train, np.ndarray) and isinstance(self.X_test, np.ndarray)
+
+    @property
     def arrays(self) -> tuple:
         """``(X_train, y_train, X_test, y_test)``."""
         return self.X_train, self.y_train, self.X_test, self.y_test
@@ -53,7 +59,11 @@ class LabelledFeatures:
 
     def columns(self, cols: slice, **what) -> LabelledFeatures:
         """These features' columns ``cols`` (a part of them, made by ``what``: backbone, features)."""
-        return replace(self, X_train=self.X_train[:, cols], X_test=self.X_test[:, cols], **what)
+        if self.in_memory:
+            return replace(self, X_train=self.X_train[:, cols], X_test=self.X_test[:, cols], **what)
+        from .streaming import Columns
+
+        return replace(self, X_train=Columns(self.X_train, cols), X_test=Columns(self.X_test, cols), **what)
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,10 @@ class EvalSettings:
         Processes for the scikit-learn heads.
     seed : int
         The seed of the repeated splits and curve subsets.
+    stream : bool or None
+        Fit the heads on the cache read a block of rows at a time (:mod:`featx.streaming`): None
+        (default) where the features would not fit comfortably in memory
+        (:func:`featx.streaming.fits_in_memory`), True always, False never.
 
     >>> EvalSettings(heads=("logreg",), repeats=0)
     Traceback (most recent call last):
@@ -90,6 +104,7 @@ class EvalSettings:
     train_sizes: tuple | None = None
     n_jobs: int = 2
     seed: int = 0
+    stream: bool | None = None
 
     def __post_init__(self):
         from .curves import parse_train_sizes
@@ -123,6 +138,27 @@ class EvalSettings:
         for h in heads:
             self.estimator(h)  # unknown heads and bad parameters fail before any work
             self._check_tune(h)
+        if self.stream:
+            self.check_streams()
+
+    def streams(self, rows: int, width: int) -> bool:
+        """Whether features of ``rows`` x ``width`` are read in blocks (see ``stream``)."""
+        from .streaming import fits_in_memory
+
+        return bool(self.stream) if self.stream is not None else not fits_in_memory(rows, width)
+
+    def check_streams(self, rows: int | None = None, width: int | None = None) -> None:
+        """What reading the features in blocks rules out, refused before any fit: heads that need
+        every row in memory, tuning, repeated splits and learning curves."""
+        held = [h for h in self.heads if not (hasattr(HEADS[h], "fit_blocks") or hasattr(HEADS[h], "partial_fit"))]
+        size = "" if rows is None else f" ({rows:,} x {width:,} features need {4 * rows * width / 2**30:,.1f} GiB as float32)"
+        if held:
+            streaming = ", ".join(h for h in HEADS if hasattr(HEADS[h], "fit_blocks") or hasattr(HEADS[h], "partial_fit"))
+            raise HeadError(f"These features are read in blocks{size}, and {', '.join(held)} needs all of them in "
+                            f"memory: use heads that learn a block at a time ({streaming}), or fewer rows.")  # fmt: skip
+        if self.tune or self.repeats > 1 or self.train_sizes:
+            raise SettingsError(f"These features are read in blocks{size}: --tune, --repeats and --train-sizes need "
+                                "them in memory. Leave them out.")  # fmt: skip
 
     def estimator(self, head: str):
         """A fresh ``head`` with its parameters."""
@@ -236,6 +272,20 @@ def evaluate_head(head: str, estimator, data: LabelledFeatures, settings: EvalSe
     """
     params, cv_acc = {}, None
     t0 = time.perf_counter()
+    if not data.in_memory:
+        from .streaming import fit_in_blocks, predict_proba_in_blocks
+
+        est = fit_in_blocks(clone(estimator), data.X_train, data.y_train)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        proba = predict_proba_in_blocks(est, data.X_test)
+        pred = est.classes_[proba.argmax(axis=1)]
+        pred_ms = (time.perf_counter() - t0) * 1000 / max(1, len(data.X_test))
+        return FitResult(backbone=data.backbone, head=head, accuracy=float(accuracy_score(data.y_test, pred)),
+                         macro_f1=float(f1_score(data.y_test, pred, average="macro")), fit_seconds=fit_s,
+                         predict_ms_per_image=pred_ms, estimator=est, y_test=np.asarray(data.y_test),
+                         y_pred=np.asarray(pred), class_names=tuple(data.class_names), features=data.features,
+                         note="read in blocks", proba=proba if len(est.classes_) == len(data.class_names) else None)  # fmt: skip
     if settings.tune:
         from .tune import tune_head
 
@@ -267,6 +317,9 @@ def evaluate_heads(data: LabelledFeatures, settings: EvalSettings, client=None) 
     from joblib import Parallel, delayed, parallel_config
 
     heads = settings.heads
+    if not data.in_memory:  # rows on disk (an open HDF5 file): every fit here, one after another
+        settings.check_streams(*data.X_train.shape)
+        return [evaluate_head(h, settings.estimator(h), data, settings) for h in heads]
     jobs = {h: delayed(evaluate_head)(h, settings.estimator(h), data, settings) for h in heads}
     if client is not None:
         with parallel_config(backend="dask", client=client):
@@ -289,3 +342,13 @@ def refits(r: FitResult, data: LabelledFeatures, settings: EvalSettings) -> list
         return []
     return [{"features": r.features, "head": r.head, **row}
             for row in learning_curve(r.estimator, data, settings.train_sizes, settings.repeats, settings.seed)]  # fmt: skip
+
+
+def open_features(fs, how: EvalSettings, files: ExitStack, **what) -> LabelledFeatures:  # fs: a cache.FeatureSet
+    """The features of ``fs``: read into memory, or, where ``how`` streams them (too large for
+    memory, or asked), its HDF5 datasets, kept open in ``files``, with the labels in memory."""
+    X_train, y_train, X_test, y_test = files.enter_context(fs.open())
+    if how.streams(len(X_train) + len(X_test), X_train.shape[1]):
+        how.check_streams(len(X_train) + len(X_test), X_train.shape[1])
+        return LabelledFeatures(X_train, y_train[:], X_test, y_test[:], class_names=fs.class_names, **what)
+    return LabelledFeatures(*fs.load(), class_names=fs.class_names, **what)

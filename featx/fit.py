@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,7 +17,7 @@ from .config import cache_dir as resolve_cache_dir
 from .config import slug
 from .data import Dataset, load_dataset
 from .errors import CacheError, DataError, FeatxError
-from .evaluation import EvalSettings, FitResult, LabelledFeatures, evaluate_heads
+from .evaluation import EvalSettings, FitResult, evaluate_heads, open_features
 from .extract import extract_features
 from .heads import head_class
 from .options import RunOptions, as_options, split_kwargs
@@ -53,6 +54,7 @@ def fit_head(
     params: dict | None = None,
     tune: bool = False,
     save: bool = True,
+    stream: bool | None = None,
     options: RunOptions | None = None,
     **kwargs,
 ) -> tuple[FitResult, Path | None]:
@@ -64,7 +66,8 @@ def fit_head(
     (:class:`~featx.options.RunOptions`) and the run options among ``kwargs``
     say how to run (``force``, ``progress`` and ``lock_timeout`` reach the
     extraction). ``tune`` chooses the head's parameters by cross-validation on
-    the train split first (see :mod:`featx.tune`). Returns the result
+    the train split first (see :mod:`featx.tune`). ``stream`` fits the head on the cache read a
+    block of rows at a time (as :func:`featx.compare.compare`'s). Returns the result
     (accuracy, macro-F1, times, fitted estimator) and the path of the saved
     head: a skops file (:mod:`featx.persistence`, no pickle) holding the estimator and a record of the feature cache
     it was trained on.
@@ -78,16 +81,15 @@ def fit_head(
     params = dict(params or {})
     if save and "probability" in head_class(head)._get_param_names():
         params.setdefault("probability", True)  # `predict` prints a calibrated probability
-    settings = EvalSettings(heads=(head,), params={head: params}, tune=tune, n_jobs=1, seed=opts.seed)
-    with connect(opts.cluster, opts.workers) as client:
+    settings = EvalSettings(heads=(head,), params={head: params}, tune=tune, n_jobs=1, seed=opts.seed, stream=stream)
+    with connect(opts.cluster, opts.workers) as client, ExitStack() as files:
         opts = opts.replace(cluster=client, workers=None)
         ds = data if isinstance(data, Dataset) else load_dataset(data, task, cache_dir=opts.cache_dir,
                                                                  seed=opts.seed, images=spec.images,
                                                                  progress=opts.progress)  # fmt: skip
         check_splits(ds.y_train, ds.y_test, ds.class_names, tune)  # before any features are made
         fs = extract_features(spec, ds, options=opts)
-        feats = LabelledFeatures(*fs.load(), class_names=fs.class_names, backbone=spec.backbone_.label,
-                                 features=spec.describe())  # fmt: skip
+        feats = open_features(fs, settings, files, backbone=spec.backbone_.label, features=spec.describe())
         [res] = evaluate_heads(feats, settings, client)
     path = None
     if save:

@@ -11,6 +11,7 @@ block converted to float32 on its own: a float16 cache is never copied whole to 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,6 +21,52 @@ from .errors import HeadError
 
 #: Rows per block: 65,536 rows of width 1,024 are 256 MiB of float32.
 BLOCK_ROWS = 65_536
+#: The heads read a cache in blocks when this many float32 copies of it would not fit in the
+#: memory available: the in-memory heads hold the file's rows, a float32 or float64 copy and a
+#: standardised one.
+COPIES = 4
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable; else the physical memory), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_in_memory(rows: int, width: int, available: int | None = None) -> bool:
+    """Whether ``rows`` x ``width`` features fit comfortably in memory: :data:`COPIES` float32
+    copies of them within the memory available (unknown: they fit)."""
+    available = available_memory() if available is None else available
+    return available is None or COPIES * rows * width * 4 <= available
+
+
+class Columns:
+    """Columns ``cols`` of a 2-D array or HDF5 dataset, read with the rows asked for (a part of a
+    cache's features, such as the last layer of a multi-layer embedding)."""
+
+    def __init__(self, X, cols: slice):
+        self.X, self.cols = X, cols
+        self.shape = (X.shape[0], len(range(*cols.indices(X.shape[1]))))
+        self.dtype = X.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        return np.asarray(self.X[rows])[..., self.cols]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def blocks(X, y=None, *, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -30,7 +77,7 @@ def blocks(X, y=None, *, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndar
 
 
 #: Rows read together, one contiguous piece of the file, when batches are drawn in a shuffled order.
-CHUNK_ROWS = 4096
+CHUNK_ROWS = 256
 
 
 def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int = BLOCK_ROWS,

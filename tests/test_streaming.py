@@ -111,3 +111,47 @@ def test_the_keras_heads_train_from_a_cache_in_blocks_as_well_as_from_memory(hea
     assert streamed.n_features_in_ == 32 and streamed.scaler_.n_samples_seen_ == 3000
     np.testing.assert_allclose(streamed.scaler_.mean_, X_all.astype(np.float64).mean(axis=0), atol=1e-5)
     assert abs(a - b) < 0.03 and b > 0.8, (a, b)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from conftest import make_class_folders
+
+    return make_class_folders(tmp_path_factory.mktemp("tiny") / "ds", n_train=12, n_test=4)
+
+
+def test_compare_reads_features_too_large_for_memory_in_blocks(tiny, tmp_path, monkeypatch):
+    from featx import streaming
+    from featx.compare import compare
+
+    kw = dict(weights="none", cache_dir=tmp_path / "c", reference=False, task="full")
+    heads = ["centroid", "knn", "linear"]
+    held, _ = compare(["trunk"], heads, tiny, reports_dir=tmp_path / "a", **kw)
+    monkeypatch.setattr(streaming, "available_memory", lambda: 1 << 20)  # 1 MiB: these features do not fit
+    streamed, paths = compare(["trunk"], heads, tiny, reports_dir=tmp_path / "b", **kw)
+    by = {r.head: r for r in held}
+    for r in streamed:
+        assert r.note == "read in blocks" and by[r.head].note == ""
+        if r.head != "linear":  # one pass, the same sums and bank: the same predictions
+            assert np.array_equal(r.y_pred, by[r.head].y_pred) and r.accuracy == by[r.head].accuracy
+    assert paths["html"].exists()
+    with pytest.raises(HeadError, match=r"read in blocks \(.*GiB as float32\), and logreg needs all of them in memory"):
+        compare(["trunk"], ["centroid", "logreg"], tiny, reports_dir=tmp_path / "c", **kw)
+    monkeypatch.undo()
+    from featx.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="--tune, --repeats and --train-sizes need them in memory"):
+        compare(["trunk"], ["centroid"], tiny, reports_dir=tmp_path / "d", stream=True, repeats=2, **kw)
+
+
+def test_fit_streams_when_asked_and_its_head_predicts(tiny, tmp_path):
+    from featx.fit import fit_head
+    from featx.predict import predict_files
+
+    kw = dict(weights="none", cache_dir=tmp_path)
+    res, path = fit_head("centroid", "trunk", tiny, stream=True, **kw)
+    again, _ = fit_head("centroid", "trunk", tiny, stream=False, save=False, **kw)
+    assert res.note == "read in blocks" and np.array_equal(res.y_pred, again.y_pred)
+    files = sorted((tiny / "test").rglob("*.png"))[:2]
+    assert [p.label for p in predict_files(files, "centroid", "trunk", tiny, **kw)] == [
+        res.class_names[i] for i in res.y_pred[:2]]
