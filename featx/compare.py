@@ -113,10 +113,7 @@ def compare(
             check_splits(shown.y_train, shown.y_test, ds.class_names, tune)  # before any features are made
             fs, feats = _features_of(spec, ds, made, opts, protocol, how, files)
             if drop is not None:
-                if not feats.in_memory:
-                    raise SettingsError("--exclude leaves rows out of features held in memory; these are read in "
-                                        "blocks (too large for memory): run without it.")  # fmt: skip
-                feats = feats.without(drop)
+                feats = _without(feats, drop)
             feature_sets.append({"features": spec.describe(), "settings": fs.settings, "info": fs.info, "path": str(fs.path),
                                  "map": feature_map(feats.X_test, feats.y_test, seed=opts.seed)})  # fmt: skip
             extract_s = sum(fs.info.get("seconds", {}).values()) or None
@@ -129,6 +126,14 @@ def compare(
                 results.append(r)
                 curves += refits(r, feats, how)
     return _finish(results, shown, reports_dir, feature_sets, curves)
+
+
+def _without(feats: LabelledFeatures, rows) -> LabelledFeatures:
+    """``feats`` without the excluded ``(train, test)`` rows (features held in memory only)."""
+    if not feats.in_memory:
+        raise SettingsError("--exclude leaves rows out of features held in memory; these are read in blocks (too "
+                            "large for memory): run without it.")  # fmt: skip
+    return feats.without(rows)
 
 
 def _excluded(ds: Dataset, exclude):
@@ -185,13 +190,18 @@ def _compare_embeddings(path, how: EvalSettings, *, reports_dir, exclude=None):
     """compare on embeddings made by another tool (see :func:`featx.data.load_embeddings`)."""
     from .data import load_embeddings
 
-    ds, arrays = load_embeddings(path)
-    feats = LabelledFeatures(*arrays, class_names=ds.class_names, backbone=Path(path).stem,
-                             features=f"{Path(path).name} ({arrays[0].shape[1]}-d)")  # fmt: skip
+    with ExitStack() as files:
+        ds, arrays = load_embeddings(path, on_disk=how.streams, files=files)
+        feats = LabelledFeatures(*arrays, class_names=ds.class_names, backbone=Path(path).stem,
+                                 features=f"{Path(path).name} ({arrays[0].shape[1]}-d)")  # fmt: skip
+        return _embeddings_results(path, ds, feats, how, reports_dir, exclude)
+
+
+def _embeddings_results(path, ds, feats: LabelledFeatures, how: EvalSettings, reports_dir, exclude):
     note = ""
     if exclude is not None:
         ds, drop, note = _excluded(ds, exclude)
-        feats = feats.without(drop)
+        feats = _without(feats, drop)
         check_splits(feats.y_train, feats.y_test, ds.class_names, how.tune)
     results, curves = [], []
     for r in evaluate_heads(feats, how):

@@ -33,9 +33,18 @@ from .heads import HEADS
 MAX_MISCLASSIFIED = 48
 
 
+#: Points of the report's map of the embeddings at most (a seeded sample of the test rows beyond).
+MAX_MAP_POINTS = 10_000
+
+
 def feature_map(X: np.ndarray, y: np.ndarray, *, seed: int = 0) -> dict:
     """A 2-D map of embeddings for the report: UMAP where ``umap-learn`` is
-    installed, else PCA (scikit-learn). Returns ``{"xy", "y", "method"}``."""
+    installed, else PCA (scikit-learn). Returns ``{"xy", "y", "method"}``. Of more than
+    :data:`MAX_MAP_POINTS` rows (an array or an HDF5 dataset), a seeded sample is mapped."""
+    y = np.asarray(y)
+    if len(y) > MAX_MAP_POINTS:
+        rows = np.sort(np.random.default_rng(seed).choice(len(y), MAX_MAP_POINTS, replace=False))
+        X, y = np.concatenate([np.asarray(X[rows[i : i + 1000]]) for i in range(0, len(rows), 1000)]), y[rows]
     X = np.asarray(X, dtype=np.float32)
     try:
         import umap  # optional

@@ -28,18 +28,50 @@ COPIES = 4
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available now (Linux's MemAvailable; else the physical memory), or None."""
+    """Bytes of memory this process can still take now: Linux's MemAvailable, or less where its
+    cgroup (a container, a job's limit) allows less; else the physical memory; None if unknown."""
+    found = []
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
+    left = _cgroup_room()
+    if left is not None:
+        found.append(left)
+    if not found:
+        try:
+            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return min(found)
+
+
+def _cgroup_room() -> int | None:
+    """Limit minus use of this process's memory cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``),
+    or None where there is no limit or no cgroup to read."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
+        with open("/proc/self/cgroup") as f:
+            lines = [line.strip().split(":", 2) for line in f if line.count(":") >= 2]
+    except OSError:
         return None
+    for _, controllers, path in lines:
+        if controllers == "":  # cgroup v2
+            base, limit, used = f"/sys/fs/cgroup{path}", "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            base, limit, used = f"/sys/fs/cgroup/memory{path}", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        try:
+            with open(f"{base}/{limit}") as f:
+                cap = f.read().strip()
+            with open(f"{base}/{used}") as f:
+                now = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if cap != "max" and int(cap) < 1 << 60:
+            return max(0, int(cap) - now)
+    return None
 
 
 def fits_in_memory(rows: int, width: int, available: int | None = None) -> bool:

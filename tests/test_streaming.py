@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from featx.errors import HeadError
+from featx.errors import DataError, HeadError
 from featx.heads import make_head
 from featx.streaming import fit_in_blocks, predict_proba_in_blocks
 
@@ -155,3 +155,24 @@ def test_fit_streams_when_asked_and_its_head_predicts(tiny, tmp_path):
     files = sorted((tiny / "test").rglob("*.png"))[:2]
     assert [p.label for p in predict_files(files, "centroid", "trunk", tiny, **kw)] == [
         res.class_names[i] for i in res.y_pred[:2]]
+
+
+def test_compare_on_an_embeddings_file_reads_it_in_blocks(tmp_path):
+    from featx.compare import compare
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(3, 24))
+    path = tmp_path / "emb.h5"
+    with h5py.File(path, "w") as f:
+        for split, n in (("train", 900), ("test", 300)):
+            y = rng.integers(0, 3, n)
+            f[f"X_{split}"], f[f"y_{split}"] = (centers[y] + rng.normal(scale=1.5, size=(n, 24))).astype(np.float16), y
+    held, _ = compare(heads=["centroid", "knn"], features=path, reports_dir=tmp_path / "a", stream=False)
+    streamed, _ = compare(heads=["centroid", "knn"], features=path, reports_dir=tmp_path / "b", stream=True)
+    by = {r.head: r for r in held}
+    for r in streamed:
+        assert r.note == "read in blocks" and np.array_equal(r.y_pred, by[r.head].y_pred)
+    with h5py.File(path, "a") as f:
+        f["X_test"][5, 3] = np.nan
+    with pytest.raises(DataError, match="X_test holds NaN"):  # checked a block at a time too
+        compare(heads=["centroid"], features=path, reports_dir=tmp_path / "c", stream=True)

@@ -18,7 +18,7 @@ def _text(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, (bytes, np.bytes_)) else str(v)
 
 
-def load_embeddings(path) -> tuple[Dataset, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def load_embeddings(path, *, on_disk=None, files=None) -> tuple[Dataset, tuple]:
     """Embeddings made by another tool, for ``compare --features``: an ``.npz`` or ``.h5`` file
     holding ``X_train``, ``y_train``, ``X_test``, ``y_test`` (labels as integers or strings) and
     optionally ``class_names``.
@@ -31,6 +31,11 @@ def load_embeddings(path) -> tuple[Dataset, tuple[np.ndarray, np.ndarray, np.nda
     Returns a :class:`Dataset` that describes them (no images: its arrays have no pixels) and the
     four arrays, labels as integers into its class names. Every problem is one
     :class:`~featx.errors.DataError` naming the file.
+
+    ``on_disk(rows, width) -> bool`` and ``files`` (a :class:`contextlib.ExitStack`): an ``.h5``
+    file whose rows ``on_disk`` says to leave on disk is kept open in ``files`` and its
+    ``X_train`` and ``X_test`` are returned as HDF5 datasets (checked a block at a time), to be
+    read in blocks (:mod:`featx.streaming`).
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -43,8 +48,15 @@ def load_embeddings(path) -> tuple[Dataset, tuple[np.ndarray, np.ndarray, np.nda
         elif p.suffix in (".h5", ".hdf5"):
             import h5py
 
-            with h5py.File(p, "r") as f:
-                arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+            f, keep = h5py.File(p, "r"), False
+            try:
+                keep = on_disk is not None and files is not None and {"X_train", "X_test"} <= set(f.keys()) and \
+                    getattr(f["X_train"], "ndim", 0) == 2 and on_disk(len(f["X_train"]) + len(f["X_test"]),
+                                                                     f["X_train"].shape[1])  # fmt: skip
+                arrays = {k: (f[k] if keep and k in ("X_train", "X_test") else f[k][()])
+                          for k in f.keys() if isinstance(f[k], h5py.Dataset)}  # fmt: skip
+            finally:
+                files.enter_context(f) if keep else f.close()
         else:
             raise DataError(f"{p}: embeddings must be an .npz or .h5 file. Received a {p.suffix or 'nameless'} file.")
     except DataError:
@@ -55,7 +67,8 @@ def load_embeddings(path) -> tuple[Dataset, tuple[np.ndarray, np.ndarray, np.nda
     if missing:
         raise DataError(f"{p} lacks {', '.join(missing)}: it must hold {', '.join(EMBEDDING_KEYS)} "
                         f"(and may hold class_names). It holds: {', '.join(sorted(arrays)) or 'nothing'}.")  # fmt: skip
-    X_train, X_test = (np.asarray(arrays[k]) for k in ("X_train", "X_test"))
+    lazy = not isinstance(arrays["X_train"], np.ndarray)
+    X_train, X_test = (arrays[k] if lazy else np.asarray(arrays[k]) for k in ("X_train", "X_test"))
     y_train, y_test = (np.asarray(arrays[k]).reshape(-1) for k in ("y_train", "y_test"))
     for X, y, split in ((X_train, y_train, "train"), (X_test, y_test, "test")):
         if X.ndim != 2 or X.dtype.kind not in "fiu":
@@ -65,7 +78,7 @@ def load_embeddings(path) -> tuple[Dataset, tuple[np.ndarray, np.ndarray, np.nda
             raise DataError(f"{p}: X_{split} has {len(X)} rows but y_{split} {len(y)} labels: they must match.")
         if len(X) == 0:
             raise DataError(f"{p}: the {split} split is empty.")
-        if not np.isfinite(X).all():
+        if not all(np.isfinite(X[a : a + 65_536]).all() for a in range(0, len(X), 65_536)):
             raise DataError(f"{p}: X_{split} holds NaN or infinite values.")
     if X_train.shape[1] != X_test.shape[1]:
         raise DataError(f"{p}: X_train has {X_train.shape[1]} features and X_test {X_test.shape[1]}: they must match.")
@@ -103,4 +116,6 @@ def load_embeddings(path) -> tuple[Dataset, tuple[np.ndarray, np.ndarray, np.nda
     no_pixels = np.zeros((0, 0, 0, 3), np.uint8)
     ds = Dataset(str(p), no_pixels, y_train, no_pixels, y_test, tuple(names),
                  hash_strings(str(p), source_stamp(p)), info={"embeddings": f"{X_train.shape[1]}-d, from {p.name}"})  # fmt: skip
+    if lazy:
+        return ds, (X_train, y_train, X_test, y_test)
     return ds, (X_train.astype(np.float32), y_train, X_test.astype(np.float32), y_test)
