@@ -46,12 +46,15 @@ def make(rows: int, out: Path, width: int = 1024, classes: int = 10, dtype: str 
         f["class_names"] = np.array([f"c{i}" for i in range(classes)], dtype="S")
 
 
-def run(features: Path, head: str, root: Path) -> dict:
-    """One head in a fresh process: seconds, peak RSS (GNU time) and accuracy."""
+def run(features: Path, head: str, root: Path, extra: list[str] = (), cgroup: Path | None = None) -> dict:
+    """One head in a fresh process: seconds, peak RSS (GNU time) and accuracy. ``cgroup``: a
+    memory cgroup (v1) folder the process joins first, whose limit it then runs under."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, PYTHONPATH=str(root))
         cmd = ["/usr/bin/time", "-v", sys.executable, str(root / "cli.py"), "compare", "--features", str(features),
-               "--heads", head, "--reports-dir", tmp, "--n-jobs", "1"]  # fmt: skip
+               "--heads", head, "--reports-dir", tmp, "--n-jobs", "1", *extra]  # fmt: skip
+        if cgroup is not None:
+            cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
         seconds = time.perf_counter() - t0
@@ -98,6 +101,8 @@ def main() -> None:
     r.add_argument("--features", type=Path, required=True)
     r.add_argument("--heads", default="knn,centroid,logreg,dense")
     r.add_argument("--featx-root", type=Path, default=ROOT)
+    r.add_argument("--cgroup", type=Path, default=None, help="a memory cgroup (v1) folder to run in")
+    r.add_argument("--extra", default="", help="more compare arguments, e.g. '--stream --param knn:storage=float16'")
     q = sub.add_parser("real")
     q.add_argument("--cache", type=Path, required=True)
     q.add_argument("--seeds", default="0,1,2")
@@ -112,8 +117,8 @@ def main() -> None:
         print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:,.0f} MB)")
         return
     for head in args.heads.split(","):
-        print(json.dumps({"features": args.features.name, "featx": str(args.featx_root), **run(args.features, head,
-                                                                                                args.featx_root)}),
+        out = run(args.features, head, args.featx_root, args.extra.split(), args.cgroup)
+        print(json.dumps({"features": args.features.name, "featx": str(args.featx_root), "extra": args.extra, **out}),
               flush=True)  # fmt: skip
 
 

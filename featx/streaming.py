@@ -164,6 +164,8 @@ def fit_in_blocks(estimator, X, y, *, classes=None, block_rows: int = BLOCK_ROWS
         raise HeadError(f"{type(estimator).__name__} learns from all its rows at once (it has no partial_fit): "
                         "fit it on features held in memory, or use a head that streams (centroid, knn).")  # fmt: skip
     classes = np.unique(np.asarray(y)) if classes is None else np.asarray(classes)
+    if hasattr(estimator, "reserve"):
+        estimator.reserve(len(X))  # a head that keeps rows fills them in place
     with tqdm(total=len(X), desc=f"fitting {type(estimator).__name__}", unit="row", leave=False,
               disable=None if progress is None else not progress) as bar:  # fmt: skip
         for part, labels in blocks(X, y, block_rows=block_rows):

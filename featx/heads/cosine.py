@@ -104,14 +104,34 @@ class KNNClassifier(_CosineVote):
         y = np.asarray(y)
         if first:
             self.classes_ = np.unique(y if classes is None else np.concatenate([np.unique(classes), np.unique(y)]))
-            self.train_ = np.empty((0, X.shape[1]), dtype=np.dtype(self.storage))
+            self._buffer = np.empty((max(getattr(self, "_reserved", 0), len(X)), X.shape[1]), np.dtype(self.storage))
+            self.train_ = self._buffer[:0]
             self.labels_ = np.empty(0, dtype=np.int64)
         labels = np.searchsorted(self.classes_, y)
         if np.any(labels >= len(self.classes_)) or np.any(self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y):
             raise DataError(f"y holds classes not given at the first partial_fit (classes: {list(self.classes_)}).")
-        self.train_ = np.concatenate([self.train_, unit_rows(X, dtype=np.dtype(self.storage))])
+        n, rows = len(self.train_), unit_rows(X, dtype=np.dtype(self.storage))
+        if getattr(self, "_buffer", None) is not None and n + len(rows) <= len(self._buffer):
+            self._buffer[n : n + len(rows)] = rows  # room reserved: no copy of the bank
+            self.train_ = self._buffer[: n + len(rows)]
+        else:
+            self._buffer = None
+            self.train_ = np.concatenate([self.train_, rows])
         self.labels_ = np.concatenate([self.labels_, labels])
         return self
+
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` training rows, taken at the first :meth:`partial_fit`: the bank is
+        then filled in place, never copied as it grows (:func:`featx.streaming.fit_in_blocks` says
+        how many rows are coming)."""
+        self._reserved = int(rows)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_reserved", None)
+        if state.pop("_buffer", None) is not None:
+            state["train_"] = np.array(self.train_)  # the rows filled, not the room left
+        return state
 
     def _search(self) -> NeighborSearch:
         # heads saved before the search options existed have none: the exact search, as then
