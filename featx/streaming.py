@@ -2,11 +2,14 @@
 
 A head that has scikit-learn's ``partial_fit`` (``centroid``: class sums; ``knn``: its bank, in
 float16 if asked) learns from one block of rows after another; the Keras heads (``dense``,
-``linear``) train on :func:`shuffled_batches`, a Keras data source that reads the file a group of
-blocks at a time. :func:`fit_in_blocks` reads the
-rows of an array, a memmap or an HDF5 dataset (``FeatureSet.open()``) a block at a time, each
-block converted to float32 on its own: a float16 cache is never copied whole to float32.
-:func:`predict_proba_in_blocks` scores the same way.
+``linear``) train on :func:`shuffled_batches`, a Keras data source that holds one group of rows
+at a time. :func:`fit_in_blocks` reads the rows of an array, a memmap or an HDF5 dataset
+(``FeatureSet.open()``) a block at a time, each block converted to float32 on its own: a float16
+cache is never copied whole to float32. :func:`predict_proba_in_blocks` scores the same way.
+
+``compare`` and ``fit`` read a cache so where :func:`fits_in_memory` says it would not fit
+comfortably: :data:`COPIES` float32 copies of it beyond the memory available (the process's
+cgroup limit counted).
 """
 
 from __future__ import annotations
