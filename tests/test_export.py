@@ -53,7 +53,7 @@ def test_every_head_featx_fits_can_be_exported_or_says_why():
 
 
 @pytest.mark.parametrize("fmt", ["keras", "onnx"])
-@pytest.mark.parametrize("head", ["logreg", "svm", "svm-rbf", "dense", "centroid"])
+@pytest.mark.parametrize("head", ["logreg", "svm", "svm-rbf", "dense", "linear", "centroid"])
 def test_exported_probabilities_equal_featx_predict_proba(head, fmt, tiny, cache, images, tmp_path):
     files, X = images
     want, names = _featx_proba(head, tiny, cache, X)
@@ -134,7 +134,7 @@ def test_heads_that_cannot_be_exported_say_so_in_one_line(tiny, cache, tmp_path)
     with pytest.raises(HeadError, match="fitted without probability=True: it has margins"):
         export_classifier(tmp_path / "x.keras", "svm", SPEC, tiny, cache_dir=cache)
     fit_head("knn", SPEC, tiny, cache_dir=cache)
-    with pytest.raises(HeadError, match="The knn head cannot be exported: featx exports dense, logreg, svm, svm-rbf, "
+    with pytest.raises(HeadError, match="The knn head cannot be exported: featx exports dense, logreg, linear, svm, svm-rbf, "
                                         "centroid"):  # fmt: skip
         export_classifier(tmp_path / "x.onnx", "knn", SPEC, tiny, cache_dir=cache)
     assert not list(tmp_path.iterdir())  # nothing half-written
