@@ -147,9 +147,10 @@ def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int =
                 Xg = np.concatenate([np.asarray(X[c * CHUNK_ROWS : c * CHUNK_ROWS + sizes[c]], dtype=np.float32)
                                      for c in group])  # fmt: skip
                 mix = rng.permutation(len(rows))
-                Xg, yg = Xg[mix], y[rows[mix]]
+                Xg, yg = Xg.take(mix, axis=0), y[rows[mix]]
                 if transform is not None:
                     Xg = np.asarray(transform(Xg), dtype=np.float32)
+                Xg = np.ascontiguousarray(Xg)
                 for b in range(0, len(rows), batch_size):
                     yield Xg[b : b + batch_size], yg[b : b + batch_size]
             order = rng.permutation(n_chunks)

@@ -67,7 +67,7 @@ class KNNClassifier(_CosineVote):
     description = "k nearest neighbours by cosine similarity, weighted vote (k=20)"
     search = {"n_neighbors": [10, 20, 50]}
     marker = "v"
-    rank = 4
+    rank = 5
 
     _parameter_constraints: dict = {
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
@@ -179,7 +179,7 @@ class NearestCentroidHead(_CosineVote):
     description = "nearest class mean by cosine similarity"
     search = {"temperature": [0.03, 0.07, 0.2]}
     marker = "P"
-    rank = 5
+    rank = 6
 
     _parameter_constraints: dict = {"temperature": [Interval(Real, 0, None, closed="neither")]}
 

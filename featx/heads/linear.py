@@ -128,7 +128,7 @@ class LinearSVMHead(_ScaledLinear):
     description = "standardise + linear SVM"
     search = {"C": [0.001, 0.01, 0.1]}
     marker = "^"
-    rank = 2
+    rank = 3
 
     _parameter_constraints: dict = {**_LINEAR_CONSTRAINTS, "probability": ["boolean"]}
 

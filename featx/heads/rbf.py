@@ -53,7 +53,7 @@ class RBFSVMClassifier(OptionalProbability):
     description = "standardise + RBF SVM: exact SVC, Nystroem + linear SVM when large"
     search = {"C": [1.0, 10.0], "gamma": ["scale"]}
     marker = "D"
-    rank = 3
+    rank = 4
 
     _parameter_constraints: dict = {
         "C": [Interval(Real, 0, None, closed="neither")],
