@@ -376,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .heads import HEADS, heads_help
 
     exportable = ", ".join(name for name, cls in HEADS.items() if cls.exports())
+    stream_help = (f"fit on the cache read a block of rows at a time (heads that can: "
+                   f"{', '.join(name for name, cls in HEADS.items() if cls.streams())}); default: when 4 float32 "
+                   "copies of the features would not fit in the memory available")  # fmt: skip
     parser = _Parser(
         prog="featx",
         description="Extract frozen-backbone image embeddings once, cache them in HDF5, and "
@@ -416,9 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--head", default="logreg", help=f"the head (default logreg). {heads_help()}")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="head parameter, e.g. C=0.1 (repeatable)")
-    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
-                   help="fit on the cache read a block of rows at a time (heads that can: linear, dense, centroid, "
-                   "knn); default: when 4 float32 copies of the features would not fit in the memory available")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None, help=stream_help)
     p.add_argument("--tune", action="store_true",
                    help="choose the head's parameters by 3-fold cross-validation on the train split first")
     p.add_argument("--force", action="store_true", help="recompute the features even if cached")
@@ -431,9 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", default="trunk", help="comma-separated (default trunk)")
     p.add_argument("--heads", default="dense,logreg,svm", help=f"comma-separated, of {', '.join(HEADS)} (default dense,logreg,svm)")
     p.add_argument("--param", action="append", metavar="HEAD:NAME=VALUE", help="e.g. logreg:C=0.1 (repeatable)")
-    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
-                   help="fit on the cache read a block of rows at a time (heads that can: linear, dense, centroid, "
-                   "knn); default: when 4 float32 copies of the features would not fit in the memory available")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None, help=stream_help)
     p.add_argument("--tune", action="store_true",
                    help="choose each head's parameters by 3-fold cross-validation on the train split first")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,

@@ -8,12 +8,12 @@ process, a shard on a Dask worker, the Pipeline step, ``predict``) uses it.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
 from .errors import OutputError, ResourceError, SettingsError
 from .spec import FeatureSpec
+from .streaming import physical_memory
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def check_memory(model, batch_size: int) -> None:
     from .runtime import this_machine
 
     report = this_machine()
-    memory = report.get("memory_bytes") if report.get("device") == "gpu" else _physical_memory()
+    memory = report.get("memory_bytes") if report.get("device") == "gpu" else physical_memory()
     per_image = bytes_per_image(model)
     need = per_image * batch_size
     if memory and need > memory // 2:
@@ -153,11 +153,6 @@ def check_memory(model, batch_size: int) -> None:
         )
 
 
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_batch_size(batch_size) -> None:

@@ -112,14 +112,8 @@ class EvalSettings:
         heads = (self.heads,) if isinstance(self.heads, str) else tuple(self.heads or ())
         object.__setattr__(self, "heads", heads)
         object.__setattr__(self, "params", dict(self.params or {}))
-        if (
-            isinstance(self.repeats, bool)
-            or not isinstance(self.repeats, int)
-            or not 1 <= self.repeats <= 100
-        ):
-            raise SettingsError(
-                f"repeats must be an integer from 1 to 100. Received: repeats={self.repeats!r}"
-            )
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or not 1 <= self.repeats <= 100:
+            raise SettingsError(f"repeats must be an integer from 1 to 100. Received: repeats={self.repeats!r}")
         if self.train_sizes is not None:
             sizes = self.train_sizes
             try:
@@ -150,10 +144,10 @@ class EvalSettings:
     def check_streams(self, rows: int | None = None, width: int | None = None) -> None:
         """What reading the features in blocks rules out, refused before any fit: heads that need
         every row in memory, tuning, repeated splits and learning curves."""
-        held = [h for h in self.heads if not (hasattr(HEADS[h], "fit_blocks") or hasattr(HEADS[h], "partial_fit"))]
+        held = [h for h in self.heads if not HEADS[h].streams()]
         size = "" if rows is None else f" ({rows:,} x {width:,} features need {4 * rows * width / 2**30:,.1f} GiB as float32)"
         if held:
-            streaming = ", ".join(h for h in HEADS if hasattr(HEADS[h], "fit_blocks") or hasattr(HEADS[h], "partial_fit"))
+            streaming = ", ".join(h for h, cls in HEADS.items() if cls.streams())
             raise HeadError(f"These features are read in blocks{size}, and {', '.join(held)} needs all of them in "
                             f"memory: use heads that learn a block at a time ({streaming}), or fewer rows.")  # fmt: skip
         if self.tune or self.repeats > 1 or self.train_sizes:
@@ -270,41 +264,36 @@ def evaluate_head(head: str, estimator, data: LabelledFeatures, settings: EvalSe
     search on the train rows alone (:func:`featx.tune.tune_head`); the fit time then includes
     the search. Repeated splits and learning curves are :func:`refits`.
     """
-    params, cv_acc = {}, None
+    params, cv_acc, proba = {}, None, None
+    every_class = set(np.unique(data.y_train)) == set(range(len(data.class_names)))
     t0 = time.perf_counter()
-    if not data.in_memory:
+    if not data.in_memory:  # rows on disk: fitted and scored a block at a time
         from .streaming import fit_in_blocks, predict_proba_in_blocks
 
         est = fit_in_blocks(clone(estimator), data.X_train, data.y_train)
-        fit_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        proba = predict_proba_in_blocks(est, data.X_test)
-        pred = est.classes_[proba.argmax(axis=1)]
-        pred_ms = (time.perf_counter() - t0) * 1000 / max(1, len(data.X_test))
-        return FitResult(backbone=data.backbone, head=head, accuracy=float(accuracy_score(data.y_test, pred)),
-                         macro_f1=float(f1_score(data.y_test, pred, average="macro")), fit_seconds=fit_s,
-                         predict_ms_per_image=pred_ms, estimator=est, y_test=np.asarray(data.y_test),
-                         y_pred=np.asarray(pred), class_names=tuple(data.class_names), features=data.features,
-                         note="read in blocks", proba=proba if len(est.classes_) == len(data.class_names) else None)  # fmt: skip
-    if settings.tune:
-        from .tune import tune_head
-
-        est, params, cv_acc, _ = tune_head(estimator, data.X_train, data.y_train)
+        fit_s, t0 = time.perf_counter() - t0, time.perf_counter()
+        scores = predict_proba_in_blocks(est, data.X_test)
+        pred = est.classes_[scores.argmax(axis=1)]
+        proba = scores if every_class else None
+        note = "read in blocks"
     else:
-        est = clone(estimator).fit(data.X_train, data.y_train)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pred = est.predict(data.X_test)
+        if settings.tune:
+            from .tune import tune_head
+
+            est, params, cv_acc, _ = tune_head(estimator, data.X_train, data.y_train)
+        else:
+            est = clone(estimator).fit(data.X_train, data.y_train)
+        fit_s, t0 = time.perf_counter() - t0, time.perf_counter()
+        pred = est.predict(data.X_test)
+        if hasattr(est, "predict_proba") and every_class:
+            proba = np.asarray(est.predict_proba(data.X_test), dtype=np.float64)  # columns = labels 0..k-1
+        note = est.fit_note() if hasattr(est, "fit_note") else ""
     pred_ms = (time.perf_counter() - t0) * 1000 / max(1, len(data.X_test))
-    proba = None
-    if hasattr(est, "predict_proba") and set(np.unique(data.y_train)) == set(range(len(data.class_names))):
-        proba = np.asarray(est.predict_proba(data.X_test), dtype=np.float64)  # columns = labels 0..k-1
     return FitResult(backbone=data.backbone, head=head, accuracy=float(accuracy_score(data.y_test, pred)),
                      macro_f1=float(f1_score(data.y_test, pred, average="macro")), fit_seconds=fit_s,
                      predict_ms_per_image=pred_ms, estimator=est, y_test=np.asarray(data.y_test),
-                     y_pred=np.asarray(pred), class_names=tuple(data.class_names),
-                     note=est.fit_note() if hasattr(est, "fit_note") else "", features=data.features,
-                     params=params, cv_accuracy=cv_acc, proba=proba)  # fmt: skip
+                     y_pred=np.asarray(pred), class_names=tuple(data.class_names), note=note,
+                     features=data.features, params=params, cv_accuracy=cv_acc, proba=proba)  # fmt: skip
 
 
 def evaluate_heads(data: LabelledFeatures, settings: EvalSettings, client=None) -> list[FitResult]:
@@ -318,7 +307,7 @@ def evaluate_heads(data: LabelledFeatures, settings: EvalSettings, client=None) 
 
     heads = settings.heads
     if not data.in_memory:  # rows on disk (an open HDF5 file): every fit here, one after another
-        settings.check_streams(*data.X_train.shape)
+        settings.check_streams(len(data.X_train) + len(data.X_test), data.X_train.shape[1])
         return [evaluate_head(h, settings.estimator(h), data, settings) for h in heads]
     jobs = {h: delayed(evaluate_head)(h, settings.estimator(h), data, settings) for h in heads}
     if client is not None:
@@ -347,8 +336,9 @@ def refits(r: FitResult, data: LabelledFeatures, settings: EvalSettings) -> list
 def open_features(fs, how: EvalSettings, files: ExitStack, **what) -> LabelledFeatures:  # fs: a cache.FeatureSet
     """The features of ``fs``: read into memory, or, where ``how`` streams them (too large for
     memory, or asked), its HDF5 datasets, kept open in ``files``, with the labels in memory."""
+    with fs.open() as (X_train, _, X_test, _):
+        rows, width = len(X_train) + len(X_test), X_train.shape[1]
+    if not how.streams(rows, width):
+        return LabelledFeatures(*fs.load(), class_names=fs.class_names, **what)
     X_train, y_train, X_test, y_test = files.enter_context(fs.open())
-    if how.streams(len(X_train) + len(X_test), X_train.shape[1]):
-        how.check_streams(len(X_train) + len(X_test), X_train.shape[1])
-        return LabelledFeatures(X_train, y_train[:], X_test, y_test[:], class_names=fs.class_names, **what)
-    return LabelledFeatures(*fs.load(), class_names=fs.class_names, **what)
+    return LabelledFeatures(X_train, y_train[:], X_test, y_test[:], class_names=fs.class_names, **what)

@@ -42,12 +42,17 @@ def available_memory() -> int | None:
     left = _cgroup_room()
     if left is not None:
         found.append(left)
-    if not found:
-        try:
-            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-        except (ValueError, OSError, AttributeError):
-            return None
-    return min(found)
+    if not found and (total := physical_memory()) is not None:
+        found.append(total)
+    return min(found) if found else None
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory this machine has, or None if it cannot say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _cgroup_room() -> int | None:
@@ -131,12 +136,9 @@ def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int =
     sizes = [min(CHUNK_ROWS, n - c * CHUNK_ROWS) for c in range(n_chunks)]
     rng = np.random.default_rng(seed)
 
-    def steps_of(chunks) -> int:
-        return sum(-(-sum(sizes[c] for c in chunks[i : i + per_group]) // batch_size)
-                   for i in range(0, len(chunks), per_group))  # fmt: skip
-
     plan = rng.permutation(n_chunks)
-    steps = steps_of(plan)  # of the first epoch: the others differ by a batch at most (the endless stream goes on)
+    # batches of the first epoch: the others differ by a batch at most (the endless stream goes on)
+    steps = sum(-(-sum(sizes[c] for c in plan[i : i + per_group]) // batch_size) for i in range(0, n_chunks, per_group))
 
     def generate():
         order = plan
@@ -165,8 +167,8 @@ def fit_in_blocks(estimator, X, y, *, classes=None, block_rows: int = BLOCK_ROWS
     if hasattr(estimator, "fit_blocks"):
         return estimator.fit_blocks(X, y, block_rows=block_rows, progress=progress)
     if not hasattr(estimator, "partial_fit"):
-        raise HeadError(f"{type(estimator).__name__} learns from all its rows at once (it has no partial_fit): "
-                        "fit it on features held in memory, or use a head that streams (centroid, knn).")  # fmt: skip
+        raise HeadError(f"{type(estimator).__name__} learns from all its rows at once (it has no partial_fit or "
+                        "fit_blocks): fit it on features held in memory, or use a head that learns a block at a time.")  # fmt: skip
     classes = np.unique(np.asarray(y)) if classes is None else np.asarray(classes)
     if hasattr(estimator, "reserve"):
         estimator.reserve(len(X))  # a head that keeps rows fills them in place

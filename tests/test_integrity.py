@@ -105,7 +105,7 @@ def test_a_batch_that_cannot_fit_in_memory_is_one_line_before_it_runs(monkeypatc
     from featx.spec import FeatureSpec
 
     monkeypatch.setattr(runtime, "_REPORT", {"device": "cpu", "cpu_flags": []})
-    monkeypatch.setattr(embed_mod, "_physical_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(embed_mod, "physical_memory", lambda: 8 * 2**30)
     model = build_extractor(FeatureSpec("vgg19", weights="none", size=224, precision="float32"))
     X = np.zeros((1000, 32, 32, 3), np.uint8)
     with pytest.raises(ResourceError, match=r"a batch of 1000 images needs at least 2\d\.\d GiB .* has 8\.0 GiB: "
@@ -140,7 +140,7 @@ def test_an_input_size_that_cannot_fit_is_one_line_and_writes_nothing(tiny, tmp_
     from featx.errors import ResourceError
 
     monkeypatch.setattr(runtime, "_REPORT", {"device": "cpu", "cpu_flags": []})
-    monkeypatch.setattr(embed_mod, "_physical_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(embed_mod, "physical_memory", lambda: 8 * 2**30)
     with pytest.raises(ResourceError, match=r"one image needs at least \d+\.\d GiB .* pass a smaller --size"):
         extract_features("vgg19", tiny, cache_dir=tmp_path, **{**FAST, "size": 100_000})
     assert not list((tmp_path / "features").glob("*.h5"))

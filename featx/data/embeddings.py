@@ -56,7 +56,10 @@ def load_embeddings(path, *, on_disk=None, files=None) -> tuple[Dataset, tuple]:
                 arrays = {k: (f[k] if keep and k in ("X_train", "X_test") else f[k][()])
                           for k in f.keys() if isinstance(f[k], h5py.Dataset)}  # fmt: skip
             finally:
-                files.enter_context(f) if keep else f.close()
+                if keep:
+                    files.enter_context(f)  # open while its rows are read in blocks
+                else:
+                    f.close()
         else:
             raise DataError(f"{p}: embeddings must be an .npz or .h5 file. Received a {p.suffix or 'nameless'} file.")
     except DataError:

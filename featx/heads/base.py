@@ -100,6 +100,12 @@ class Head:
             HEADS.add(cls)
 
     @classmethod
+    def streams(cls) -> bool:
+        """Whether a head of this family can learn from a cache read a block of rows at a time
+        (``fit_blocks`` or scikit-learn's ``partial_fit``: :func:`featx.streaming.fit_in_blocks`)."""
+        return callable(getattr(cls, "fit_blocks", None)) or callable(getattr(cls, "partial_fit", None))
+
+    @classmethod
     def exports(cls) -> bool:
         """Whether a fitted head of this family can become Keras layers (``export``)."""
         return callable(getattr(cls, "to_keras", None))

@@ -23,6 +23,17 @@ def _unit_rows(X: np.ndarray) -> np.ndarray:
 
 
 class _CosineVote(Head, ClassifierMixin, BaseEstimator):
+    def _labels(self, y, classes, first: bool) -> np.ndarray:
+        """Indices into ``classes_`` of the labels ``y`` of a :meth:`partial_fit` block; at the first
+        block, ``classes_`` is set from ``classes`` (every class) and ``y``."""
+        y = np.asarray(y)
+        if first:
+            self.classes_ = np.unique(y if classes is None else np.concatenate([np.unique(classes), np.unique(y)]))
+        labels = np.searchsorted(self.classes_, y)
+        if np.any(labels >= len(self.classes_)) or np.any(self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y):
+            raise DataError(f"y holds classes not given at the first partial_fit (classes: {list(self.classes_)}).")
+        return labels
+
     """Classifiers that score classes by cosine similarity; ``predict`` is the argmax of ``predict_proba``."""
 
     def predict(self, X):
@@ -88,7 +99,7 @@ class KNNClassifier(_CosineVote):
         self.storage = storage
 
     def fit(self, X, y):
-        for attr in ("train_", "labels_", "classes_"):
+        for attr in ("train_", "labels_", "classes_", "_buffer", "_reserved"):
             self.__dict__.pop(attr, None)
         return self.partial_fit(X, y)
 
@@ -101,15 +112,12 @@ class KNNClassifier(_CosineVote):
             self._search().resolved_engine()  # an engine this machine lacks fails now, not at predict
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], reset=first)
         check_classification_targets(y)
-        y = np.asarray(y)
+        labels = self._labels(y, classes, first)
         if first:
-            self.classes_ = np.unique(y if classes is None else np.concatenate([np.unique(classes), np.unique(y)]))
-            self._buffer = np.empty((max(getattr(self, "_reserved", 0), len(X)), X.shape[1]), np.dtype(self.storage))
+            room = max(self.__dict__.pop("_reserved", 0), len(X))
+            self._buffer = np.empty((room, X.shape[1]), np.dtype(self.storage))
             self.train_ = self._buffer[:0]
             self.labels_ = np.empty(0, dtype=np.int64)
-        labels = np.searchsorted(self.classes_, y)
-        if np.any(labels >= len(self.classes_)) or np.any(self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y):
-            raise DataError(f"y holds classes not given at the first partial_fit (classes: {list(self.classes_)}).")
         n, rows = len(self.train_), unit_rows(X, dtype=np.dtype(self.storage))
         if getattr(self, "_buffer", None) is not None and n + len(rows) <= len(self._buffer):
             self._buffer[n : n + len(rows)] = rows  # room reserved: no copy of the bank
@@ -128,7 +136,7 @@ class KNNClassifier(_CosineVote):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_reserved", None)
+        state.pop("_reserved", None)  # room asked for and not yet taken
         if state.pop("_buffer", None) is not None:
             state["train_"] = np.array(self.train_)  # the rows filled, not the room left
         return state
@@ -200,13 +208,10 @@ class NearestCentroidHead(_CosineVote):
             self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=first)
         check_classification_targets(y)
+        labels = self._labels(y, classes, first)
         if first:
-            self.classes_ = np.unique(y if classes is None else np.concatenate([np.unique(classes), np.unique(y)]))
             self.sums_ = np.zeros((len(self.classes_), X.shape[1]))
             self.counts_ = np.zeros(len(self.classes_), dtype=np.int64)
-        labels = np.searchsorted(self.classes_, y)
-        if np.any(labels >= len(self.classes_)) or np.any(self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y):
-            raise DataError(f"y holds classes not given at the first partial_fit (classes: {list(self.classes_)}).")
         np.add.at(self.sums_, labels, _unit_rows(np.asarray(X, dtype=np.float64)))
         self.counts_ += np.bincount(labels, minlength=len(self.classes_))
         self.centroids_ = _unit_rows(self.sums_ / np.maximum(self.counts_, 1)[:, None])
