@@ -7,10 +7,11 @@ highest cosine similarity. How it searches is one :class:`NeighborSearch`:
   a block of queries against a block of the bank at a time (one matrix product
   each, the best ``k`` kept), so the working set is ``block_rows`` x
   ``block_rows`` similarities whatever the number of rows. With FAISS installed
-  (``pip install 'featx[faiss]'``) the same exact search runs in FAISS's
-  ``IndexFlatIP``; without it, in NumPy. Both give the same neighbours (up to
-  ties). Time grows with queries x bank rows: quadratic for a search of a set
-  against itself.
+  (``pip install 'featx[faiss]'``) the same exact search runs in FAISS
+  (``faiss.knn``, the brute-force search of ``IndexFlatIP`` without its copy of
+  the bank: 16,384 queries against 256 MiB of bank rows at a time); without
+  it, in NumPy. Both give the same neighbours (up to ties). Time grows with
+  queries x bank rows: quadratic for a search of a set against itself.
 - ``method="approximate"``: a FAISS inverted-file index (``IndexIVFFlat``,
   ``nlist`` cells, ``nprobe`` of them visited per query): with the default
   2 x sqrt(rows) cells, time grows as rows^1.5 rather than rows^2, at a recall
@@ -19,7 +20,9 @@ highest cosine similarity. How it searches is one :class:`NeighborSearch`:
   It needs FAISS.
 
 ``storage="float16"`` keeps the normalised bank in half the memory (the
-similarities are still summed in float32).
+similarities are still summed in float32): the NumPy search's bank where it
+holds one, the approximate index. The exact FAISS search reads the bank as it
+is given, a block at a time.
 
 Rows are compared after ``center`` is subtracted (optional) and they are scaled
 to unit length; a zero row is similar to nothing (similarity 0).
@@ -104,12 +107,12 @@ class NeighborSearch:
         return "numpy"
 
     def describe(self, n_bank: int | None = None) -> str:
-        """One line: what ran, e.g. "exact, FAISS IndexFlatIP, float32"."""
+        """One line: what ran, e.g. "exact, FAISS knn in blocks, float32"."""
         engine = self.resolved_engine()
         if self.method == "approximate":
             nlist = self.nlist or (default_nlist(n_bank) if n_bank else "auto")
             return f"approximate, FAISS IndexIVFFlat (nlist {nlist}, nprobe {self.nprobe}), {self.storage}"
-        kind = "FAISS IndexFlatIP" if engine == "faiss" else f"NumPy blocks of {self.block_rows} rows"
+        kind = "FAISS knn in blocks" if engine == "faiss" else f"NumPy blocks of {self.block_rows} rows"
         return f"exact, {kind}, {self.storage}"
 
 
@@ -259,11 +262,7 @@ def _numpy_search(bank, queries, k, search, center, sims, idx, bar, self_search)
                 own = np.arange(qs, qs + len(q))
                 inside = (own >= bs) & (own < bs + len(b))
                 s[np.flatnonzero(inside), own[inside] - bs] = -np.inf
-            cand_s = np.concatenate([best_s, s], axis=1)
-            cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(bs, bs + len(b)), s.shape)], axis=1)
-            top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k] if cand_s.shape[1] > k else \
-                np.tile(np.arange(cand_s.shape[1]), (len(q), 1))  # fmt: skip
-            best_s, best_i = np.take_along_axis(cand_s, top, axis=1), np.take_along_axis(cand_i, top, axis=1)
+            best_s, best_i = _merge(best_s, best_i, s, np.broadcast_to(np.arange(bs, bs + len(b)), s.shape), k)
         order = np.argsort(-best_s, axis=1, kind="stable")
         best_s, best_i = np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
         if self_search:  # own match was never a candidate: the extra column is the (k+1)-th best, dropped
@@ -277,25 +276,20 @@ def _numpy_search(bank, queries, k, search, center, sims, idx, bar, self_search)
 def _faiss_index(bank, search, center, d: int):
     import faiss
 
-    rows, quantizer = search.block_rows, None
-    if search.method == "approximate":
-        nlist = search.nlist or default_nlist(len(bank))
-        quantizer = faiss.IndexFlatIP(d)
-        if search.storage == "float16":
-            index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16,
-                                                  faiss.METRIC_INNER_PRODUCT)  # fmt: skip
-        else:
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        # k-means on a seeded sample of 64 rows per cell (FAISS's floor is 39; more costs time, not recall)
-        n_train = min(len(bank), 64 * nlist)
-        pick = np.sort(np.random.default_rng(0).choice(len(bank), n_train, replace=False))
-        index.train(unit_rows(_take(bank, pick), center))
-        index.nprobe = min(search.nprobe, nlist)
-    elif search.storage == "float16":
-        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    """The approximate search's inverted-file index of the bank (it holds a copy, in ``storage``)."""
+    nlist = search.nlist or default_nlist(len(bank))
+    quantizer = faiss.IndexFlatIP(d)
+    if search.storage == "float16":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                              faiss.METRIC_INNER_PRODUCT)  # fmt: skip
     else:
-        index = faiss.IndexFlatIP(d)
-    for _, b in _blocks(bank, rows, center, np.float32):
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    # k-means on a seeded sample of 64 rows per cell (FAISS's floor is 39; more costs time, not recall)
+    n_train = min(len(bank), 64 * nlist)
+    pick = np.sort(np.random.default_rng(0).choice(len(bank), n_train, replace=False))
+    index.train(unit_rows(_take(bank, pick), center))
+    index.nprobe = min(search.nprobe, nlist)
+    for _, b in _blocks(bank, search.block_rows, center, np.float32):
         index.add(b)
     return index, quantizer  # the index uses the quantizer: it lives as long as the index
 
@@ -307,13 +301,53 @@ def _take(X, rows: np.ndarray) -> np.ndarray:
     return np.concatenate([X[rows[i : i + 4096]] for i in range(0, len(rows), 4096)]) if len(rows) else X[:0]
 
 
+#: Bytes of bank rows (as float32) that FAISS's exact search holds at a time.
+FAISS_BANK_BYTES = 256 << 20
+#: Query rows FAISS's exact search takes at a time, at least (FAISS tiles its own work inside).
+FAISS_QUERY_ROWS = 16_384
+
+
 def _faiss_search(bank, queries, k, search, center, sims, idx, bar, self_search):
+    if search.method == "exact":
+        return _faiss_exact(bank, queries, k, search, center, sims, idx, bar, self_search)
     index, _quantizer = _faiss_index(bank, search, center, bank.shape[1])
     for qs, q in _blocks(queries, search.block_rows, center, np.float32):
         s, i = index.search(q, k)
         s = np.where(i < 0, -np.inf, s).astype(np.float32)
         _store(sims, idx, qs, s, i.astype(np.int64), self_search)
         bar.update(len(q))
+
+
+def _faiss_exact(bank, queries, k, search, center, sims, idx, bar, self_search):
+    """FAISS's exact inner-product search (``faiss.knn``: BLAS and a heap per query) of a block of
+    queries against one block of the bank at a time, the best ``k`` kept: never a copy of the whole
+    bank (an ``IndexFlatIP`` holds one), whatever its storage. With the bank in one block (up to
+    :data:`FAISS_BANK_BYTES` as float32), it is normalised once."""
+    import faiss
+
+    bank_rows = max(search.block_rows, FAISS_BANK_BYTES // (4 * max(1, bank.shape[1])))
+    one_block = len(bank) <= bank_rows
+    held = unit_rows(bank[:], center) if one_block else None
+    for qs, q in _blocks(queries, max(search.block_rows, FAISS_QUERY_ROWS), center, np.float32):
+        best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+        best_i = np.full((len(q), k), -1, dtype=np.int64)
+        for bs, b in [(0, held)] if one_block else _blocks(bank, bank_rows, center, np.float32):
+            s, i = faiss.knn(q, b, min(k, len(b)), faiss.METRIC_INNER_PRODUCT)
+            s = np.where(i < 0, -np.inf, s).astype(np.float32)
+            best_s, best_i = _merge(best_s, best_i, s, np.where(i < 0, -1, i + bs), k)
+        order = np.argsort(-best_s, axis=1, kind="stable")
+        _store(sims, idx, qs, np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1),
+               self_search)  # fmt: skip
+        bar.update(len(q))
+
+
+def _merge(best_s, best_i, s, i, k: int):
+    """The best ``k`` of two sets of candidates per row (similarities and indices)."""
+    cand_s, cand_i = np.concatenate([best_s, s], axis=1), np.concatenate([best_i, i], axis=1)
+    if cand_s.shape[1] <= k:
+        return cand_s, cand_i
+    top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(cand_s, top, axis=1), np.take_along_axis(cand_i, top, axis=1)
 
 
 def recall(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:

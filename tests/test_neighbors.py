@@ -39,6 +39,40 @@ def test_blocked_search_equals_a_dense_search(data, engine, self_search):
         assert not (i == np.arange(len(bank))[:, None]).any()
 
 
+class _Watched:
+    """A bank that records the most rows read at once."""
+
+    def __init__(self, X):
+        self.X, self.shape, self.dtype, self.most = X, X.shape, X.dtype, 0
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, rows):
+        out = self.X[rows]
+        self.most = max(self.most, len(out))
+        return out
+
+
+@needs_faiss
+@pytest.mark.parametrize("self_search", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_faiss_exact_search_reads_the_bank_a_block_at_a_time_without_a_copy(data, monkeypatch, self_search, dtype):
+    import featx.neighbors as nb
+
+    bank, queries = data
+    monkeypatch.setattr(nb, "FAISS_BANK_BYTES", 40 * 4 * bank.shape[1])  # bank blocks of 40 rows
+    monkeypatch.setattr(nb, "FAISS_QUERY_ROWS", 64)  # query blocks of 64 rows
+    watched = _Watched(bank.astype(dtype))
+    search = NeighborSearch(engine="faiss", block_rows=8, progress=False)
+    s, i = nearest(watched, 7, None if self_search else queries, search=search)
+    held = bank.astype(dtype).astype(np.float32)
+    ds, di = _dense(held, held if self_search else queries, 7, self_search)
+    np.testing.assert_array_equal(i, di)
+    np.testing.assert_allclose(s, ds, atol=1e-5)
+    assert watched.most == (64 if self_search else 40)  # never the whole bank (300 rows) at once
+
+
 def test_a_self_search_keeps_an_exact_duplicate_and_drops_only_the_row_itself():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(50, 8)).astype(np.float32)

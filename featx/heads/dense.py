@@ -186,8 +186,12 @@ class DenseClassifier(Head, ClassifierMixin, BaseEstimator):
     def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None):
         """Fit on rows read a block at a time from ``X`` (an HDF5 dataset, a memmap or an array),
         never all of them in memory: the standardisation from one pass over the blocks, then each
-        network trained on a Keras data source, a generator of shuffled batches
-        (:func:`featx.streaming.shuffled_batches`), one group of row blocks in memory at a time."""
+        network trained batch by batch (``train_on_batch``) from a generator of shuffled batches
+        (:func:`featx.streaming.shuffled_batches`), one group of row blocks in memory at a time.
+
+        Not through ``Model.fit`` on the generator: TensorFlow's generator dataset kept about
+        400 MiB per network after its fit (5 networks on 320,000 rows outgrew 4 GiB); batch by
+        batch, memory stays flat from one network to the next (BENCHMARKS.md)."""
         from sklearn.base import clone
 
         from ..errors import SettingsError
@@ -208,18 +212,18 @@ class DenseClassifier(Head, ClassifierMixin, BaseEstimator):
             for part, _ in blocks(X, block_rows=block_rows):
                 self.scaler_.partial_fit(part)
         seed = self.random_state if self.random_state is not None else int(np.random.randint(2**31 - 1))
-        verbose = self.verbose if progress is None else int(bool(progress))
+        show = bool(self.verbose) if progress is None else bool(progress)
         self.models_, histories = [], []
         for i in range(self.n_members):
             model = self._build_member(self.n_features_in_, seed + i)
             source, steps = shuffled_batches(X, y_idx, self._scale, batch_size=self.batch_size, block_rows=block_rows,
                                              seed=seed + i)  # fmt: skip
             try:
-                hist = model.fit(source, steps_per_epoch=steps, epochs=self.epochs, verbose=verbose, shuffle=False)
+                histories.append(_train_batches(model, source, steps, self.epochs,
+                                                f"network {i + 1}/{self.n_members}" if show else None))  # fmt: skip
             finally:
-                source.close()  # its group of rows goes now, not when Keras lets go of the generator
+                source.close()  # its group of rows goes now
             self.models_.append(model)
-            histories.append({k: [float(v) for v in vals] for k, vals in hist.history.items()})
         self.model_, self.history_ = self.models_[0], histories[0]
         return self
 
@@ -339,6 +343,29 @@ class LinearSoftmaxHead(DenseClassifier):
                          batch_size=batch_size, learning_rate=learning_rate, early_stopping=early_stopping,
                          validation_fraction=validation_fraction, patience=patience, standardize=standardize,
                          random_state=random_state, verbose=verbose)  # fmt: skip
+
+
+def _train_batches(model, source, steps: int, epochs: int, label: str | None) -> dict:
+    """Train ``model`` on ``steps`` batches of ``source`` per epoch with ``train_on_batch``; a
+    progress bar per epoch where ``label`` is given. Returns the history, as ``Model.fit``'s: each
+    metric's mean over each epoch's rows (``train_on_batch`` reports one batch's)."""
+    from tqdm.auto import tqdm
+
+    history: dict[str, list[float]] = {}
+    for epoch in range(epochs):
+        sums: dict[str, float] = {}
+        rows = 0
+        with tqdm(total=steps, desc=f"{label}, epoch {epoch + 1}/{epochs}" if label else "", unit="batch",
+                  leave=False, disable=label is None) as bar:  # fmt: skip
+            for _ in range(steps):
+                xb, yb = next(source)
+                for key, value in model.train_on_batch(xb, yb, return_dict=True).items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * len(xb)
+                rows += len(xb)
+                bar.update()
+        for key, total in sums.items():
+            history.setdefault(key, []).append(total / max(rows, 1))
+    return history
 
 
 def _dense_forward(model, X: np.ndarray) -> np.ndarray:
