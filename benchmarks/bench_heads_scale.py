@@ -29,14 +29,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make(rows: int, out: Path, width: int = 1024, classes: int = 10, dtype: str = "float32", seed: int = 0) -> None:
-    """``rows`` train and ``rows // 5`` test rows: class centres plus noise, written in blocks."""
+def make(rows: int, out: Path, width: int = 1024, classes: int = 10, dtype: str = "float32", seed: int = 0,
+         test_rows: int | None = None) -> None:  # fmt: skip
+    """``rows`` train and ``test_rows`` (default ``rows // 5``) test rows: class centres plus noise,
+    written in blocks."""
     import h5py
 
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(classes, width)).astype(np.float32)
     with h5py.File(out, "w") as f:
-        for split, n in (("train", rows), ("test", rows // 5)):
+        for split, n in (("train", rows), ("test", rows // 5 if test_rows is None else test_rows)):
             X = f.create_dataset(f"X_{split}", (n, width), dtype=dtype)
             y = rng.integers(0, classes, n)
             f[f"y_{split}"] = y
@@ -97,6 +99,7 @@ def main() -> None:
     m.add_argument("--rows", type=int, required=True)
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    m.add_argument("--test-rows", type=int, default=None, help="default: a fifth of --rows")
     r = sub.add_parser("run")
     r.add_argument("--features", type=Path, required=True)
     r.add_argument("--heads", default="knn,centroid,logreg,dense")
@@ -113,7 +116,7 @@ def main() -> None:
         real(args.cache, [int(s) for s in args.seeds.split(",")], args.heads.split(","), args.block_rows)
         return
     if args.cmd == "make":
-        make(args.rows, args.out, dtype=args.dtype)
+        make(args.rows, args.out, dtype=args.dtype, test_rows=args.test_rows)
         print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:,.0f} MB)")
         return
     for head in args.heads.split(","):

@@ -59,7 +59,9 @@ def compare(
     Scikit-learn heads run in parallel (``n_jobs`` processes); the Keras head
     runs in this process. With ``cluster``, features are extracted in shards on
     the Dask cluster and every head, the Keras one and any parameter search
-    included, is fitted on its workers through joblib's dask backend.
+    included, is fitted on its workers through joblib's dask backend; features
+    read in blocks (``stream``), each head is fitted on the workers, each
+    reading its own blocks of the file (:mod:`featx.cluster_fit`).
 
     Every accuracy comes with its 95 % exact binomial interval over the test
     images, and every result but the best with McNemar's exact test against
@@ -96,7 +98,8 @@ def compare(
 
         exclude = read_exclusions(exclude)
     if features is not None:
-        return _compare_embeddings(features, how, reports_dir=reports_dir, exclude=exclude)
+        with connect(opts.cluster, opts.workers) as client:
+            return _compare_embeddings(features, how, reports_dir=reports_dir, exclude=exclude, client=client)
     results: list[FitResult] = []
     feature_sets, curves = [], []
     with connect(opts.cluster, opts.workers) as client, ExitStack() as files:
@@ -186,7 +189,7 @@ def mark_vs_best(results: list[FitResult]) -> None:
             r.p_vs_best = mcnemar(right, np.asarray(r.y_test) == np.asarray(r.y_pred))
 
 
-def _compare_embeddings(path, how: EvalSettings, *, reports_dir, exclude=None):
+def _compare_embeddings(path, how: EvalSettings, *, reports_dir, exclude=None, client=None):
     """compare on embeddings made by another tool (see :func:`featx.data.load_embeddings`)."""
     from .data import load_embeddings
 
@@ -194,17 +197,17 @@ def _compare_embeddings(path, how: EvalSettings, *, reports_dir, exclude=None):
         ds, arrays = load_embeddings(path, on_disk=how.streams, files=files)
         feats = LabelledFeatures(*arrays, class_names=ds.class_names, backbone=Path(path).stem,
                                  features=f"{Path(path).name} ({arrays[0].shape[1]}-d)")  # fmt: skip
-        return _embeddings_results(path, ds, feats, how, reports_dir, exclude)
+        return _embeddings_results(path, ds, feats, how, reports_dir, exclude, client)
 
 
-def _embeddings_results(path, ds, feats: LabelledFeatures, how: EvalSettings, reports_dir, exclude):
+def _embeddings_results(path, ds, feats: LabelledFeatures, how: EvalSettings, reports_dir, exclude, client=None):
     note = ""
     if exclude is not None:
         ds, drop, note = _excluded(ds, exclude)
         feats = _without(feats, drop)
         check_splits(feats.y_train, feats.y_test, ds.class_names, how.tune)
     results, curves = [], []
-    for r in evaluate_heads(feats, how):
+    for r in evaluate_heads(feats, how, client):
         r.note = " ".join(filter(None, [r.note, note]))
         results.append(r)
         curves += refits(r, feats, how)

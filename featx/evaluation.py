@@ -256,9 +256,10 @@ class FitResult:
         }
 
 
-def evaluate_head(head: str, estimator, data: LabelledFeatures, settings: EvalSettings) -> FitResult:
+def evaluate_head(head: str, estimator, data: LabelledFeatures, settings: EvalSettings, client=None) -> FitResult:
     """Fit a clone of ``estimator`` (the head named ``head``) on ``data``'s train rows and score it
-    on its test rows.
+    on its test rows. Rows on disk with a Dask ``client``: fitted on its workers, each reading its
+    blocks of the file (:func:`featx.cluster_fit.fit_on_cluster`), scored here.
 
     With ``settings.tune``, the head's parameters are chosen first by a cross-validated grid
     search on the train rows alone (:func:`featx.tune.tune_head`); the fit time then includes
@@ -268,14 +269,24 @@ def evaluate_head(head: str, estimator, data: LabelledFeatures, settings: EvalSe
     every_class = set(np.unique(data.y_train)) == set(range(len(data.class_names)))
     t0 = time.perf_counter()
     if not data.in_memory:  # rows on disk: fitted and scored a block at a time
-        from .streaming import fit_in_blocks, predict_proba_in_blocks
+        from .streaming import fit_in_blocks, predict_in_blocks, predict_proba_in_blocks
 
-        est = fit_in_blocks(clone(estimator), data.X_train, data.y_train)
+        if client is not None:
+            from .cluster_fit import fit_on_cluster
+
+            est = fit_on_cluster(clone(estimator), data.X_train, data.y_train, client)
+        else:
+            est = fit_in_blocks(clone(estimator), data.X_train, data.y_train)
         fit_s, t0 = time.perf_counter() - t0, time.perf_counter()
-        scores = predict_proba_in_blocks(est, data.X_test)
-        pred = est.classes_[scores.argmax(axis=1)]
-        proba = scores if every_class else None
-        note = "read in blocks"
+        if hasattr(est, "predict_proba"):
+            scores = predict_proba_in_blocks(est, data.X_test)
+            pred = est.classes_[scores.argmax(axis=1)]
+            proba = scores if every_class else None
+        else:  # a margin classifier without probabilities (svm without probability=True)
+            pred = predict_in_blocks(est, data.X_test)
+        how = est.fit_note() if hasattr(est, "fit_note") else ""
+        where = "read in blocks" + (" on the cluster's workers" if client is not None else "")
+        note = f"{where}; {how}" if how else where
     else:
         if settings.tune:
             from .tune import tune_head
@@ -300,15 +311,16 @@ def evaluate_heads(data: LabelledFeatures, settings: EvalSettings, client=None) 
     """:func:`evaluate_head` for each head of ``settings`` on ``data``, in the order of ``settings.heads``.
 
     On a Dask cluster (``client``), every fit is a task on its workers, through joblib's dask
-    backend. Else the heads that fit in-process (the Keras head, which keeps thread pools of its
-    own) run here and the others in ``settings.n_jobs`` processes.
+    backend; rows on disk, each head in turn is fitted on the workers, each reading its own blocks.
+    Else the heads that fit in-process (the Keras head, which keeps thread pools of its own) run
+    here and the others in ``settings.n_jobs`` processes.
     """
     from joblib import Parallel, delayed, parallel_config
 
     heads = settings.heads
     if not data.in_memory:  # rows on disk (an open HDF5 file): every fit here, one after another
         settings.check_streams(len(data.X_train) + len(data.X_test), data.X_train.shape[1])
-        return [evaluate_head(h, settings.estimator(h), data, settings) for h in heads]
+        return [evaluate_head(h, settings.estimator(h), data, settings, client) for h in heads]
     jobs = {h: delayed(evaluate_head)(h, settings.estimator(h), data, settings) for h in heads}
     if client is not None:
         with parallel_config(backend="dask", client=client):

@@ -109,6 +109,64 @@ class Columns:
         return out if dtype is None else out.astype(dtype, copy=False)
 
 
+class HDF5Rows:
+    """The rows of one dataset of an HDF5 file (columns ``cols`` of it, optionally), by path and
+    name: what a Dask worker is sent to read a cache's rows itself (an open ``h5py`` dataset cannot
+    be sent). The file is opened read-only at the first read, in the process that reads."""
+
+    def __init__(self, path: str, name: str, shape: tuple, dtype, cols: slice | None = None):
+        self.path, self.name, self.cols, self.dtype = str(path), name, cols, np.dtype(dtype)
+        width = shape[1] if cols is None else len(range(*cols.indices(shape[1])))
+        self.shape, self._file = (int(shape[0]), int(width)), None
+
+    @classmethod
+    def of(cls, X) -> HDF5Rows | None:
+        """The reference of ``X`` (an h5py dataset, or :class:`Columns` of one), or None for rows
+        held in memory."""
+        if isinstance(X, HDF5Rows):
+            return X
+        cols = None
+        if isinstance(X, Columns):
+            X, cols = X.X, X.cols
+        if not hasattr(X, "id") or not hasattr(X, "file"):
+            return None
+        return cls(X.file.filename, X.name, X.shape, X.dtype, cols)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        if self._file is None:
+            import h5py
+
+            self._file = h5py.File(self.path, "r")
+        out = self._file[self.name][rows]
+        return out if self.cols is None else np.asarray(out)[..., self.cols]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None}
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class Transformed:
+    """The rows of ``X`` passed through ``transform`` (float32 in, float32 out) as they are read:
+    a cache's rows as a head's classifier takes them (scaled, mapped), never all computed at once."""
+
+    def __init__(self, X, transform, width: int | None = None):
+        self.X, self.transform = X, transform
+        self.shape, self.dtype = (len(X), int(width or X.shape[1])), np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        return np.asarray(self.transform(np.asarray(self.X[rows], dtype=np.float32)), dtype=np.float32)
+
+
 def blocks(X, y=None, *, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """``(rows as float32, their labels)`` of ``X`` (and ``y``), ``block_rows`` at a time, in order."""
     for start in range(0, len(X), block_rows):
@@ -160,6 +218,30 @@ def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int =
     return generate(), steps
 
 
+def scaler_in_blocks(X, *, block_rows: int = BLOCK_ROWS, progress: bool | None = None):
+    """A :class:`~sklearn.preprocessing.StandardScaler` of the rows of ``X``, from one pass over
+    its blocks (``partial_fit``: the same mean and variance as from all rows at once)."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler()
+    with tqdm(total=len(X), desc="standardisation", unit="row", leave=False,
+              disable=None if progress is None else not progress) as bar:  # fmt: skip
+        for part, _ in blocks(X, block_rows=block_rows):
+            scaler.partial_fit(part)
+            bar.update(len(part))
+    return scaler
+
+
+def sample_rows(X, rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(row numbers, rows as float32)`` of ``rows`` rows of ``X`` drawn at random (seeded), in
+    file order: a sample from all over a cache, read without reading it all."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(X), min(rows, len(X)), replace=False))
+    if not hasattr(X, "id") and not isinstance(X, (Columns, HDF5Rows)):
+        return pick, np.asarray(X[pick], dtype=np.float32)
+    return pick, np.concatenate([np.asarray(X[pick[i : i + 4096]], dtype=np.float32)
+                                 for i in range(0, len(pick), 4096)]) if len(pick) else np.asarray(X[:0], np.float32)  # fmt: skip
+
+
 def fit_in_blocks(estimator, X, y, *, classes=None, block_rows: int = BLOCK_ROWS, progress: bool | None = None):
     """Fit ``estimator`` on ``X``, ``y`` a block of rows at a time, never all in memory: through its
     ``fit_blocks`` where it has one (the Keras heads: several passes), else its ``partial_fit``, in
@@ -178,6 +260,11 @@ def fit_in_blocks(estimator, X, y, *, classes=None, block_rows: int = BLOCK_ROWS
             estimator.partial_fit(part, labels, classes=classes)
             bar.update(len(part))
     return estimator
+
+
+def predict_in_blocks(estimator, X, *, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """``estimator.predict`` of the rows of ``X``, a block at a time."""
+    return np.concatenate([estimator.predict(part) for part, _ in blocks(X, block_rows=block_rows)])
 
 
 def predict_proba_in_blocks(estimator, X, *, block_rows: int = BLOCK_ROWS) -> np.ndarray:

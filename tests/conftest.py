@@ -88,3 +88,15 @@ def _one_network_for_dense(request, monkeypatch):
     from featx.heads import DenseClassifier
 
     monkeypatch.setattr(DenseClassifier, "defaults", {**DenseClassifier.defaults, "n_members": 1})
+
+
+@pytest.fixture
+def throwaway():
+    """A head family featx does not ship (tests/throwaway_head.py), registered for one test."""
+    import throwaway_head
+
+    from featx.heads import HEADS
+
+    HEADS.add(throwaway_head.ShrunkCentroidHead)
+    yield throwaway_head.ShrunkCentroidHead
+    HEADS.remove("shrunk-centroid")

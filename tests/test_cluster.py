@@ -412,3 +412,61 @@ def test_cli_cluster_local(tiny, tmp_path):
     [path] = (tmp_path / "features").glob("trunk-*.h5")
     with h5py.File(path) as f:
         assert json.loads(f.attrs["info"])["cluster"]["shards_run"] == 3
+
+
+# ------------------------------------------------------------------ heads fitted from a cache on the workers
+@pytest.fixture(scope="module")
+def feature_file(tmp_path_factory):
+    """A float16 HDF5 file of 3-class rows, as a feature cache stores them, sorted by class."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16))
+    y = np.sort(rng.integers(0, 3, 2000))
+    X = (centers[y] + rng.normal(scale=2.0, size=(2000, 16))).astype(np.float16)
+    path = tmp_path_factory.mktemp("stream") / "features.h5"
+    with h5py.File(path, "w") as f:
+        f["X"], f["y"] = X, y
+    return path
+
+
+@pytest.mark.parametrize("head, params, task", [("centroid", {}, "_part"), ("knn", {"storage": "float16"}, "_part"),
+                                                ("dense", {"n_members": 2, "epochs": 2}, "_member_in_blocks"),
+                                                ("logreg", {}, "_whole")])  # fmt: skip
+def test_a_head_fitted_on_the_workers_from_the_file_equals_one_fitted_here(head, params, task, feature_file, client):
+    from distributed import get_task_stream
+
+    from featx.cluster_fit import fit_on_cluster
+    from featx.heads import make_head
+    from featx.streaming import fit_in_blocks
+
+    with h5py.File(feature_file) as f:
+        X, y = f["X"], f["y"]
+        here = fit_in_blocks(make_head(head, **params), X, y, block_rows=300, progress=False)
+        with get_task_stream(client) as ts:
+            there = fit_on_cluster(make_head(head, **params), X, y, client, block_rows=300, progress=False)
+        Xq = np.asarray(X[::7], dtype=np.float32)
+    ran = {t["key"].split("-")[0] for t in ts.data}
+    workers = {t["worker"] for t in ts.data}
+    assert task in ran, ran
+    if task != "_whole":
+        assert len(workers) == 2, workers  # both workers took a part
+    np.testing.assert_allclose(there.predict_proba(Xq), here.predict_proba(Xq), atol=1e-6)
+    if head == "knn":
+        np.testing.assert_array_equal(there.train_, here.train_)
+        np.testing.assert_array_equal(there.labels_, here.labels_)
+    if head == "centroid":
+        np.testing.assert_allclose(there.centroids_, here.centroids_, atol=1e-12)
+
+
+def test_compare_reads_a_large_cache_on_the_workers(feature_file, tmp_path, client):
+    from featx.compare import compare as compare_features
+
+    with h5py.File(feature_file) as f, h5py.File(tmp_path / "emb.h5", "w") as g:
+        g["X_train"], g["y_train"] = f["X"][::2], f["y"][::2]
+        g["X_test"], g["y_test"] = f["X"][1::2], f["y"][1::2]
+    kw = dict(heads=["centroid", "linear"], features=tmp_path / "emb.h5", stream=True)
+    local, _ = compare_features(reports_dir=tmp_path / "a", **kw)
+    remote, _ = compare_features(reports_dir=tmp_path / "b", cluster=client, **kw)
+    by = {r.head: r for r in local}
+    for r in remote:
+        assert r.note.startswith("read in blocks on the cluster's workers"), r.note
+        assert r.accuracy == pytest.approx(by[r.head].accuracy, abs=1e-9)

@@ -152,18 +152,6 @@ def test_dense_is_an_ensemble_whose_probabilities_are_the_members_mean(blobs):
 
 
 # ------------------------------------------------------------------ the registry
-@pytest.fixture
-def throwaway():
-    """A head family featx does not ship (tests/throwaway_head.py), registered for one test."""
-    import throwaway_head
-
-    from featx.heads import HEADS
-
-    HEADS.add(throwaway_head.ShrunkCentroidHead)
-    yield throwaway_head.ShrunkCentroidHead
-    HEADS.remove("shrunk-centroid")
-
-
 def test_a_new_head_is_one_module_and_every_part_of_featx_finds_it(throwaway, tmp_path, capsys):
     from conftest import make_class_folders
 

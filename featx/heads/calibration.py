@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.utils.metaestimators import available_if
@@ -26,6 +27,23 @@ def calibrated_fit(classifier, X, y, probability: bool):
     # the classifier is fitted once more on every row, exactly as without it.
     cal = CalibratedClassifierCV(classifier, method="sigmoid", cv=3, ensemble=False).fit(X, y)
     return cal.calibrated_classifiers_[0].estimator, cal
+
+
+#: Rows of the sample a head fitted in blocks calibrates its probabilities on.
+CALIBRATION_ROWS = 20_000
+
+
+def calibrate_sample(classifier, X, y, seed: int = 0):
+    """A sigmoid calibration of a fitted ``classifier``'s decisions on a seeded sample of
+    :data:`CALIBRATION_ROWS` of its training rows (``X`` transformed as the classifier takes them,
+    read from a cache; ``y`` in memory): the probabilities of a head fitted in blocks, without
+    holding every row. The classifier is left as it is (it is frozen)."""
+    from sklearn.frozen import FrozenEstimator
+
+    from ..streaming import sample_rows
+
+    rows, Xs = sample_rows(X, CALIBRATION_ROWS, seed)
+    return CalibratedClassifierCV(FrozenEstimator(classifier), method="sigmoid").fit(Xs, np.asarray(y)[rows])
 
 
 class OptionalProbability(Head, ClassifierMixin, BaseEstimator):

@@ -22,6 +22,13 @@ def _unit_rows(X: np.ndarray) -> np.ndarray:
     return X / np.where(norms > 0, norms, 1.0)
 
 
+def _same_classes(head, other) -> None:
+    """Two parts of one fit share their classes (each was given every class)."""
+    if not np.array_equal(head.classes_, other.classes_) or head.n_features_in_ != other.n_features_in_:
+        raise DataError(f"These two {type(head).__name__} parts were fitted with different classes or widths: pass "
+                        "every class (classes=) to each part's partial_fit.")  # fmt: skip
+
+
 class _CosineVote(Head, ClassifierMixin, BaseEstimator):
     def _labels(self, y, classes, first: bool) -> np.ndarray:
         """Indices into ``classes_`` of the labels ``y`` of a :meth:`partial_fit` block; at the first
@@ -118,7 +125,11 @@ class KNNClassifier(_CosineVote):
             self._buffer = np.empty((room, X.shape[1]), np.dtype(self.storage))
             self.train_ = self._buffer[:0]
             self.labels_ = np.empty(0, dtype=np.int64)
-        n, rows = len(self.train_), unit_rows(X, dtype=np.dtype(self.storage))
+        self._append(unit_rows(X, dtype=np.dtype(self.storage)), labels)
+        return self
+
+    def _append(self, rows: np.ndarray, labels: np.ndarray) -> None:
+        n = len(self.train_)
         if getattr(self, "_buffer", None) is not None and n + len(rows) <= len(self._buffer):
             self._buffer[n : n + len(rows)] = rows  # room reserved: no copy of the bank
             self.train_ = self._buffer[: n + len(rows)]
@@ -126,6 +137,19 @@ class KNNClassifier(_CosineVote):
             self._buffer = None
             self.train_ = np.concatenate([self.train_, rows])
         self.labels_ = np.concatenate([self.labels_, labels])
+
+    def merge(self, other: KNNClassifier) -> KNNClassifier:
+        """Add the bank of ``other``, this head fitted on other rows (with the same ``classes``): the
+        same as one head given both sets of rows, these first. Where :meth:`reserve` made room, the
+        bank is filled in place."""
+        if not hasattr(self, "train_"):
+            self._validate_params()
+            self.classes_, self.n_features_in_ = other.classes_, other.n_features_in_
+            room = max(self.__dict__.pop("_reserved", 0), len(other.train_))
+            self._buffer = np.empty((room, other.train_.shape[1]), np.dtype(self.storage))
+            self.train_, self.labels_ = self._buffer[:0], np.empty(0, dtype=np.int64)
+        _same_classes(self, other)
+        self._append(np.asarray(other.train_, dtype=np.dtype(self.storage)), other.labels_)
         return self
 
     def reserve(self, rows: int) -> None:
@@ -214,6 +238,19 @@ class NearestCentroidHead(_CosineVote):
             self.counts_ = np.zeros(len(self.classes_), dtype=np.int64)
         np.add.at(self.sums_, labels, _unit_rows(np.asarray(X, dtype=np.float64)))
         self.counts_ += np.bincount(labels, minlength=len(self.classes_))
+        self.centroids_ = _unit_rows(self.sums_ / np.maximum(self.counts_, 1)[:, None])
+        return self
+
+    def merge(self, other: NearestCentroidHead) -> NearestCentroidHead:
+        """Add the class sums of ``other``, this head fitted on other rows (with the same
+        ``classes``): the same centroids as one head given both sets of rows."""
+        if not hasattr(self, "sums_"):
+            self._validate_params()
+            self.classes_, self.n_features_in_ = other.classes_, other.n_features_in_
+            self.sums_, self.counts_ = np.zeros_like(other.sums_), np.zeros_like(other.counts_)
+        _same_classes(self, other)
+        self.sums_ = self.sums_ + other.sums_
+        self.counts_ = self.counts_ + other.counts_
         self.centroids_ = _unit_rows(self.sums_ / np.maximum(self.counts_, 1)[:, None])
         return self
 

@@ -183,19 +183,20 @@ class DenseClassifier(Head, ClassifierMixin, BaseEstimator):
                       metrics=["accuracy"])  # fmt: skip
         return model
 
-    def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None):
+    def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None, mapper=None):
         """Fit on rows read a block at a time from ``X`` (an HDF5 dataset, a memmap or an array),
         never all of them in memory: the standardisation from one pass over the blocks, then each
-        network trained batch by batch (``train_on_batch``) from a generator of shuffled batches
-        (:func:`featx.streaming.shuffled_batches`), one group of row blocks in memory at a time.
+        network trained batch by batch (:func:`featx.heads.sgd.train_batches`) from a generator of
+        shuffled batches (:func:`featx.streaming.shuffled_batches`), one group of row blocks in
+        memory at a time.
 
-        Not through ``Model.fit`` on the generator: TensorFlow's generator dataset kept about
-        400 MiB per network after its fit (5 networks on 320,000 rows outgrew 4 GiB); batch by
-        batch, memory stays flat from one network to the next (BENCHMARKS.md)."""
-        from sklearn.base import clone
+        The networks are independent: ``mapper(function, seeds)`` (default: ``map``) trains them,
+        one call per network; :func:`featx.cluster_fit.fit_on_cluster` passes one that runs each
+        on a Dask worker, which reads the cache itself. Same seeds, same networks."""
+        from functools import partial
 
         from ..errors import SettingsError
-        from ..streaming import blocks, shuffled_batches
+        from ..streaming import scaler_in_blocks
 
         self._validate_params()
         if self.early_stopping:
@@ -206,24 +207,17 @@ class DenseClassifier(Head, ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise DataError(f"DenseClassifier needs at least 2 classes in y; got 1 class: {self.classes_[0]!r}.")
         self.n_features_in_ = int(X.shape[1])
-        self.scaler_ = None
-        if self.standardize:
-            self.scaler_ = clone(StandardScaler())
-            for part, _ in blocks(X, block_rows=block_rows):
-                self.scaler_.partial_fit(part)
+        self.scaler_ = scaler_in_blocks(X, block_rows=block_rows, progress=progress) if self.standardize else None
         seed = self.random_state if self.random_state is not None else int(np.random.randint(2**31 - 1))
-        show = bool(self.verbose) if progress is None else bool(progress)
+        show = bool(self.verbose) if progress is None else bool(progress)  # Keras's verbose, by default
+        seeds = [seed + i for i in range(self.n_members)]
+        train = partial(_member_in_blocks, self, X, y_idx, block_rows=block_rows, show=show)
         self.models_, histories = [], []
-        for i in range(self.n_members):
-            model = self._build_member(self.n_features_in_, seed + i)
-            source, steps = shuffled_batches(X, y_idx, self._scale, batch_size=self.batch_size, block_rows=block_rows,
-                                             seed=seed + i)  # fmt: skip
-            try:
-                histories.append(_train_batches(model, source, steps, self.epochs,
-                                                f"network {i + 1}/{self.n_members}" if show else None))  # fmt: skip
-            finally:
-                source.close()  # its group of rows goes now
+        for s, (weights, history) in zip(seeds, (mapper or map)(train, seeds)):
+            model = self._build_member(self.n_features_in_, s)
+            model.set_weights(weights)
             self.models_.append(model)
+            histories.append(history)
         self.model_, self.history_ = self.models_[0], histories[0]
         return self
 
@@ -345,27 +339,20 @@ class LinearSoftmaxHead(DenseClassifier):
                          random_state=random_state, verbose=verbose)  # fmt: skip
 
 
-def _train_batches(model, source, steps: int, epochs: int, label: str | None) -> dict:
-    """Train ``model`` on ``steps`` batches of ``source`` per epoch with ``train_on_batch``; a
-    progress bar per epoch where ``label`` is given. Returns the history, as ``Model.fit``'s: each
-    metric's mean over each epoch's rows (``train_on_batch`` reports one batch's)."""
-    from tqdm.auto import tqdm
+def _member_in_blocks(head: DenseClassifier, X, y_idx, seed: int, *, block_rows: int, show: bool):
+    """One network of ``head`` (its scaler and classes set) trained from ``X`` read in blocks:
+    ``(its weights, its history)``. A function of its own, so that a Dask worker can run it."""
+    from ..streaming import shuffled_batches
+    from .sgd import train_batches
 
-    history: dict[str, list[float]] = {}
-    for epoch in range(epochs):
-        sums: dict[str, float] = {}
-        rows = 0
-        with tqdm(total=steps, desc=f"{label}, epoch {epoch + 1}/{epochs}" if label else "", unit="batch",
-                  leave=False, disable=label is None) as bar:  # fmt: skip
-            for _ in range(steps):
-                xb, yb = next(source)
-                for key, value in model.train_on_batch(xb, yb, return_dict=True).items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * len(xb)
-                rows += len(xb)
-                bar.update()
-        for key, total in sums.items():
-            history.setdefault(key, []).append(total / max(rows, 1))
-    return history
+    model = head._build_member(X.shape[1], seed)
+    source, steps = shuffled_batches(X, y_idx, head._scale, batch_size=head.batch_size, block_rows=block_rows,
+                                     seed=seed)  # fmt: skip
+    try:
+        history = train_batches(model, source, steps, head.epochs, f"{head.name} network (seed {seed})", show)
+    finally:
+        source.close()  # its group of rows goes now
+    return model.get_weights(), history
 
 
 def _dense_forward(model, X: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,10 +16,16 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..errors import HeadError
 from .calibration import PROBABILITY_DOC, OptionalProbability, calibrated_fit
 from .keras_layers import calibrated_probabilities, dense_layer, fold_scaler, linear_decision
+from .sgd import Minibatch
 
 
 class _ScaledLinear(OptionalProbability):
     """Standardise, then a linear classifier; the fitted parts end in ``_``."""
+
+    #: The loss :meth:`fit_blocks` minimises (:data:`featx.heads.sgd.LOSSES`).
+    LOSS = "softmax"
+    #: How :meth:`fit_blocks` trains: the linear head's settings.
+    MINIBATCH = Minibatch()
 
     def _classifier(self):
         raise NotImplementedError
@@ -34,6 +41,49 @@ class _ScaledLinear(OptionalProbability):
         self.classes_ = self.classifier_.classes_
         self.n_iter_ = int(np.max(self.classifier_.n_iter_))
         return self
+
+    def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None):
+        """Fit on rows read a block at a time from ``X`` (an HDF5 dataset, a memmap or an array),
+        never all in memory: the standardisation from one pass, then the same objective as
+        :meth:`fit` (the loss plus the L2 penalty of ``C``) minimised by minibatch
+        (:func:`featx.heads.sgd.fit_linear_in_blocks`, :attr:`MINIBATCH`) instead of solved on
+        every row; with ``probability``, a sigmoid calibration on a sample of 20,000 training rows.
+        The fitted parts are the same kinds as :meth:`fit`'s (``classifier_`` a scikit-learn
+        classifier with its ``coef_``), so predicting and exporting do not change."""
+        from ..streaming import Transformed, scaler_in_blocks
+        from .calibration import calibrate_sample
+        from .sgd import fit_linear_in_blocks
+
+        self._validate_params()
+        y = np.asarray(y[:])
+        check_classification_targets(y)
+        classes, y_idx = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise HeadError(f"{type(self).__name__} needs at least 2 classes in y; got 1 class: {classes[0]!r}.")
+        self.n_features_in_ = int(X.shape[1])
+        self.scaler_ = scaler_in_blocks(X, block_rows=block_rows, progress=progress)
+        seed = 0 if self.random_state is None else int(np.random.RandomState(self.random_state).randint(2**31 - 1))
+        settings = replace(self.MINIBATCH, seed=seed)
+        W, b, epochs = fit_linear_in_blocks(X, y_idx, len(classes), self._scale32, loss=self.LOSS, C=self.C, settings=settings,
+                                    block_rows=block_rows, label=self.name, progress=progress)  # fmt: skip
+        if len(classes) == 2:  # scikit-learn's binary form: one column, for the second class
+            W, b = (W[:, 1:] - W[:, :1], b[1:] - b[:1]) if self.LOSS == "softmax" else (W[:, 1:], b[1:])
+        self.classifier_ = self._classifier()
+        self.classifier_.classes_, self.classifier_.coef_, self.classifier_.intercept_ = classes, W.T, b
+        self.classifier_.n_features_in_ = self.n_features_in_
+        self.classifier_.n_iter_ = np.array([epochs])
+        self.classes_, self.n_iter_ = classes, epochs
+        self.calibrator_ = None
+        if getattr(self, "probability", False):
+            self.calibrator_ = calibrate_sample(self.classifier_, Transformed(X, self._scale32), y, seed)
+        self.solver_ = f"minibatch SGD, {epochs} epochs, in blocks"
+        return self
+
+    def fit_note(self) -> str:
+        return getattr(self, "solver_", "")
+
+    def _scale32(self, X):
+        return self.scaler_.transform(np.asarray(X, dtype=np.float32)).astype(np.float32)
 
     def _transform(self, X):
         check_is_fitted(self)
@@ -129,6 +179,7 @@ class LinearSVMHead(_ScaledLinear):
     search = {"C": [0.001, 0.01, 0.1]}
     marker = "^"
     rank = 3
+    LOSS = "squared_hinge"
 
     _parameter_constraints: dict = {**_LINEAR_CONSTRAINTS, "probability": ["boolean"]}
 

@@ -3,6 +3,7 @@ approximation + linear SVM beyond."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -17,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..errors import HeadError
 from .calibration import PROBABILITY_DOC, OptionalProbability, calibrated_fit
 from .keras_layers import calibrated_probabilities, dense_layer, linear_decision, standardize
+from .sgd import Minibatch
 
 
 class RBFSVMClassifier(OptionalProbability):
@@ -93,6 +95,54 @@ class RBFSVMClassifier(OptionalProbability):
             self.solver_ = f"Nystroem({k}) + LinearSVC"
         steps[-1], self.calibrator_ = calibrated_fit(steps[-1], Xs, y, self.probability)
         self.pipeline_ = make_pipeline(scaler, *steps)
+        return self
+
+    #: How :meth:`fit_blocks` trains its linear SVM: 5 epochs (each maps every row again).
+    MINIBATCH = Minibatch(epochs=5)
+
+    def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None):
+        """Fit on rows read a block at a time from ``X``, never all in memory: the standardisation
+        from one pass; the Nystroem map of the kernel on ``n_components`` rows drawn from all over
+        ``X``; its linear SVM (``C / 10``, as :meth:`fit` beyond ``max_exact_samples``) trained
+        by minibatch on the mapped rows, mapped batch by batch (:func:`featx.heads.sgd.
+        fit_linear_in_blocks`, :attr:`MINIBATCH`); with ``probability``, a sigmoid calibration on
+        a sample of 20,000 training rows. The exact SVC, which needs every row at once, is never
+        used here."""
+        from ..streaming import Transformed, sample_rows, scaler_in_blocks
+        from .calibration import calibrate_sample
+        from .sgd import fit_linear_in_blocks
+
+        self._validate_params()
+        y = np.asarray(y[:])
+        check_classification_targets(y)
+        classes, y_idx = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise HeadError(f"{type(self).__name__} needs at least 2 classes in y; got 1 class: {classes[0]!r}.")
+        n, d = X.shape
+        self.n_features_in_, self.classes_ = int(d), classes
+        scaler = scaler_in_blocks(X, block_rows=block_rows, progress=progress)
+        seed = 0 if self.random_state is None else int(np.random.RandomState(self.random_state).randint(2**31 - 1))
+        k = min(self.n_components, n)
+        _, landmarks = sample_rows(X, k, seed)  # Nystroem picks its k components among these k rows: all
+        gamma = 1.0 / d if self.gamma == "scale" else self.gamma  # unit variance after scaling
+        nys = Nystroem(gamma=gamma, n_components=k, random_state=self.random_state).fit(scaler.transform(landmarks))
+
+        def mapped(part):
+            return np.concatenate([nys.transform(scaler.transform(part[i : i + 4096])).astype(np.float32)
+                                   for i in range(0, len(part), 4096)]) if len(part) else np.zeros((0, k), np.float32)  # fmt: skip
+
+        settings = replace(self.MINIBATCH, seed=seed)
+        group = max(4096, block_rows * d // max(d, k))  # a group of mapped rows holds no more than of raw ones
+        W, b, epochs = fit_linear_in_blocks(X, y_idx, len(classes), mapped, loss="squared_hinge", C=self.C / 10,
+                                    settings=settings, block_rows=group, width=k, label=self.name, progress=progress)  # fmt: skip
+        if len(classes) == 2:
+            W, b = W[:, 1:], b[1:]
+        svm = LinearSVC(C=self.C / 10, random_state=self.random_state)
+        svm.classes_, svm.coef_, svm.intercept_, svm.n_features_in_ = classes, W.T, b, k
+        svm.n_iter_ = epochs
+        self.calibrator_ = calibrate_sample(svm, Transformed(X, mapped, k), y, seed) if self.probability else None
+        self.pipeline_ = make_pipeline(scaler, nys, svm)
+        self.solver_ = f"Nystroem({k}) + linear SVM by minibatch SGD, {epochs} epochs, in blocks"
         return self
 
     def fit_note(self) -> str:

@@ -1,0 +1,86 @@
+"""Heads fitted from a cache on Dask workers, each worker reading its own blocks of the file.
+
+:func:`fit_on_cluster` is :func:`featx.streaming.fit_in_blocks` on a cluster. The workers are
+sent the file's path and the dataset's name (:class:`featx.streaming.HDF5Rows`), never its rows,
+so the file must be where the workers can read it (the same machine, or a shared disk). How a
+head's fit is shared out is the head's own:
+
+- a head with ``merge`` (``centroid``: class sums; ``knn``: its bank) is fitted on every block
+  of rows as a task (``partial_fit``, every class given), and the parts are merged here in the
+  order of the rows: the same head as one fitted in one process;
+- a head whose ``fit_blocks`` takes a ``mapper`` (``dense``: its networks are independent) has
+  each of its pieces run as a task; same seeds, same networks;
+- any other head that learns in blocks (``linear``, ``logreg``, ``svm``, ``svm-rbf``: one model
+  trained by minibatch, step after step) is fitted whole by one task on a worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import numpy as np
+from sklearn.base import clone
+from tqdm.auto import tqdm
+
+from .errors import HeadError
+from .streaming import BLOCK_ROWS, HDF5Rows, fit_in_blocks
+
+log = logging.getLogger(__name__)
+
+
+def _part(estimator, X: HDF5Rows, y: np.ndarray, classes: np.ndarray, start: int, stop: int):
+    """A task: ``estimator`` fitted on rows ``start:stop`` of ``X`` (read here, on the worker)."""
+    try:
+        return estimator.partial_fit(np.asarray(X[start:stop], dtype=np.float32), y, classes=classes)
+    finally:
+        X.close()
+
+
+def _whole(estimator, X: HDF5Rows, y: np.ndarray, block_rows: int):
+    """A task: ``estimator`` fitted on every row of ``X``, read a block at a time on the worker."""
+    try:
+        return fit_in_blocks(estimator, X, y, block_rows=block_rows, progress=False)
+    finally:
+        X.close()
+
+
+def _map_on(client):
+    """A ``mapper`` that runs each call as a task on ``client``'s workers, results in order."""
+
+    def mapper(function, items):
+        return client.gather(client.map(function, list(items), pure=False))
+
+    return mapper
+
+
+def fit_on_cluster(estimator, X, y, client, *, classes=None, block_rows: int = BLOCK_ROWS,
+                   progress: bool | None = None):  # fmt: skip
+    """Fit ``estimator`` on the rows of ``X`` (an HDF5 dataset, or columns of one) and labels ``y``
+    on the workers of ``client`` (a :class:`distributed.Client`), each worker reading its blocks of
+    the file (see the module's docstring). Returns it, fitted."""
+    ref = HDF5Rows.of(X)
+    if ref is None:
+        raise HeadError("Fitting on a cluster reads the features from their HDF5 file on the workers: these rows "
+                        "are held in memory. Fit here, or pass the cache's datasets.")  # fmt: skip
+    y = np.asarray(y[:])
+    if hasattr(estimator, "merge") and hasattr(estimator, "partial_fit"):
+        classes = np.unique(y) if classes is None else np.asarray(classes)
+        starts = range(0, len(ref), block_rows)
+        futures = [client.submit(_part, clone(estimator), ref, y[s : s + block_rows], classes, s, min(s + block_rows, len(ref)),
+                                 pure=False) for s in starts]  # fmt: skip
+        if hasattr(estimator, "reserve"):
+            estimator.reserve(len(ref))
+        with tqdm(total=len(ref), desc=f"fitting {type(estimator).__name__} on the cluster", unit="row", leave=False,
+                  disable=None if progress is None else not progress) as bar:  # fmt: skip
+            for s, future in zip(starts, futures):  # merged in the order of the rows, each part let go once merged
+                estimator.merge(future.result())
+                future.release()
+                bar.update(min(block_rows, len(ref) - s))
+        return estimator
+    fit_blocks = getattr(estimator, "fit_blocks", None)
+    if fit_blocks is not None and "mapper" in inspect.signature(fit_blocks).parameters:
+        return fit_blocks(ref, y, block_rows=block_rows, progress=progress, mapper=_map_on(client))
+    if fit_blocks is None and not hasattr(estimator, "partial_fit"):
+        return fit_in_blocks(estimator, X, y)  # the one-line refusal
+    return client.submit(_whole, clone(estimator), ref, y, block_rows, pure=False).result()

@@ -1,0 +1,108 @@
+"""Training in blocks, by minibatch: how the Keras heads learn from a cache read a block at a time,
+and how the linear heads (``logreg``, ``svm``, ``svm-rbf``'s linear SVM) learn when their rows do
+not fit in memory, on their own objective.
+
+:func:`train_batches` steps a compiled Keras model through a batch source (``train_on_batch``);
+:func:`fit_linear_in_blocks` fits one linear layer, ``W`` and ``b``, to minimise the head's own
+loss over every row plus its L2 penalty, by Adam with a cosine-decaying step, on shuffled batches of
+the cache (:func:`featx.streaming.shuffled_batches`). scikit-learn's ``LogisticRegression(C)``
+minimises ``C * sum(loss) + |W|^2 / 2``; divided by ``C * n`` that is the mean loss plus
+``|W|^2 / (2 C n)``, the penalty that the layer here carries. The solution is approached by SGD, not
+solved to a tolerance as lbfgs and liblinear do (BENCHMARKS.md measures the gap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The losses :func:`fit_linear_in_blocks` minimises: a softmax's cross-entropy (multinomial
+#: logistic regression) and one-vs-rest squared hinge (scikit-learn's ``LinearSVC``).
+LOSSES = ("softmax", "squared_hinge")
+
+
+@dataclass(frozen=True)
+class Minibatch:
+    """How a linear layer is trained by minibatch: ``epochs`` passes over the rows in batches of
+    ``batch_size`` (more passes where that would be under ``min_steps`` steps: few rows), Adam from
+    ``learning_rate`` decaying to 0 (cosine), a seed for the order and the starting weights."""
+
+    epochs: int = 10
+    min_steps: int = 2000
+    batch_size: int = 256
+    learning_rate: float = 1e-2
+    seed: int = 0
+
+
+def train_batches(model, source, steps: int, epochs: int, label: str, progress: bool | None = None) -> dict:
+    """Train ``model`` on ``steps`` batches of ``source`` per epoch with ``train_on_batch``; a
+    progress bar per epoch named ``label`` (``progress`` None: on a terminal). Returns the history, as ``Model.fit``'s: each
+    metric's mean over each epoch's rows (``train_on_batch`` reports one batch's).
+
+    Not ``Model.fit`` on a generator: TensorFlow's generator dataset kept about 400 MiB per model
+    after its fit (five networks on 320,000 rows outgrew 4 GiB); batch by batch, memory stays flat
+    from one model to the next.
+    """
+    from tqdm.auto import tqdm
+
+    history: dict[str, list[float]] = {}
+    for epoch in range(epochs):
+        sums: dict[str, float] = {}
+        rows = 0
+        with tqdm(total=steps, desc=f"{label}, epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+                  disable=None if progress is None else not progress) as bar:  # fmt: skip
+            for _ in range(steps):
+                xb, yb = next(source)
+                for key, value in model.train_on_batch(xb, yb, return_dict=True).items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * len(xb)
+                rows += len(xb)
+                bar.update()
+        for key, total in sums.items():
+            history.setdefault(key, []).append(total / max(rows, 1))
+    return history
+
+
+def _squared_hinge(n_classes: int):
+    """One-vs-rest squared hinge, summed over the classes: ``sum_k max(0, 1 - t_k f_k)^2`` with
+    ``t_k`` = +1 for the row's class and -1 for the others."""
+    from keras import ops
+
+    def loss(y_true, y_pred):
+        t = 2.0 * ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), n_classes) - 1.0
+        return ops.sum(ops.square(ops.relu(1.0 - t * y_pred)), axis=-1)
+
+    return loss
+
+
+def fit_linear_in_blocks(X, y_idx: np.ndarray, n_classes: int, transform, *, loss: str, C: float,
+                         settings: Minibatch, block_rows: int, width: int | None = None, label: str = "linear",
+                         progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
+    """``(W, b, epochs)``: ``W`` and ``b`` of shape ``(width, n_classes)``, ``(n_classes,)``
+    minimising the mean ``loss`` of the rows of ``X`` (``transform``-ed; ``width`` columns after
+    it, default ``X``'s) plus ``|W|^2 / (2 C n)``, trained on shuffled batches read a block at a
+    time, for ``epochs`` passes."""
+    import keras
+
+    from ..runtime import seeded_build
+    from ..streaming import shuffled_batches
+
+    if loss not in LOSSES:
+        raise ValueError(f"loss is one of {LOSSES}: got {loss!r}")  # featx's own call: a bug, not bad input
+    n, width = len(y_idx), int(width or X.shape[1])
+    source, steps = shuffled_batches(X, y_idx, transform, batch_size=settings.batch_size, block_rows=block_rows,
+                                     seed=settings.seed)  # fmt: skip
+    with seeded_build(settings.seed):
+        model = keras.Sequential([keras.Input(shape=(width,)),
+                                  keras.layers.Dense(n_classes, kernel_regularizer=keras.regularizers.L2(1 / (2 * C * n)))])  # fmt: skip
+    epochs = max(settings.epochs, -(-settings.min_steps // max(steps, 1)))
+    schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, decay_steps=steps * epochs)
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss == "softmax"
+                  else _squared_hinge(n_classes))  # fmt: skip
+    try:
+        train_batches(model, source, steps, epochs, label, progress)
+    finally:
+        source.close()
+    W, b = (np.asarray(w, dtype=np.float64) for w in model.layers[-1].get_weights())
+    return W, b, epochs
