@@ -44,6 +44,31 @@ def test_a_head_fitted_in_blocks_equals_the_head_fitted_on_everything(head, cach
         np.testing.assert_array_equal(streamed.train_, whole.train_)
 
 
+def test_knn_holds_a_bank_too_large_for_memory_in_float16_then_in_a_mapped_file(cache, monkeypatch, caplog):
+    from featx import streaming
+    from featx.heads import cosine
+
+    with h5py.File(cache) as f:
+        X, y = f["X"], f["y"]
+        whole = make_head("knn", storage="float16").fit(np.asarray(X[:], dtype=np.float32), y[:])
+        assert make_head("knn").fit(X[:100], y[:100]).storage_ == "float32"  # room to spare: float32
+        bank32 = 3000 * 32 * 4
+        monkeypatch.setattr(streaming, "available_memory", lambda: cosine.BANK_HEADROOM + bank32 - 1)
+        small = fit_in_blocks(make_head("knn"), X, y, block_rows=700)
+        assert small.storage_ == "float16" and not isinstance(small.train_, np.memmap)
+        monkeypatch.setattr(streaming, "available_memory", lambda: cosine.BANK_HEADROOM + bank32 // 2 - 1)
+        mapped = fit_in_blocks(make_head("knn"), X, y, block_rows=700)
+        assert isinstance(mapped.train_, np.memmap) and "memory-mapped temporary file" in caplog.text
+        Xq = np.asarray(X[:300], dtype=np.float32)
+    for head in (small, mapped):
+        np.testing.assert_array_equal(head.train_, whole.train_)
+        np.testing.assert_allclose(head.predict_proba(Xq), whole.predict_proba(Xq), atol=1e-12)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(mapped))  # saved as an array, not as a mapping
+    assert type(again.train_) is np.ndarray and np.array_equal(again.train_, whole.train_)
+
+
 def test_a_head_that_cannot_stream_says_so(cache, throwaway):
     with h5py.File(cache) as f, pytest.raises(HeadError, match="has no partial_fit"):
         fit_in_blocks(make_head("shrunk-centroid"), f["X"], f["y"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,11 +16,18 @@ from ..neighbors import NeighborSearch, nearest, unit_rows
 from .base import Head
 from .keras_layers import dense_layer
 
+log = logging.getLogger(__name__)
+
 
 def _unit_rows(X: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (a zero row stays zero)."""
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.where(norms > 0, norms, 1.0)
+
+
+#: Bytes a knn head leaves free beside its bank when it chooses how to hold it (``storage``): the
+#: search's blocks, the queries and their neighbours.
+BANK_HEADROOM = 1 << 30
 
 
 def _same_classes(head, other) -> None:
@@ -71,14 +79,20 @@ class KNNClassifier(_CosineVote):
         (:func:`featx.neighbors.recall` measures it).
     engine : {"auto", "numpy", "faiss"}, default="auto"
         "auto": FAISS where installed, else NumPy.
-    storage : {"float32", "float16"}, default="float32"
-        How the training rows are held: float16 takes half the memory.
+    storage : {"auto", "float32", "float16"}, default="auto"
+        How the training rows are held: float16 takes half the memory. "auto": float32 where the
+        bank fits in the memory available with :data:`BANK_HEADROOM` to spare, else float16.
+        A bank that does not fit so even in its storage is kept in a memory-mapped temporary file
+        (the search reads it a block at a time; the system keeps what it can of it in memory):
+        never a crash for want of memory, at the speed of the disk where memory is short.
 
     Attributes
     ----------
     classes_, n_features_in_
     train_ : ndarray of shape (n_train, n_features)
-        The unit-length training rows, in ``storage``.
+        The unit-length training rows, in ``storage_``.
+    storage_ : str
+        The storage chosen ("float32" or "float16").
     """
 
     name = "knn"
@@ -93,11 +107,11 @@ class KNNClassifier(_CosineVote):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "method": [StrOptions({"exact", "approximate"})],
         "engine": [StrOptions({"auto", "numpy", "faiss"})],
-        "storage": [StrOptions({"float32", "float16"})],
+        "storage": [StrOptions({"auto", "float32", "float16"})],
     }
 
     def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024,
-                 method: str = "exact", engine: str = "auto", storage: str = "float32"):  # fmt: skip
+                 method: str = "exact", engine: str = "auto", storage: str = "auto"):  # fmt: skip
         self.n_neighbors = n_neighbors
         self.temperature = temperature
         self.batch_size = batch_size
@@ -106,7 +120,7 @@ class KNNClassifier(_CosineVote):
         self.storage = storage
 
     def fit(self, X, y):
-        for attr in ("train_", "labels_", "classes_", "_buffer", "_reserved"):
+        for attr in ("train_", "labels_", "classes_", "_buffer", "_reserved", "storage_"):
             self.__dict__.pop(attr, None)
         return self.partial_fit(X, y)
 
@@ -122,11 +136,35 @@ class KNNClassifier(_CosineVote):
         labels = self._labels(y, classes, first)
         if first:
             room = max(self.__dict__.pop("_reserved", 0), len(X))
-            self._buffer = np.empty((room, X.shape[1]), np.dtype(self.storage))
+            self._buffer = self._new_bank(room, X.shape[1])
             self.train_ = self._buffer[:0]
             self.labels_ = np.empty(0, dtype=np.int64)
-        self._append(unit_rows(X, dtype=np.dtype(self.storage)), labels)
+        self._append(unit_rows(X, dtype=np.dtype(self.storage_)), labels)
         return self
+
+    def _storage(self) -> str:
+        # heads saved before the option existed hold float32; those before "auto", what they were given
+        chosen = getattr(self, "storage_", None) or getattr(self, "storage", "float32")
+        return "float32" if chosen == "auto" else chosen  # not chosen yet (no bank)
+
+    def _new_bank(self, rows: int, width: int) -> np.ndarray:
+        """Room for a bank of ``rows`` x ``width``: ``storage_`` chosen (see ``storage``), in memory
+        where it fits with :data:`BANK_HEADROOM` to spare, else in a memory-mapped temporary file."""
+        import tempfile
+
+        from ..streaming import available_memory
+
+        free = available_memory()
+        fits = lambda itemsize: free is None or rows * width * itemsize + BANK_HEADROOM <= free  # noqa: E731
+        self.storage_ = self.storage if self.storage != "auto" else ("float32" if fits(4) else "float16")
+        dtype = np.dtype(self.storage_)
+        if fits(dtype.itemsize):
+            return np.empty((rows, width), dtype)
+        log.warning("knn: a bank of %s rows x %s in %s (%.1f GiB) does not fit in the memory available (%.1f GiB): "
+                    "it is kept in a memory-mapped temporary file.", f"{rows:,}", width, self.storage_,
+                    rows * width * dtype.itemsize / 2**30, free / 2**30)  # fmt: skip
+        with tempfile.TemporaryFile(prefix="featx-knn-bank-") as f:  # the name goes at once; the mapping keeps it
+            return np.memmap(f, dtype=dtype, mode="w+", shape=(rows, width))
 
     def _append(self, rows: np.ndarray, labels: np.ndarray) -> None:
         n = len(self.train_)
@@ -146,10 +184,10 @@ class KNNClassifier(_CosineVote):
             self._validate_params()
             self.classes_, self.n_features_in_ = other.classes_, other.n_features_in_
             room = max(self.__dict__.pop("_reserved", 0), len(other.train_))
-            self._buffer = np.empty((room, other.train_.shape[1]), np.dtype(self.storage))
+            self._buffer = self._new_bank(room, other.train_.shape[1])
             self.train_, self.labels_ = self._buffer[:0], np.empty(0, dtype=np.int64)
         _same_classes(self, other)
-        self._append(np.asarray(other.train_, dtype=np.dtype(self.storage)), other.labels_)
+        self._append(np.asarray(other.train_, dtype=np.dtype(self.storage_)), other.labels_)
         return self
 
     def reserve(self, rows: int) -> None:
@@ -168,7 +206,7 @@ class KNNClassifier(_CosineVote):
     def _search(self) -> NeighborSearch:
         # heads saved before the search options existed have none: the exact search, as then
         return NeighborSearch(method=getattr(self, "method", "exact"), engine=getattr(self, "engine", "auto"),
-                              block_rows=self.batch_size, storage=getattr(self, "storage", "float32"),
+                              block_rows=self.batch_size, storage=self._storage(),
                               progress=False)  # fmt: skip
 
     def predict_proba(self, X):
