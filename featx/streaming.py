@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import HeadError
+from .errors import CacheError, HeadError
 
 #: Rows per block: 65,536 rows of width 1,024 are 256 MiB of float32.
 BLOCK_ROWS = 65_536
@@ -167,10 +167,22 @@ class Transformed:
         return np.asarray(self.transform(np.asarray(self.X[rows], dtype=np.float32)), dtype=np.float32)
 
 
+def read_rows(X, rows) -> np.ndarray:
+    """Rows ``rows`` of ``X`` as float32. A cache file that cannot be read there (damaged after it
+    was checked, or taken away) is a :class:`~featx.errors.CacheError` naming it, not a crash."""
+    try:
+        return np.asarray(X[rows], dtype=np.float32)
+    except OSError as exc:
+        inner = X.X if isinstance(X, Columns) else X
+        source = getattr(getattr(inner, "file", None), "filename", None) or getattr(inner, "path", None) or "the features"
+        raise CacheError(f"Could not read rows of {source} ({exc}): the file is damaged or was removed while it was "
+                         "read. Delete it and extract the features again.") from exc
+
+
 def blocks(X, y=None, *, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """``(rows as float32, their labels)`` of ``X`` (and ``y``), ``block_rows`` at a time, in order."""
     for start in range(0, len(X), block_rows):
-        part = np.asarray(X[start : start + block_rows], dtype=np.float32)
+        part = read_rows(X, slice(start, start + block_rows))
         yield part, (None if y is None else np.asarray(y[start : start + block_rows]))
 
 
@@ -204,8 +216,7 @@ def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int =
             for i in range(0, len(order), per_group):
                 group = np.sort(order[i : i + per_group])
                 rows = np.concatenate([np.arange(c * CHUNK_ROWS, c * CHUNK_ROWS + sizes[c]) for c in group])
-                Xg = np.concatenate([np.asarray(X[c * CHUNK_ROWS : c * CHUNK_ROWS + sizes[c]], dtype=np.float32)
-                                     for c in group])  # fmt: skip
+                Xg = np.concatenate([read_rows(X, slice(c * CHUNK_ROWS, c * CHUNK_ROWS + sizes[c])) for c in group])
                 mix = rng.permutation(len(rows))
                 Xg, yg = Xg.take(mix, axis=0), y[rows[mix]]
                 if transform is not None:
@@ -237,9 +248,9 @@ def sample_rows(X, rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     file order: a sample from all over a cache, read without reading it all."""
     pick = np.sort(np.random.default_rng(seed).choice(len(X), min(rows, len(X)), replace=False))
     if not hasattr(X, "id") and not isinstance(X, (Columns, HDF5Rows)):
-        return pick, np.asarray(X[pick], dtype=np.float32)
-    return pick, np.concatenate([np.asarray(X[pick[i : i + 4096]], dtype=np.float32)
-                                 for i in range(0, len(pick), 4096)]) if len(pick) else np.asarray(X[:0], np.float32)  # fmt: skip
+        return pick, read_rows(X, pick)
+    return pick, np.concatenate([read_rows(X, pick[i : i + 4096]) for i in range(0, len(pick), 4096)]) if len(pick) \
+        else read_rows(X, slice(0, 0))  # fmt: skip
 
 
 def fit_in_blocks(estimator, X, y, *, classes=None, block_rows: int = BLOCK_ROWS, progress: bool | None = None):
@@ -262,11 +273,22 @@ def fit_in_blocks(estimator, X, y, *, classes=None, block_rows: int = BLOCK_ROWS
     return estimator
 
 
-def predict_in_blocks(estimator, X, *, block_rows: int = BLOCK_ROWS) -> np.ndarray:
-    """``estimator.predict`` of the rows of ``X``, a block at a time."""
-    return np.concatenate([estimator.predict(part) for part, _ in blocks(X, block_rows=block_rows)])
+def predict_in_blocks(estimator, X, *, block_rows: int = BLOCK_ROWS, progress: bool | None = None) -> np.ndarray:
+    """``estimator.predict`` of the rows of ``X``, a block at a time (a progress bar: ``progress``,
+    None for a terminal)."""
+    return _each_block(estimator.predict, X, block_rows, progress, type(estimator).__name__)
 
 
-def predict_proba_in_blocks(estimator, X, *, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+def predict_proba_in_blocks(estimator, X, *, block_rows: int = BLOCK_ROWS, progress: bool | None = None) -> np.ndarray:
     """``estimator.predict_proba`` of the rows of ``X``, a block at a time."""
-    return np.concatenate([estimator.predict_proba(part) for part, _ in blocks(X, block_rows=block_rows)])
+    return _each_block(estimator.predict_proba, X, block_rows, progress, type(estimator).__name__)
+
+
+def _each_block(method, X, block_rows: int, progress, name: str) -> np.ndarray:
+    out = []
+    with tqdm(total=len(X), desc=f"scoring with {name}", unit="row", leave=False,
+              disable=None if progress is None else not progress) as bar:  # fmt: skip
+        for part, _ in blocks(X, block_rows=block_rows):
+            out.append(method(part))
+            bar.update(len(part))
+    return np.concatenate(out)

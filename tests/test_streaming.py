@@ -69,6 +69,21 @@ def test_knn_holds_a_bank_too_large_for_memory_in_float16_then_in_a_mapped_file(
     assert type(again.train_) is np.ndarray and np.array_equal(again.train_, whole.train_)
 
 
+def test_a_cache_damaged_after_its_check_is_a_cache_error_when_read_in_blocks(tmp_path):
+    from featx.errors import CacheError
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=rng.normal(size=(4000, 64)).astype(np.float32), chunks=(500, 64), compression="gzip")
+        f["y"] = rng.integers(0, 2, 4000)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 4096] = bytes(4096)  # zeros over compressed chunks mid-file
+    path.write_bytes(bytes(raw))
+    with h5py.File(path) as f, pytest.raises(CacheError, match=r"Could not read rows of .*f\.h5.*extract the features again"):
+        fit_in_blocks(make_head("centroid"), f["X"], f["y"], block_rows=500)
+
+
 def test_a_head_that_cannot_stream_says_so(cache, throwaway):
     with h5py.File(cache) as f, pytest.raises(HeadError, match="has no partial_fit"):
         fit_in_blocks(make_head("shrunk-centroid"), f["X"], f["y"])
