@@ -8,10 +8,12 @@ head's fit is shared out is the head's own:
 - a head with ``merge`` (``centroid``: class sums; ``knn``: its bank) is fitted on every block
   of rows as a task (``partial_fit``, every class given), and the parts are merged here in the
   order of the rows: the same head as one fitted in one process;
-- a head whose ``fit_blocks`` takes a ``mapper`` (``dense``: its networks are independent) has
-  each of its pieces run as a task; same seeds, same networks;
-- any other head that learns in blocks (``linear``, ``logreg``, ``svm``, ``svm-rbf``: one model
-  trained by minibatch, step after step) is fitted whole by one task on a worker.
+- a head whose ``fit_blocks`` takes a ``mapper`` has its pieces run as tasks: ``dense``'s
+  networks are independent (same seeds, same networks: ``linear``'s one network is one task);
+  ``logreg``, ``svm`` and ``svm-rbf`` train one model on every worker at once, each on its
+  share of the file, averaged each epoch (:func:`featx.heads.sgd.fit_linear_in_blocks`): equal to
+  one process's within the noise of SGD;
+- any other head that learns in blocks is fitted whole by one task on a worker.
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ def _whole(estimator, X: HDF5Rows, y: np.ndarray, block_rows: int):
 def _map_on(client):
     """A ``mapper`` that runs each call as a task on ``client``'s workers, results in order."""
 
+    from .cluster import n_workers
+
     def mapper(function, items):
         return client.gather(client.map(function, list(items), pure=False))
 
+    mapper.parts = n_workers(client)  # a fit that can split its rows takes one share per worker
     return mapper
 
 

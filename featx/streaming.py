@@ -190,8 +190,8 @@ def blocks(X, y=None, *, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndar
 CHUNK_ROWS = 256
 
 
-def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int = BLOCK_ROWS,
-                     seed: int = 0) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int]:  # fmt: skip
+def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int = BLOCK_ROWS, seed: int = 0,
+                     part: tuple[int, int] = (0, 1)) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int]:  # fmt: skip
     """A Keras data source of the rows of ``X`` (labels ``y``, in memory), never all in memory:
     ``(an endless generator of (X, y) batches, the batches of one epoch)``.
 
@@ -199,14 +199,18 @@ def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int =
     in groups of about ``block_rows`` rows (chunks from all over the file, so that a cache sorted
     by class still gives batches of every class), each group's rows shuffled, passed through
     ``transform`` (as float32) and cut into batches of ``batch_size``.
+
+    ``part=(k, parts)``: the rows of every ``parts``-th chunk from the ``k``-th only (a Dask
+    worker's share of the file, from all over it).
     """
     y = np.asarray(y)
     n, per_group = len(X), max(1, block_rows // CHUNK_ROWS)
-    n_chunks = -(-n // CHUNK_ROWS)
-    sizes = [min(CHUNK_ROWS, n - c * CHUNK_ROWS) for c in range(n_chunks)]
+    sizes = [min(CHUNK_ROWS, n - c * CHUNK_ROWS) for c in range(-(-n // CHUNK_ROWS))]
+    mine = np.arange(part[0], len(sizes), part[1])
+    n_chunks = len(mine)
     rng = np.random.default_rng(seed)
 
-    plan = rng.permutation(n_chunks)
+    plan = mine[rng.permutation(n_chunks)]
     # batches of the first epoch: the others differ by a batch at most (the endless stream goes on)
     steps = sum(-(-sum(sizes[c] for c in plan[i : i + per_group]) // batch_size) for i in range(0, n_chunks, per_group))
 
@@ -224,7 +228,7 @@ def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int =
                 Xg = np.ascontiguousarray(Xg)
                 for b in range(0, len(rows), batch_size):
                     yield Xg[b : b + batch_size], yg[b : b + batch_size]
-            order = rng.permutation(n_chunks)
+            order = mine[rng.permutation(n_chunks)]
 
     return generate(), steps
 

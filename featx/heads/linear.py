@@ -42,12 +42,14 @@ class _ScaledLinear(OptionalProbability):
         self.n_iter_ = int(np.max(self.classifier_.n_iter_))
         return self
 
-    def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None):
+    def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None, mapper=None):
         """Fit on rows read a block at a time from ``X`` (an HDF5 dataset, a memmap or an array),
         never all in memory: the standardisation from one pass, then the same objective as
         :meth:`fit` (the loss plus the L2 penalty of ``C``) minimised by minibatch
         (:func:`featx.heads.sgd.fit_linear_in_blocks`, :attr:`MINIBATCH`) instead of solved on
         every row; with ``probability``, a sigmoid calibration on a sample of 20,000 training rows.
+        ``mapper``: Dask workers' (:func:`featx.cluster_fit.fit_on_cluster`), which train on
+        their shares of the file at once, averaged each epoch.
         The fitted parts are the same kinds as :meth:`fit`'s (``classifier_`` a scikit-learn
         classifier with its ``coef_``), so predicting and exporting do not change."""
         from ..streaming import Transformed, scaler_in_blocks
@@ -65,7 +67,7 @@ class _ScaledLinear(OptionalProbability):
         seed = 0 if self.random_state is None else int(np.random.RandomState(self.random_state).randint(2**31 - 1))
         settings = replace(self.MINIBATCH, seed=seed)
         W, b, epochs = fit_linear_in_blocks(X, y_idx, len(classes), self._scale32, loss=self.LOSS, C=self.C, settings=settings,
-                                    block_rows=block_rows, label=self.name, progress=progress)  # fmt: skip
+                                    block_rows=block_rows, label=self.name, progress=progress, mapper=mapper)  # fmt: skip
         if len(classes) == 2:  # scikit-learn's binary form: one column, for the second class
             W, b = (W[:, 1:] - W[:, :1], b[1:] - b[:1]) if self.LOSS == "softmax" else (W[:, 1:], b[1:])
         self.classifier_ = self._classifier()

@@ -100,14 +100,14 @@ class RBFSVMClassifier(OptionalProbability):
     #: How :meth:`fit_blocks` trains its linear SVM: 5 epochs (each maps every row again).
     MINIBATCH = Minibatch(epochs=5)
 
-    def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None):
+    def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None, mapper=None):
         """Fit on rows read a block at a time from ``X``, never all in memory: the standardisation
         from one pass; the Nystroem map of the kernel on ``n_components`` rows drawn from all over
         ``X``; its linear SVM (``C / 10``, as :meth:`fit` beyond ``max_exact_samples``) trained
         by minibatch on the mapped rows, mapped batch by batch (:func:`featx.heads.sgd.
         fit_linear_in_blocks`, :attr:`MINIBATCH`); with ``probability``, a sigmoid calibration on
         a sample of 20,000 training rows. The exact SVC, which needs every row at once, is never
-        used here."""
+        used here. ``mapper``: as the linear heads' ``fit_blocks``."""
         from ..streaming import Transformed, sample_rows, scaler_in_blocks
         from .calibration import calibrate_sample
         from .sgd import fit_linear_in_blocks
@@ -127,14 +127,12 @@ class RBFSVMClassifier(OptionalProbability):
         gamma = 1.0 / d if self.gamma == "scale" else self.gamma  # unit variance after scaling
         nys = Nystroem(gamma=gamma, n_components=k, random_state=self.random_state).fit(scaler.transform(landmarks))
 
-        def mapped(part):
-            return np.concatenate([nys.transform(scaler.transform(part[i : i + 4096])).astype(np.float32)
-                                   for i in range(0, len(part), 4096)]) if len(part) else np.zeros((0, k), np.float32)  # fmt: skip
-
+        mapped = _NystroemMap(scaler, nys)
         settings = replace(self.MINIBATCH, seed=seed)
         group = max(4096, block_rows * d // max(d, k))  # a group of mapped rows holds no more than of raw ones
         W, b, epochs = fit_linear_in_blocks(X, y_idx, len(classes), mapped, loss="squared_hinge", C=self.C / 10,
-                                    settings=settings, block_rows=group, width=k, label=self.name, progress=progress)  # fmt: skip
+                                    settings=settings, block_rows=group, width=k, label=self.name, progress=progress,
+                                    mapper=mapper)  # fmt: skip
         if len(classes) == 2:
             W, b = W[:, 1:], b[1:]
         svm = LinearSVC(C=self.C / 10, random_state=self.random_state)
@@ -199,3 +197,18 @@ class RBFSVMClassifier(OptionalProbability):
 
 
 RBFSVMClassifier.__doc__ %= PROBABILITY_DOC
+
+
+class _NystroemMap:
+    """Rows standardised, then mapped by the Nystroem map, 4,096 at a time, as float32 (a class, so
+    that a Dask worker can be sent it)."""
+
+    def __init__(self, scaler, nys):
+        self.scaler, self.nys = scaler, nys
+
+    def __call__(self, part):
+        k = len(self.nys.components_)
+        if not len(part):
+            return np.zeros((0, k), np.float32)
+        return np.concatenate([self.nys.transform(self.scaler.transform(part[i : i + 4096])).astype(np.float32)
+                               for i in range(0, len(part), 4096)])  # fmt: skip

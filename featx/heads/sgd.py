@@ -75,34 +75,107 @@ def _squared_hinge(n_classes: int):
     return loss
 
 
-def fit_linear_in_blocks(X, y_idx: np.ndarray, n_classes: int, transform, *, loss: str, C: float,
-                         settings: Minibatch, block_rows: int, width: int | None = None, label: str = "linear",
-                         progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
-    """``(W, b, epochs)``: ``W`` and ``b`` of shape ``(width, n_classes)``, ``(n_classes,)``
-    minimising the mean ``loss`` of the rows of ``X`` (``transform``-ed; ``width`` columns after
-    it, default ``X``'s) plus ``|W|^2 / (2 C n)``, trained on shuffled batches read a block at a
-    time, for ``epochs`` passes."""
+def _linear_model(width: int, n_classes: int, loss: str, C: float, n: int, settings: Minibatch, decay_steps: int):
+    """One Dense layer, compiled: the ``loss``, the L2 penalty ``|W|^2 / (2 C n)``, Adam with a
+    cosine-decaying step over ``decay_steps``."""
     import keras
 
     from ..runtime import seeded_build
-    from ..streaming import shuffled_batches
 
     if loss not in LOSSES:
         raise ValueError(f"loss is one of {LOSSES}: got {loss!r}")  # featx's own call: a bug, not bad input
-    n, width = len(y_idx), int(width or X.shape[1])
-    source, steps = shuffled_batches(X, y_idx, transform, batch_size=settings.batch_size, block_rows=block_rows,
-                                     seed=settings.seed)  # fmt: skip
     with seeded_build(settings.seed):
         model = keras.Sequential([keras.Input(shape=(width,)),
                                   keras.layers.Dense(n_classes, kernel_regularizer=keras.regularizers.L2(1 / (2 * C * n)))])  # fmt: skip
-    epochs = max(settings.epochs, -(-settings.min_steps // max(steps, 1)))
-    schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, decay_steps=steps * epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, decay_steps=max(1, decay_steps))
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss == "softmax"
                   else _squared_hinge(n_classes))  # fmt: skip
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def fit_linear_in_blocks(X, y_idx: np.ndarray, n_classes: int, transform, *, loss: str, C: float,
+                         settings: Minibatch, block_rows: int, width: int | None = None, label: str = "linear",
+                         progress: bool | None = None, mapper=None) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
+    """``(W, b, epochs)``: ``W`` and ``b`` of shape ``(width, n_classes)``, ``(n_classes,)``
+    minimising the mean ``loss`` of the rows of ``X`` (``transform``-ed; ``width`` columns after
+    it, default ``X``'s) plus ``|W|^2 / (2 C n)``, trained on shuffled batches read a block at a
+    time, for ``epochs`` passes.
+
+    With a ``mapper`` that has ``parts`` > 1 (:func:`featx.cluster_fit.fit_on_cluster`'s: one
+    part per Dask worker), each epoch runs on the parts at once, each part a share of the file's
+    chunks from all over it (every ``parts``-th), from the same weights and optimizer state; the
+    parts' weights and Adam moments are then averaged (local SGD, averaged each epoch). The
+    minimum is the same; the path to it differs, so the result equals one process's within the
+    noise of SGD (BENCHMARKS.md measures it), not to the digit.
+    """
+    from ..streaming import shuffled_batches
+
+    n, width = len(y_idx), int(width or X.shape[1])
+    parts = int(getattr(mapper, "parts", 1)) if mapper is not None else 1
+    source, steps = shuffled_batches(X, y_idx, transform, batch_size=settings.batch_size, block_rows=block_rows,
+                                     seed=settings.seed)  # fmt: skip
+    epochs = max(settings.epochs, -(-settings.min_steps // max(steps, 1)))
+    if parts > 1:
+        source.close()
+        return (*_fit_linear_in_parts(X, y_idx, n_classes, transform, loss=loss, C=C, settings=settings,
+                                      block_rows=block_rows, width=width, epochs=epochs, mapper=mapper, parts=parts,
+                                      label=label, progress=progress), epochs)  # fmt: skip
+    model = _linear_model(width, n_classes, loss, C, n, settings, steps * epochs)
     try:
         train_batches(model, source, steps, epochs, label, progress)
     finally:
         source.close()
     W, b = (np.asarray(w, dtype=np.float64) for w in model.layers[-1].get_weights())
     return W, b, epochs
+
+
+def _fit_linear_in_parts(X, y_idx, n_classes, transform, *, loss, C, settings, block_rows, width, epochs, mapper,
+                         parts, label, progress):  # fmt: skip
+    """Local SGD: each epoch, every part trains from the same state on its share; states averaged."""
+    from functools import partial
+
+    from tqdm.auto import tqdm
+
+    from ..streaming import shuffled_batches
+
+    steps = max(shuffled_batches(X, y_idx, batch_size=settings.batch_size, block_rows=block_rows,
+                                 part=(k, parts))[1] for k in range(parts))  # fmt: skip
+    state = None
+    with tqdm(total=epochs, desc=f"{label} on {parts} workers", unit="epoch", leave=False,
+              disable=None if progress is None else not progress) as bar:  # fmt: skip
+        for epoch in range(epochs):
+            run = partial(_local_epoch, state, X, y_idx, n_classes, transform, loss, C, settings, block_rows, width,
+                          steps * epochs, epoch, parts)  # fmt: skip
+            states = list(mapper(run, range(parts)))
+            state = [np.mean([s[i] for s in states], axis=0) for i in range(len(states[0]))]
+            bar.update()
+    W, b = state[0], state[1]
+    return np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
+
+
+def _local_epoch(state, X, y_idx, n_classes, transform, loss, C, settings, block_rows, width, decay_steps, epoch,
+                 parts, k):  # fmt: skip
+    """A task: one epoch of part ``k`` of the rows from ``state`` (the layer's weights, then Adam's
+    variables; None at the start). Returns the state after it."""
+    from dataclasses import replace
+
+    from ..streaming import shuffled_batches
+
+    model = _linear_model(width, n_classes, loss, C, len(y_idx), settings, decay_steps)
+    variables = model.optimizer.variables
+    if state is not None:
+        model.layers[-1].set_weights(state[:2])
+        for v, value in zip(variables, state[2:]):
+            v.assign(np.asarray(np.round(value) if "int" in str(v.dtype) else value).astype(str(v.dtype)))
+    local = replace(settings, seed=settings.seed + 7919 * epoch + k)
+    source, steps = shuffled_batches(X, y_idx, transform, batch_size=local.batch_size, block_rows=block_rows,
+                                     seed=local.seed, part=(k, parts))  # fmt: skip
+    try:
+        train_batches(model, source, steps, 1, f"part {k}", False)
+    finally:
+        source.close()
+        if hasattr(X, "close"):
+            X.close()
+    return [*model.layers[-1].get_weights(), *(np.asarray(v) for v in variables)]
