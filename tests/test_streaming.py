@@ -218,6 +218,12 @@ def test_fit_streams_when_asked_and_its_head_predicts(tiny, tmp_path):
     files = sorted((tiny / "test").rglob("*.png"))[:2]
     assert [p.label for p in predict_files(files, "centroid", "trunk", tiny, **kw)] == [
         res.class_names[i] for i in res.y_pred[:2]]
+    # an svm fitted in blocks is saved with its calibrated probabilities, and predicts with them
+    res, path = fit_head("svm", "trunk", tiny, stream=True, **kw)
+    assert res.note.startswith("read in blocks; minibatch SGD") and res.estimator.calibrator_ is not None
+    out = predict_files(files, "svm", "trunk", tiny, **kw)
+    assert [p.label for p in out] == [res.class_names[i] for i in res.y_pred[:2]]
+    assert all(0 < p.probability <= 1 for p in out)
 
 
 def test_compare_on_an_embeddings_file_reads_it_in_blocks(tmp_path):
