@@ -68,7 +68,13 @@ def fit_on_cluster(estimator, X, y, client, *, classes=None, block_rows: int = B
     if ref is None:
         raise HeadError("Fitting on a cluster reads the features from their HDF5 file on the workers: these rows "
                         "are held in memory. Fit here, or pass the cache's datasets.")  # fmt: skip
-    y = np.asarray(y[:])
+    try:
+        return _fit(estimator, ref, np.asarray(y[:]), client, classes, block_rows, progress)
+    finally:
+        ref.close()  # the file as this process opened it to read (the standardisation's pass)
+
+
+def _fit(estimator, ref: HDF5Rows, y: np.ndarray, client, classes, block_rows: int, progress):
     if hasattr(estimator, "merge") and hasattr(estimator, "partial_fit"):
         classes = np.unique(y) if classes is None else np.asarray(classes)
         starts = range(0, len(ref), block_rows)
@@ -87,5 +93,5 @@ def fit_on_cluster(estimator, X, y, client, *, classes=None, block_rows: int = B
     if fit_blocks is not None and "mapper" in inspect.signature(fit_blocks).parameters:
         return fit_blocks(ref, y, block_rows=block_rows, progress=progress, mapper=_map_on(client))
     if fit_blocks is None and not hasattr(estimator, "partial_fit"):
-        return fit_in_blocks(estimator, X, y)  # the one-line refusal
+        return fit_in_blocks(estimator, ref, y)  # the one-line refusal
     return client.submit(_whole, clone(estimator), ref, y, block_rows, pure=False).result()
