@@ -32,7 +32,8 @@ COPIES = 4
 
 def available_memory() -> int | None:
     """Bytes of memory this process can still take now: Linux's MemAvailable, or less where its
-    cgroup (a container, a job's limit) allows less; else the physical memory; None if unknown."""
+    cgroup (a container, a job's limit) allows less (its limit minus its use, the page cache of
+    files not counted: the kernel takes it back); else the physical memory; None if unknown."""
     found = []
     try:
         with open("/proc/meminfo") as f:
@@ -55,19 +56,19 @@ def physical_memory() -> int | None:
         return None
 
 
-def _cgroup_room() -> int | None:
+def _cgroup_room(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
     """Limit minus use of this process's memory cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``),
     or None where there is no limit or no cgroup to read."""
     try:
-        with open("/proc/self/cgroup") as f:
+        with open(proc) as f:
             lines = [line.strip().split(":", 2) for line in f if line.count(":") >= 2]
     except OSError:
         return None
     for _, controllers, path in lines:
         if controllers == "":  # cgroup v2
-            base, limit, used = f"/sys/fs/cgroup{path}", "memory.max", "memory.current"
+            base, limit, used = f"{root}{path}", "memory.max", "memory.current"
         elif "memory" in controllers.split(","):
-            base, limit, used = f"/sys/fs/cgroup/memory{path}", "memory.limit_in_bytes", "memory.usage_in_bytes"
+            base, limit, used = f"{root}/memory{path}", "memory.limit_in_bytes", "memory.usage_in_bytes"
         else:
             continue
         try:
@@ -78,8 +79,24 @@ def _cgroup_room() -> int | None:
         except (OSError, ValueError):
             continue
         if cap != "max" and int(cap) < 1 << 60:
-            return max(0, int(cap) - now)
+            return max(0, int(cap) - now + _file_cache(f"{base}/memory.stat"))
     return None
+
+
+def _file_cache(stat: str) -> int:
+    """Bytes of file pages that a cgroup's use counts and the kernel takes back when memory is
+    needed (the page cache of files read, such as a cache's blocks): active and inactive file
+    pages of ``memory.stat`` (v1's ``total_`` lines where there are), 0 if unreadable."""
+    try:
+        with open(stat) as f:
+            values = dict(line.split() for line in f if line.count(" ") == 1)
+    except (OSError, ValueError):
+        return 0
+    prefix = "total_" if "total_active_file" in values else ""
+    try:
+        return sum(int(values.get(f"{prefix}{k}", 0)) for k in ("active_file", "inactive_file"))
+    except ValueError:
+        return 0
 
 
 def fits_in_memory(rows: int, width: int, available: int | None = None) -> bool:

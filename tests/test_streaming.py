@@ -245,3 +245,25 @@ def test_compare_on_an_embeddings_file_reads_it_in_blocks(tmp_path):
         f["X_test"][5, 3] = np.nan
     with pytest.raises(DataError, match="X_test holds NaN"):  # checked a block at a time too
         compare(heads=["centroid"], features=path, reports_dir=tmp_path / "c", stream=True)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_cgroup_limit_counts_use_but_not_the_page_cache_of_files_read(version, tmp_path):
+    """Memory available under a cgroup limit: the limit minus use, where the file pages that use
+    counts (a cache's blocks just read) are given back, since the kernel takes them when needed."""
+    from featx.streaming import _cgroup_room
+
+    gib = 1 << 30
+    (tmp_path / "cgroup").write_text("0::/job\n" if version == 2 else "4:memory:/job\n3:cpu:/job\n")
+    base = tmp_path / "fs" / ("job" if version == 2 else "memory/job")
+    base.mkdir(parents=True)
+    names = ("memory.max", "memory.current") if version == 2 else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    (base / names[0]).write_text(f"{4 * gib}\n")
+    (base / names[1]).write_text(f"{3 * gib}\n")  # 1 GiB of the process, 2 GiB of file pages
+    prefix = "" if version == 2 else "total_"
+    (base / "memory.stat").write_text(f"{prefix}active_file {gib}\n{prefix}inactive_file {gib}\nanon {gib}\n")
+    assert _cgroup_room(str(tmp_path / "cgroup"), str(tmp_path / "fs")) == 3 * gib
+    (base / "memory.stat").unlink()  # unreadable: use as it is counted
+    assert _cgroup_room(str(tmp_path / "cgroup"), str(tmp_path / "fs")) == gib
+    (base / names[0]).write_text("max\n" if version == 2 else f"{1 << 62}\n")  # no limit
+    assert _cgroup_room(str(tmp_path / "cgroup"), str(tmp_path / "fs")) is None
