@@ -71,7 +71,7 @@ def run(features: Path, head: str, root: Path, extra: list[str] = (), cgroup: Pa
 def real(cache: Path, seeds: list[int], heads: list[str], block_rows: int) -> None:
     from featx.cache import read_features
     from featx.heads import make_head
-    from featx.streaming import fit_in_blocks, predict_proba_in_blocks
+    from featx.streaming import fit_in_blocks, predict_in_blocks
 
     fs = read_features(cache, check=False)
     X_train, y_train, X_test, y_test = fs.load()
@@ -82,12 +82,12 @@ def real(cache: Path, seeds: list[int], heads: list[str], block_rows: int) -> No
                 t0 = time.perf_counter()
                 if mode == "memory":
                     est = make_head(head, **params).fit(X_train, y_train)
-                    proba = est.predict_proba(X_test)
+                    pred = est.predict(X_test)
                 else:
                     with fs.open() as (Xtr, ytr, Xte, _):
                         est = fit_in_blocks(make_head(head, **params), Xtr, ytr, block_rows=block_rows)
-                        proba = predict_proba_in_blocks(est, Xte, block_rows=block_rows)
-                acc = float(np.mean(est.classes_[proba.argmax(axis=1)] == y_test))
+                        pred = predict_in_blocks(est, Xte, block_rows=block_rows)
+                acc = float(np.mean(pred == y_test))
                 print(json.dumps({"head": head, "seed": seed, "mode": mode, "accuracy": round(acc, 4),
                                   "seconds": round(time.perf_counter() - t0, 1)}), flush=True)  # fmt: skip
 
