@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -64,7 +65,7 @@ class _ScaledLinear(OptionalProbability):
             raise HeadError(f"{type(self).__name__} needs at least 2 classes in y; got 1 class: {classes[0]!r}.")
         self.n_features_in_ = int(X.shape[1])
         self.scaler_ = scaler_in_blocks(X, block_rows=block_rows, progress=progress)
-        seed = 0 if self.random_state is None else int(np.random.RandomState(self.random_state).randint(2**31 - 1))
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))  # None: a fresh seed, as scikit-learn
         settings = replace(self.MINIBATCH, seed=seed)
         W, b, epochs = fit_linear_in_blocks(X, y_idx, len(classes), self._scale32, loss=self.LOSS, C=self.C, settings=settings,
                                     block_rows=block_rows, label=self.name, progress=progress, mapper=mapper)  # fmt: skip
@@ -143,6 +144,7 @@ class LogisticRegressionHead(_ScaledLinear):
     search = {"C": [0.01, 0.1, 1.0]}
     marker = "s"
     rank = 1
+    defaults = {"random_state": 0}  # the order of the minibatches, read in blocks: the same each run
 
     _parameter_constraints: dict = dict(_LINEAR_CONSTRAINTS)
 

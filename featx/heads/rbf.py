@@ -11,6 +11,7 @@ from sklearn.kernel_approximation import Nystroem
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -121,7 +122,7 @@ class RBFSVMClassifier(OptionalProbability):
         n, d = X.shape
         self.n_features_in_, self.classes_ = int(d), classes
         scaler = scaler_in_blocks(X, block_rows=block_rows, progress=progress)
-        seed = 0 if self.random_state is None else int(np.random.RandomState(self.random_state).randint(2**31 - 1))
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))  # None: a fresh seed, as scikit-learn
         k = min(self.n_components, n)
         _, landmarks = sample_rows(X, k, seed)  # Nystroem picks its k components among these k rows: all
         gamma = 1.0 / d if self.gamma == "scale" else self.gamma  # unit variance after scaling
