@@ -267,3 +267,17 @@ def test_a_cgroup_limit_counts_use_but_not_the_page_cache_of_files_read(version,
     assert _cgroup_room(str(tmp_path / "cgroup"), str(tmp_path / "fs")) == gib
     (base / names[0]).write_text("max\n" if version == 2 else f"{1 << 62}\n")  # no limit
     assert _cgroup_room(str(tmp_path / "cgroup"), str(tmp_path / "fs")) is None
+
+
+def test_svm_rbf_maps_the_rows_it_scores_a_chunk_at_a_time(cache, monkeypatch):
+    """The Nystroem map of 65,536 rows at once would hold a float64 kernel of 1 GiB: svm-rbf scores
+    4,096 rows at a time, with the same result."""
+    import featx.heads.rbf as rbf
+
+    with h5py.File(cache) as f:
+        X, y = np.asarray(f["X"][:], dtype=np.float32), f["y"][:]
+    head = make_head("svm-rbf", max_exact_samples=100, n_components=50, probability=True).fit(X[:1000], y[:1000])
+    whole = head.decision_function(X), head.predict_proba(X), head.predict(X)
+    monkeypatch.setattr(rbf, "CHUNK_ROWS", 128)
+    for a, b in zip(whole, (head.decision_function(X), head.predict_proba(X), head.predict(X))):
+        np.testing.assert_allclose(a, b, atol=1e-12) if a.dtype.kind == "f" else np.testing.assert_array_equal(a, b)

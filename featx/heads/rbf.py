@@ -13,6 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -20,6 +21,9 @@ from ..errors import HeadError
 from .calibration import PROBABILITY_DOC, OptionalProbability, calibrated_fit
 from .keras_layers import calibrated_probabilities, dense_layer, linear_decision, standardize
 from .sgd import Minibatch
+
+#: Rows mapped at a time when the head predicts.
+CHUNK_ROWS = 4096
 
 
 class RBFSVMClassifier(OptionalProbability):
@@ -153,13 +157,27 @@ class RBFSVMClassifier(OptionalProbability):
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return self.pipeline_[:-1].transform(X)
 
+    def _by_chunks(self, X, method):
+        """``method`` of the classifier on the mapped rows of ``X``, :data:`CHUNK_ROWS` at a time: the
+        Nystroem map of many rows at once would hold a float64 kernel of rows x ``n_components``
+        (65,536 rows: 1 GiB) and its mapped copy."""
+        check_is_fitted(self)
+        if not (hasattr(X, "shape") and hasattr(X, "__getitem__")):
+            X = np.asarray(X)  # a list, or an array-like that cannot be sliced
+        if X.shape[0] <= CHUNK_ROWS:
+            return method(self._transform(X))
+        return np.concatenate([method(self._transform(X[i : i + CHUNK_ROWS])) for i in range(0, X.shape[0], CHUNK_ROWS)])
+
     def decision_function(self, X):
-        Xt = self._transform(X)
-        return self.pipeline_[-1].decision_function(Xt)
+        return self._by_chunks(X, lambda Z: self.pipeline_[-1].decision_function(Z))
 
     def predict(self, X):
-        Xt = self._transform(X)
-        return self.pipeline_[-1].predict(Xt)
+        return self._by_chunks(X, lambda Z: self.pipeline_[-1].predict(Z))
+
+    @available_if(OptionalProbability._has_probability)
+    def predict_proba(self, X):
+        check_is_fitted(self, "calibrator_")
+        return self._by_chunks(X, lambda Z: self.calibrator_.predict_proba(Z))
 
     def to_keras(self, features):
         """The fitted head as Keras layers: standardisation, the Nystroem RBF map (exp of a
