@@ -1,9 +1,9 @@
 """Heads fitted on a feature cache a block of rows at a time, never all of it in memory.
 
-A head that has scikit-learn's ``partial_fit`` (``centroid``: class sums; ``knn``: its bank, in
-float16 if asked) learns from one block of rows after another; the Keras heads (``dense``,
-``linear``) train on :func:`shuffled_batches`, a Keras data source that holds one group of rows
-at a time. :func:`fit_in_blocks` reads the rows of an array, a memmap or an HDF5 dataset
+A head that has scikit-learn's ``partial_fit`` (``centroid``: class sums; ``knn``: its bank)
+learns from one block of rows after another; the others (``dense``, ``linear``, ``logreg``,
+``svm``, ``svm-rbf``) have a ``fit_blocks`` that trains by minibatch on :func:`shuffled_batches`,
+which holds one group of rows at a time. :func:`fit_in_blocks` reads the rows of an array, a memmap or an HDF5 dataset
 (``FeatureSet.open()``) a block at a time, each block converted to float32 on its own: a float16
 cache is never copied whole to float32. :func:`predict_proba_in_blocks` scores the same way.
 

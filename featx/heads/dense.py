@@ -197,15 +197,12 @@ class DenseClassifier(Head, ClassifierMixin, BaseEstimator):
 
         from ..errors import SettingsError
         from ..streaming import scaler_in_blocks
+        from .sgd import block_labels
 
         self._validate_params()
         if self.early_stopping:
             raise SettingsError("early_stopping holds out rows in memory: fit the dense head in blocks without it.")
-        y = np.asarray(y[:])
-        check_classification_targets(y)
-        self.classes_, y_idx = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise DataError(f"DenseClassifier needs at least 2 classes in y; got 1 class: {self.classes_[0]!r}.")
+        self.classes_, y_idx = block_labels(self, y)
         self.n_features_in_ = int(X.shape[1])
         self.scaler_ = scaler_in_blocks(X, block_rows=block_rows, progress=progress) if self.standardize else None
         seed = self.random_state if self.random_state is not None else int(np.random.randint(2**31 - 1))

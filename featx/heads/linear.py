@@ -55,14 +55,10 @@ class _ScaledLinear(OptionalProbability):
         classifier with its ``coef_``), so predicting and exporting do not change."""
         from ..streaming import Transformed, scaler_in_blocks
         from .calibration import calibrate_sample
-        from .sgd import fit_linear_in_blocks
+        from .sgd import block_labels, fit_linear_in_blocks
 
         self._validate_params()
-        y = np.asarray(y[:])
-        check_classification_targets(y)
-        classes, y_idx = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise HeadError(f"{type(self).__name__} needs at least 2 classes in y; got 1 class: {classes[0]!r}.")
+        classes, y_idx = block_labels(self, y)
         self.n_features_in_ = int(X.shape[1])
         self.scaler_ = scaler_in_blocks(X, block_rows=block_rows, progress=progress)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))  # None: a fresh seed, as scikit-learn
@@ -78,7 +74,7 @@ class _ScaledLinear(OptionalProbability):
         self.classes_, self.n_iter_ = classes, epochs
         self.calibrator_ = None
         if getattr(self, "probability", False):
-            self.calibrator_ = calibrate_sample(self.classifier_, Transformed(X, self._scale32), y, seed)
+            self.calibrator_ = calibrate_sample(self.classifier_, Transformed(X, self._scale32), classes[y_idx], seed)
         self.solver_ = f"minibatch SGD, {epochs} epochs, in blocks"
         return self
 

@@ -115,14 +115,10 @@ class RBFSVMClassifier(OptionalProbability):
         used here. ``mapper``: as the linear heads' ``fit_blocks``."""
         from ..streaming import Transformed, sample_rows, scaler_in_blocks
         from .calibration import calibrate_sample
-        from .sgd import fit_linear_in_blocks
+        from .sgd import block_labels, fit_linear_in_blocks
 
         self._validate_params()
-        y = np.asarray(y[:])
-        check_classification_targets(y)
-        classes, y_idx = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise HeadError(f"{type(self).__name__} needs at least 2 classes in y; got 1 class: {classes[0]!r}.")
+        classes, y_idx = block_labels(self, y)
         n, d = X.shape
         self.n_features_in_, self.classes_ = int(d), classes
         scaler = scaler_in_blocks(X, block_rows=block_rows, progress=progress)
@@ -143,7 +139,7 @@ class RBFSVMClassifier(OptionalProbability):
         svm = LinearSVC(C=self.C / 10, random_state=self.random_state)
         svm.classes_, svm.coef_, svm.intercept_, svm.n_features_in_ = classes, W.T, b, k
         svm.n_iter_ = epochs
-        self.calibrator_ = calibrate_sample(svm, Transformed(X, mapped, k), y, seed) if self.probability else None
+        self.calibrator_ = calibrate_sample(svm, Transformed(X, mapped, k), classes[y_idx], seed) if self.probability else None
         self.pipeline_ = make_pipeline(scaler, nys, svm)
         self.solver_ = f"Nystroem({k}) + linear SVM by minibatch SGD, {epochs} epochs, in blocks"
         return self

@@ -35,6 +35,22 @@ class Minibatch:
     seed: int = 0
 
 
+def block_labels(head, y) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, each label's index in them)`` of the labels ``y`` of a fit in blocks (read
+    whole: labels are small), checked as scikit-learn checks them; one class is a
+    :class:`~featx.errors.DataError`."""
+    from sklearn.utils.multiclass import check_classification_targets
+
+    from ..errors import DataError
+
+    y = np.asarray(y[:])
+    check_classification_targets(y)
+    classes, y_idx = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(f"{type(head).__name__} needs at least 2 classes in y; got 1 class: {classes[0]!r}.")
+    return classes, y_idx
+
+
 def train_batches(model, source, steps: int, epochs: int, label: str, progress: bool | None = None) -> dict:
     """Train ``model`` on ``steps`` batches of ``source`` per epoch with ``train_on_batch``; a
     progress bar per epoch named ``label`` (``progress`` None: on a terminal). Returns the history, as ``Model.fit``'s: each
