@@ -158,7 +158,10 @@ def connect(cluster, workers: int | None = None):
             lc, what = _local_cluster(workers)
         with lc, distributed.Client(lc) as client, _kept_environ():
             _announce(client, f"local Dask cluster, {what}")
-            yield client
+            try:
+                yield client
+            finally:
+                _quiet_shutdown(client)
         return
     address = cluster.strip().rstrip("/")
     greet(address)
@@ -211,6 +214,24 @@ def greet(address: str, timeout: float = GREETING_TIMEOUT) -> None:
             f"Something listens at {address}, but it is not a Dask scheduler (it did not greet as one within "
             f"{timeout:g} s). Check the address and port (a scheduler's is 8786 by default), or use --cluster local."
         )
+
+
+def _quiet_shutdown(client) -> None:
+    """Before a local cluster closes: its worker processes log nothing below CRITICAL.
+
+    Closing races in Dask: a worker's heartbeat can reach a scheduler that has just closed,
+    and the worker logs that as an ERROR with a traceback, after featx's work has finished
+    and succeeded. Errors during the work itself still show (they also reach the client as
+    the task's exception)."""
+    import logging
+
+    def quiet():
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+    try:  # the workers only: a local cluster's nannies run in this process, whose logging is the user's
+        client.run(quiet, on_error="ignore")
+    except Exception:  # noqa: BLE001 - a cluster already gone has nothing left to log
+        pass
 
 
 @contextmanager
