@@ -14,18 +14,23 @@ head's fit is shared out is the head's own:
   share of the file, averaged each epoch (:func:`featx.heads.sgd.fit_linear_in_blocks`): equal to
   one process's within the noise of SGD;
 - any other head that learns in blocks is fitted whole by one task on a worker.
+
+A worker lost during the fit (killed, out of memory) costs only its task: Dask runs it again on
+a worker alive, and the head is the same. A task that loses every worker it is given (Dask's
+``allowed-failures``) ends the fit with a one-line :class:`~featx.errors.ClusterError`.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
-from .errors import HeadError
+from .errors import ClusterError, HeadError
 from .streaming import BLOCK_ROWS, HDF5Rows, fit_in_blocks
 
 log = logging.getLogger(__name__)
@@ -69,9 +74,28 @@ def fit_on_cluster(estimator, X, y, client, *, classes=None, block_rows: int = B
         raise HeadError("Fitting on a cluster reads the features from their HDF5 file on the workers: these rows "
                         "are held in memory. Fit here, or pass the cache's datasets.")  # fmt: skip
     try:
-        return _fit(estimator, ref, np.asarray(y[:]), client, classes, block_rows, progress)
+        with _cluster_failures(type(estimator).__name__):
+            return _fit(estimator, ref, np.asarray(y[:]), client, classes, block_rows, progress)
     finally:
         ref.close()  # the file as this process opened it to read (the standardisation's pass)
+
+
+@contextmanager
+def _cluster_failures(what: str):
+    """The cluster's own failures (workers lost past Dask's retries, a closed cluster) as one
+    line; an error raised by a task itself (a damaged file, a bug) stays what it is."""
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+    from distributed.comm import CommClosedError
+
+    try:
+        yield
+    except KilledWorker as exc:
+        raise ClusterError(f"fitting {what} on the cluster: a task lost every worker that ran it ({exc}); a worker "
+                           "may run out of memory: give workers more, or fit here without --cluster.") from None  # fmt: skip
+    except (FutureCancelledError, CommClosedError) as exc:
+        raise ClusterError(f"fitting {what} on the cluster: the cluster went away ({exc.__class__.__name__}); "
+                           "nothing was saved: run again.") from None  # fmt: skip
 
 
 def _fit(estimator, ref: HDF5Rows, y: np.ndarray, client, classes, block_rows: int, progress):

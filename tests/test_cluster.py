@@ -464,6 +464,129 @@ def test_a_head_fitted_on_the_workers_from_the_file_equals_one_fitted_here(head,
         np.testing.assert_allclose(there.centroids_, here.centroids_, atol=1e-12)
 
 
+class HoldOneTask(distributed.WorkerPlugin):
+    """On the workers: the first call of ``module.function`` whose arguments ``when`` accepts says
+    so (a Dask Event) and holds until its worker is killed; where it runs again, it runs."""
+
+    name = "featx-test-hold-one-task"
+
+    def __init__(self, module, function, when):
+        self.module, self.function, self.when = module, function, when
+
+    def setup(self, worker):
+        import importlib
+
+        mod = importlib.import_module(self.module)
+        real = self.real = getattr(mod, self.function)
+        when = self.when
+
+        def held(*args):
+            reached = distributed.Event("featx-test-task-held")
+            if when(*args) and not reached.is_set():
+                distributed.Variable("featx-test-holder").set(distributed.get_worker().address)
+                reached.set()
+                distributed.Event("featx-test-never").wait()
+            return real(*args)
+
+        setattr(mod, self.function, held)
+
+    def teardown(self, worker):
+        import importlib
+
+        setattr(importlib.import_module(self.module), self.function, self.real)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head, module, function, when", [
+    ("centroid", "featx.cluster_fit", "_part", lambda est, X, y, classes, start, stop: start == 900),
+    ("logreg", "featx.heads.sgd", "_local_epoch", lambda *args: args[-3] == 3 and args[-1] == 1),
+])  # fmt: skip
+def test_a_worker_killed_during_a_fit_on_the_workers_same_head(head, module, function, when, feature_file, client,
+                                                               monkeypatch):  # fmt: skip
+    import cloudpickle
+
+    from featx.cluster_fit import fit_on_cluster
+    from featx.heads import HEADS, make_head
+    from featx.heads.sgd import Minibatch
+
+    monkeypatch.setattr(HEADS["logreg"], "MINIBATCH", Minibatch(epochs=6, batch_size=64, min_steps=0))
+    with h5py.File(feature_file) as f:
+        X, y = f["X"], f["y"]
+        unharmed = fit_on_cluster(make_head(head), X, y, client, block_rows=300, progress=False)
+        Xq = np.asarray(X[::7], dtype=np.float32)
+        out = {}
+
+        def run():
+            try:
+                out["head"] = fit_on_cluster(make_head(head), X, y, client, block_rows=300, progress=False)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                out["error"] = exc
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the plugin travels to the workers
+        try:
+            client.register_plugin(HoldOneTask(module, function, when))
+        finally:
+            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        t = threading.Thread(target=run)
+        try:
+            t.start()
+            assert distributed.Event("featx-test-task-held", client=client).wait(120), "no worker took the task"
+            holder = distributed.Variable("featx-test-holder", client=client).get(timeout=30)
+            os.kill(client.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
+            t.join(300)
+        finally:
+            client.unregister_worker_plugin(HoldOneTask.name)
+            distributed.Event("featx-test-task-held", client=client).clear()
+            client.wait_for_workers(2, timeout=60)  # the nanny restarts it
+    assert "error" not in out, out.get("error")
+    # Dask ran the lost worker's task again on a worker alive: the same head as a run without the kill
+    np.testing.assert_allclose(out["head"].predict_proba(Xq), unharmed.predict_proba(Xq), atol=1e-5)
+
+
+class KillEveryWorker(distributed.WorkerPlugin):
+    """On the workers: ``featx.cluster_fit._part`` on the block at row 900 ends its worker's process."""
+
+    name = "featx-test-kill-every-worker"
+
+    def setup(self, worker):
+        import featx.cluster_fit as cf
+
+        real = self.real = cf._part
+
+        def deadly(estimator, X, y, classes, start, stop):
+            if start == 900:
+                os._exit(1)
+            return real(estimator, X, y, classes, start, stop)
+
+        cf._part = deadly
+
+    def teardown(self, worker):
+        import featx.cluster_fit as cf
+
+        cf._part = self.real
+
+
+@pytest.mark.slow
+def test_a_task_that_kills_every_worker_is_one_line(feature_file, client):
+    import cloudpickle
+
+    from featx.cluster_fit import fit_on_cluster
+    from featx.heads import make_head
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        client.register_plugin(KillEveryWorker())
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    try:
+        with h5py.File(feature_file) as f, pytest.raises(ClusterError, match="lost every worker that ran it") as err:
+            fit_on_cluster(make_head("centroid"), f["X"], f["y"], client, block_rows=300, progress=False)
+    finally:
+        client.unregister_worker_plugin(KillEveryWorker.name)
+        client.wait_for_workers(2, timeout=60)
+    assert "\n" not in str(err.value) and "centroid" in str(err.value).lower()
+
+
 def test_compare_reads_a_large_cache_on_the_workers(feature_file, tmp_path, client):
     from featx.compare import compare as compare_features
 
