@@ -36,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import SettingsError
+from .streaming import sample_rows, take_rows
 
 METHODS = ("exact", "approximate")
 ENGINES = ("auto", "numpy", "faiss")
@@ -164,7 +165,7 @@ class Stacked:
         for k, p in enumerate(self.parts):
             hit = np.flatnonzero(part == k)
             if len(hit):
-                out[hit] = _take(p, rows[hit] - self.offsets[k]) if np.all(np.diff(rows[hit]) > 0) else \
+                out[hit] = take_rows(p, rows[hit] - self.offsets[k], dtype=None) if np.all(np.diff(rows[hit]) > 0) else \
                     np.asarray(p[rows[hit] - self.offsets[k]])  # fmt: skip
         return out
 
@@ -274,9 +275,9 @@ def _numpy_search(bank, queries, k, search, center, sims, idx, bar, self_search)
 
 
 def _faiss_index(bank, search, center, d: int):
+    """The approximate search's inverted-file index of the bank (it holds a copy, in ``storage``)."""
     import faiss
 
-    """The approximate search's inverted-file index of the bank (it holds a copy, in ``storage``)."""
     nlist = search.nlist or default_nlist(len(bank))
     quantizer = faiss.IndexFlatIP(d)
     if search.storage == "float16":
@@ -285,20 +286,11 @@ def _faiss_index(bank, search, center, d: int):
     else:
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     # k-means on a seeded sample of 64 rows per cell (FAISS's floor is 39; more costs time, not recall)
-    n_train = min(len(bank), 64 * nlist)
-    pick = np.sort(np.random.default_rng(0).choice(len(bank), n_train, replace=False))
-    index.train(unit_rows(_take(bank, pick), center))
+    index.train(unit_rows(sample_rows(bank, 64 * nlist, seed=0)[1], center))
     index.nprobe = min(search.nprobe, nlist)
     for _, b in _blocks(bank, search.block_rows, center, np.float32):
         index.add(b)
     return index, quantizer  # the index uses the quantizer: it lives as long as the index
-
-
-def _take(X, rows: np.ndarray) -> np.ndarray:
-    """Rows of an array or HDF5 dataset (HDF5 wants increasing indices: read in order, a block at a time)."""
-    if not hasattr(X, "id"):
-        return np.asarray(X[rows])
-    return np.concatenate([X[rows[i : i + 4096]] for i in range(0, len(rows), 4096)]) if len(rows) else X[:0]
 
 
 #: Bytes of bank rows (as float32) that FAISS's exact search holds at a time.

@@ -184,11 +184,12 @@ class Transformed:
         return np.asarray(self.transform(np.asarray(self.X[rows], dtype=np.float32)), dtype=np.float32)
 
 
-def read_rows(X, rows) -> np.ndarray:
-    """Rows ``rows`` of ``X`` as float32. A cache file that cannot be read there (damaged after it
-    was checked, or taken away) is a :class:`~featx.errors.CacheError` naming it, not a crash."""
+def read_rows(X, rows, dtype=np.float32) -> np.ndarray:
+    """Rows ``rows`` of ``X`` as ``dtype`` (None: as stored). A cache file that cannot be read there
+    (damaged after it was checked, or taken away) is a :class:`~featx.errors.CacheError` naming it,
+    not a crash."""
     try:
-        return np.asarray(X[rows], dtype=np.float32)
+        return np.asarray(X[rows], dtype=dtype)
     except OSError as exc:
         inner = X.X if isinstance(X, Columns) else X
         source = getattr(getattr(inner, "file", None), "filename", None) or getattr(inner, "path", None) or "the features"
@@ -268,10 +269,17 @@ def sample_rows(X, rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(row numbers, rows as float32)`` of ``rows`` rows of ``X`` drawn at random (seeded), in
     file order: a sample from all over a cache, read without reading it all."""
     pick = np.sort(np.random.default_rng(seed).choice(len(X), min(rows, len(X)), replace=False))
+    return pick, take_rows(X, pick)
+
+
+def take_rows(X, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Rows ``rows`` (increasing row numbers) of ``X`` as ``dtype`` (None: as stored): from a file,
+    4,096 at a time (HDF5 reads a list of rows in increasing order, and slowly when it is long)."""
     if not hasattr(X, "id") and not isinstance(X, (Columns, HDF5Rows)):
-        return pick, read_rows(X, pick)
-    return pick, np.concatenate([read_rows(X, pick[i : i + 4096]) for i in range(0, len(pick), 4096)]) if len(pick) \
-        else read_rows(X, slice(0, 0))  # fmt: skip
+        return read_rows(X, rows, dtype)
+    if not len(rows):
+        return read_rows(X, slice(0, 0), dtype)
+    return np.concatenate([read_rows(X, rows[i : i + 4096], dtype) for i in range(0, len(rows), 4096)])
 
 
 def fit_in_blocks(estimator, X, y, *, classes=None, block_rows: int = BLOCK_ROWS, progress: bool | None = None):
