@@ -9,6 +9,12 @@ the registered head classes, :func:`featx.heads.trusted_types`). A file that nam
 naming it. The Keras head keeps its model in Keras's own ``.keras`` format
 inside, as bytes.
 
+The head's large arrays (:data:`LARGE_ARRAY_BYTES` and up: ``knn``'s bank) are written beside
+skops's state in the same zip file, as ``.npy`` entries streamed a piece at a time, and read
+back so: skops would hold each in memory twice more while it writes (a bank of 781 MiB took a
+peak of 3.1 GiB more to save, ``benchmarks/bench_save_head.py``). They are plain arrays (no
+pickle), checked against the zip's CRC as they are read.
+
 Heads saved by earlier versions of featx are joblib pickles: they load only
 with ``trust_pickle=True`` (``--trust-pickle``).
 """
@@ -16,13 +22,22 @@ with ``trust_pickle=True`` (``--trust-pickle``).
 from __future__ import annotations
 
 import os
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from .errors import CacheError
 from .heads import trusted_types
 
 #: File name endings of saved heads: skops now, joblib pickles from earlier versions.
 SUFFIX, PICKLE_SUFFIX = ".skops", ".joblib"
+
+#: Arrays of a head at least this large are written beside skops's state, a piece at a time.
+LARGE_ARRAY_BYTES = 16 << 20
+#: Where in the file those arrays go.
+ARRAYS_FOLDER = "featx-arrays/"
 
 
 def save_head(path: Path, estimator, record: dict) -> Path:
@@ -32,12 +47,45 @@ def save_head(path: Path, estimator, record: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    large = _large_arrays(estimator)
+    entries = {name: f"{ARRAYS_FOLDER}{name}.npy" for name in large}
     try:
-        sio.dump({"estimator": estimator, "record": record}, tmp)
+        with _set_aside(estimator, large):
+            sio.dump({"estimator": estimator, "record": record, "arrays": entries}, tmp)
+        with zipfile.ZipFile(tmp, "a") as zf:
+            for name, value in large.items():
+                with zf.open(entries[name], "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, value, allow_pickle=False)  # 16 MiB at a time
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _large_arrays(estimator) -> dict[str, np.ndarray]:
+    """The estimator's own arrays (in the state it saves) of :data:`LARGE_ARRAY_BYTES` and up, as
+    plain arrays (a memory-mapped one included: read as it is written)."""
+    getstate = getattr(estimator, "__getstate__", None)
+    state = getstate() if getstate is not None else getattr(estimator, "__dict__", {})
+    if not isinstance(state, dict):
+        return {}
+    return {name: np.asarray(value) for name, value in state.items()
+            if isinstance(value, np.ndarray) and value.dtype != object and value.nbytes >= LARGE_ARRAY_BYTES
+            and name.isidentifier() and getattr(estimator, name, None) is not None}  # fmt: skip
+
+
+@contextmanager
+def _set_aside(estimator, large: dict[str, np.ndarray]):
+    """While skops writes the estimator: each large array replaced by an empty one of its dtype
+    and row width (what :func:`load_head` checks the array read against)."""
+    kept = {name: getattr(estimator, name) for name in large}
+    try:
+        for name, value in large.items():
+            setattr(estimator, name, np.empty((0, *value.shape[1:]), value.dtype))
+        yield
+    finally:
+        for name, value in kept.items():
+            setattr(estimator, name, value)
 
 
 def load_head(path: Path, *, trust_pickle: bool = False) -> tuple[object, dict]:
@@ -79,4 +127,27 @@ def load_head(path: Path, *, trust_pickle: bool = False) -> tuple[object, dict]:
         raise CacheError(f"Cannot read saved head {path} ({exc.__class__.__name__}: {exc}): fit it again.") from None
     if not isinstance(saved, dict) or not {"estimator", "record"} <= set(saved):
         raise CacheError(f"{path} is not a head saved by featx (no estimator and record in it): fit the head again.")
+    _read_arrays(path, saved["estimator"], saved.get("arrays") or {})
     return saved["estimator"], saved["record"]
+
+
+def _read_arrays(path: Path, estimator, entries: dict) -> None:
+    """Put back the large arrays :func:`save_head` wrote beside skops's state, each read a piece at
+    a time; one that is not the array set aside (its dtype, its row width) or is damaged is a
+    :class:`~featx.errors.CacheError`."""
+    if not entries:
+        return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name, entry in entries.items():
+                placeholder = getattr(estimator, str(name), None)
+                if not (isinstance(entry, str) and entry.startswith(ARRAYS_FOLDER) and isinstance(placeholder, np.ndarray)
+                        and len(placeholder) == 0):  # fmt: skip
+                    raise ValueError(f"{entry!r} does not belong to the head's {name!r}")
+                with zf.open(entry) as fh:
+                    value = np.lib.format.read_array(fh, allow_pickle=False)
+                if value.dtype != placeholder.dtype or value.shape[1:] != placeholder.shape[1:]:
+                    raise ValueError(f"{entry} holds {value.dtype} {value.shape}, not the head's {name}")
+                setattr(estimator, name, value)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CacheError(f"Cannot read saved head {path} ({exc.__class__.__name__}: {exc}): fit it again.") from None

@@ -200,7 +200,7 @@ class KNNClassifier(_CosineVote):
         state = self.__dict__.copy()
         state.pop("_reserved", None)  # room asked for and not yet taken
         if state.pop("_buffer", None) is not None:
-            state["train_"] = np.array(self.train_)  # the rows filled, not the room left
+            state["train_"] = np.asarray(self.train_)  # the rows filled, not the room left (a view: no copy)
         return state
 
     def _search(self) -> NeighborSearch:
