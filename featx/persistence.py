@@ -138,9 +138,11 @@ def _read_arrays(path: Path, estimator, entries: dict) -> None:
     if not entries:
         return
     try:
+        if not isinstance(entries, dict):
+            raise ValueError(f"its arrays are listed as a {type(entries).__name__}, not by name")
         with zipfile.ZipFile(path) as zf:
             for name, entry in entries.items():
-                placeholder = getattr(estimator, str(name), None)
+                placeholder = getattr(estimator, name, None) if isinstance(name, str) and name.isidentifier() else None
                 if not (isinstance(entry, str) and entry.startswith(ARRAYS_FOLDER) and isinstance(placeholder, np.ndarray)
                         and len(placeholder) == 0):  # fmt: skip
                     raise ValueError(f"{entry!r} does not belong to the head's {name!r}")

@@ -239,6 +239,22 @@ def test_a_large_bank_is_saved_beside_skops_state_and_loads_the_same(tmp_path, m
         persistence.load_head(tmp_path / "bad.skops")
 
 
+@pytest.mark.parametrize("arrays", [["x"], {"train_": "../outside.npy"}, {"__class__": "featx-arrays/x.npy"},
+                                    {"labels_": "featx-arrays/labels_.npy"}, {"train_": "featx-arrays/missing.npy"}])
+def test_a_saved_head_whose_list_of_arrays_was_altered_is_one_line(tmp_path, arrays):
+    import skops.io as sio
+
+    from featx.errors import CacheError
+    from featx.persistence import load_head
+
+    X = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    est = make_head("knn", n_neighbors=3).fit(X, np.arange(50) % 2)
+    est.train_ = est.train_[:0]  # as save_head leaves it in skops's state
+    sio.dump({"estimator": est, "record": {}, "arrays": arrays}, tmp_path / "h.skops")
+    with pytest.raises(CacheError, match=r"Cannot read saved head .*h\.skops .*fit it again"):
+        load_head(tmp_path / "h.skops")
+
+
 def test_saving_a_large_bank_holds_no_copy_of_it(tmp_path):
     # in a child process: the peak memory while save_head writes a 128 MiB bank, over what it held
     import subprocess
