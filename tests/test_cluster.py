@@ -125,31 +125,36 @@ def test_sharded_keras_hub_preset(client, tiny, tmp_path):
     assert one.settings["backbone"] == "hub:tiny_dinov2"
 
 
-class HoldThirdShard(distributed.WorkerPlugin):
-    """On the workers: the first worker to start the third train shard says so (a Dask Event) and
-    holds it until it is killed; where it runs again, it runs."""
+class HoldOneTask(distributed.WorkerPlugin):
+    """On the workers: the first call of ``module.function`` whose arguments ``when`` accepts says
+    so (a Dask Event) and holds until its worker is killed; where it runs again, it runs."""
 
-    name = "featx-test-hold-third-shard"
+    name = "featx-test-hold-one-task"
+
+    def __init__(self, module, function, when):
+        self.module, self.function, self.when = module, function, when
 
     def setup(self, worker):
-        import featx.shards as shards
+        import importlib
 
-        real = self.real = shards.embed_shard
+        mod = importlib.import_module(self.module)
+        real = self.real = getattr(mod, self.function)
+        when = self.when
 
-        def held(job, split, start, stop, rows=None):
-            reached = distributed.Event("featx-test-third-shard")
-            if split == "train" and start == 600 and not reached.is_set():
+        def held(*args):
+            reached = distributed.Event("featx-test-task-held")
+            if when(*args) and not reached.is_set():
                 distributed.Variable("featx-test-holder").set(distributed.get_worker().address)
                 reached.set()
                 distributed.Event("featx-test-never").wait()
-            return real(job, split, start, stop, rows)
+            return real(*args)
 
-        shards.embed_shard = held
+        setattr(mod, self.function, held)
 
     def teardown(self, worker):
-        import featx.shards as shards
+        import importlib
 
-        shards.embed_shard = self.real
+        setattr(importlib.import_module(self.module), self.function, self.real)
 
 
 def test_killed_worker_mid_run_same_result(client, tmp_path):
@@ -168,20 +173,22 @@ def test_killed_worker_mid_run_same_result(client, tmp_path):
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the plugin travels to the workers
     try:
-        client.register_plugin(HoldThirdShard())
+        client.register_plugin(HoldOneTask("featx.shards", "embed_shard",
+                                           lambda job, split, start, stop, rows: split == "train" and start == 600))
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     t = threading.Thread(target=run)
     try:
         t.start()
-        assert distributed.Event("featx-test-third-shard", client=client).wait(120), "no worker started the shard"
+        assert distributed.Event("featx-test-task-held", client=client).wait(120), "no worker started the shard"
         holder = distributed.Variable("featx-test-holder", client=client).get(timeout=30)
         folder = next((tmp_path / "many" / "features").glob("*.shards"))
         assert [p for p in folder.glob("*-*-*.h5") if ".partial" not in p.name]  # a shard done before, one running
         os.kill(client.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
         t.join(300)
     finally:
-        client.unregister_worker_plugin(HoldThirdShard.name)
+        client.unregister_worker_plugin(HoldOneTask.name)
+        distributed.Event("featx-test-task-held", client=client).clear()
     assert "error" not in out, out.get("error")
     assert_same_file(reference, out["fs"])
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it
@@ -462,38 +469,6 @@ def test_a_head_fitted_on_the_workers_from_the_file_equals_one_fitted_here(head,
         np.testing.assert_array_equal(there.labels_, here.labels_)
     if head == "centroid":
         np.testing.assert_allclose(there.centroids_, here.centroids_, atol=1e-12)
-
-
-class HoldOneTask(distributed.WorkerPlugin):
-    """On the workers: the first call of ``module.function`` whose arguments ``when`` accepts says
-    so (a Dask Event) and holds until its worker is killed; where it runs again, it runs."""
-
-    name = "featx-test-hold-one-task"
-
-    def __init__(self, module, function, when):
-        self.module, self.function, self.when = module, function, when
-
-    def setup(self, worker):
-        import importlib
-
-        mod = importlib.import_module(self.module)
-        real = self.real = getattr(mod, self.function)
-        when = self.when
-
-        def held(*args):
-            reached = distributed.Event("featx-test-task-held")
-            if when(*args) and not reached.is_set():
-                distributed.Variable("featx-test-holder").set(distributed.get_worker().address)
-                reached.set()
-                distributed.Event("featx-test-never").wait()
-            return real(*args)
-
-        setattr(mod, self.function, held)
-
-    def teardown(self, worker):
-        import importlib
-
-        setattr(importlib.import_module(self.module), self.function, self.real)
 
 
 @pytest.mark.slow
