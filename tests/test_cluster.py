@@ -561,6 +561,37 @@ def test_a_task_that_kills_every_worker_is_one_line(feature_file):
     assert "\n" not in str(err.value) and "centroid" in str(err.value).lower()
 
 
+@pytest.mark.slow
+def test_a_cluster_closed_during_a_fit_is_one_line(feature_file):
+    import cloudpickle
+
+    from featx.cluster_fit import fit_on_cluster
+    from featx.heads import make_head
+
+    out = {}
+    with cluster_mod.connect("local", 2) as client, h5py.File(feature_file) as f:  # a cluster of its own: closed here
+
+        def run():
+            try:
+                out["head"] = fit_on_cluster(make_head("centroid"), f["X"], f["y"], client, block_rows=300,
+                                             progress=False)  # fmt: skip
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                out["error"] = exc
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        try:
+            client.register_plugin(HoldOneTask("featx.cluster_fit", "_part", lambda *args: args[-2] == 900))
+        finally:
+            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        t = threading.Thread(target=run)
+        t.start()
+        assert distributed.Event("featx-test-task-held", client=client).wait(120), "no worker took the task"
+        client.cluster.close()
+        t.join(120)
+    assert "head" not in out and isinstance(out.get("error"), ClusterError), out
+    assert "the cluster went away" in str(out["error"]) and "\n" not in str(out["error"])
+
+
 def test_compare_reads_a_large_cache_on_the_workers(feature_file, tmp_path, client):
     from featx.compare import compare as compare_features
 
