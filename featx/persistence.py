@@ -63,15 +63,12 @@ def save_head(path: Path, estimator, record: dict) -> Path:
 
 
 def _large_arrays(estimator) -> dict[str, np.ndarray]:
-    """The estimator's own arrays (in the state it saves) of :data:`LARGE_ARRAY_BYTES` and up, as
-    plain arrays (a memory-mapped one included: read as it is written)."""
-    getstate = getattr(estimator, "__getstate__", None)
-    state = getstate() if getstate is not None else getattr(estimator, "__dict__", {})
-    if not isinstance(state, dict):
-        return {}
-    return {name: np.asarray(value) for name, value in state.items()
-            if isinstance(value, np.ndarray) and value.dtype != object and value.nbytes >= LARGE_ARRAY_BYTES
-            and name.isidentifier() and getattr(estimator, name, None) is not None}  # fmt: skip
+    """The estimator's public arrays (its fitted attributes) of :data:`LARGE_ARRAY_BYTES` and up, as
+    plain arrays (a memory-mapped one included: read as it is written). Private ones are the
+    estimator's to save or drop (``knn``'s room for rows to come)."""
+    return {name: np.asarray(value) for name, value in vars(estimator).items()
+            if not name.startswith("_") and isinstance(value, np.ndarray) and value.dtype != object
+            and value.nbytes >= LARGE_ARRAY_BYTES}  # fmt: skip
 
 
 @contextmanager

@@ -125,6 +125,22 @@ def test_sharded_keras_hub_preset(client, tiny, tmp_path):
     assert one.settings["backbone"] == "hub:tiny_dinov2"
 
 
+def send_plugin(client, plugin) -> None:
+    """Register ``plugin`` on the workers: its class, of this test module, travels by value."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        client.register_plugin(plugin)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def kill_worker(client, address: str) -> None:
+    """SIGKILL the process of the worker at ``address`` (its nanny starts another)."""
+    os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
+
+
 class HoldOneTask(distributed.WorkerPlugin):
     """On the workers: the first call of ``module.function`` whose arguments ``when`` accepts says
     so (a Dask Event) and holds until its worker is killed; where it runs again, it runs."""
@@ -156,10 +172,20 @@ class HoldOneTask(distributed.WorkerPlugin):
 
         setattr(importlib.import_module(self.module), self.function, self.real)
 
+    @staticmethod
+    def holder(client, what: str = "the task") -> str:
+        """The address of the worker that holds the task, once one does."""
+        assert distributed.Event("featx-test-task-held", client=client).wait(120), f"no worker took {what}"
+        return distributed.Variable("featx-test-holder", client=client).get(timeout=30)
+
+    @classmethod
+    def remove(cls, client) -> None:
+        """Off the workers, and ready to hold a task again."""
+        client.unregister_worker_plugin(cls.name)
+        distributed.Event("featx-test-task-held", client=client).clear()
+
 
 def test_killed_worker_mid_run_same_result(client, tmp_path):
-    import cloudpickle
-
     ds = subset(3000, 600)
     reference = extract_features("trunk", ds, cache_dir=tmp_path / "one", **TRUNK)
     out = {}
@@ -171,24 +197,18 @@ def test_killed_worker_mid_run_same_result(client, tmp_path):
         except BaseException as exc:  # noqa: BLE001 - reported below
             out["error"] = exc
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the plugin travels to the workers
-    try:
-        client.register_plugin(HoldOneTask("featx.shards", "embed_shard",
-                                           lambda job, split, start, stop, rows: split == "train" and start == 600))
-    finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    send_plugin(client, HoldOneTask("featx.shards", "embed_shard",
+                                    lambda job, split, start, stop, rows: split == "train" and start == 600))
     t = threading.Thread(target=run)
     try:
         t.start()
-        assert distributed.Event("featx-test-task-held", client=client).wait(120), "no worker started the shard"
-        holder = distributed.Variable("featx-test-holder", client=client).get(timeout=30)
+        holder = HoldOneTask.holder(client, "the shard")
         folder = next((tmp_path / "many" / "features").glob("*.shards"))
         assert [p for p in folder.glob("*-*-*.h5") if ".partial" not in p.name]  # a shard done before, one running
-        os.kill(client.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
+        kill_worker(client, holder)
         t.join(300)
     finally:
-        client.unregister_worker_plugin(HoldOneTask.name)
-        distributed.Event("featx-test-task-held", client=client).clear()
+        HoldOneTask.remove(client)
     assert "error" not in out, out.get("error")
     assert_same_file(reference, out["fs"])
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it
@@ -478,7 +498,6 @@ def test_a_head_fitted_on_the_workers_from_the_file_equals_one_fitted_here(head,
 ])  # fmt: skip
 def test_a_worker_killed_during_a_fit_on_the_workers_same_head(head, module, function, when, feature_file, client,
                                                                monkeypatch):  # fmt: skip
-    import cloudpickle
 
     from featx.cluster_fit import fit_on_cluster
     from featx.heads import HEADS, make_head
@@ -497,21 +516,14 @@ def test_a_worker_killed_during_a_fit_on_the_workers_same_head(head, module, fun
             except BaseException as exc:  # noqa: BLE001 - reported below
                 out["error"] = exc
 
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the plugin travels to the workers
-        try:
-            client.register_plugin(HoldOneTask(module, function, when))
-        finally:
-            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        send_plugin(client, HoldOneTask(module, function, when))
         t = threading.Thread(target=run)
         try:
             t.start()
-            assert distributed.Event("featx-test-task-held", client=client).wait(120), "no worker took the task"
-            holder = distributed.Variable("featx-test-holder", client=client).get(timeout=30)
-            os.kill(client.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
+            kill_worker(client, HoldOneTask.holder(client))
             t.join(300)
         finally:
-            client.unregister_worker_plugin(HoldOneTask.name)
-            distributed.Event("featx-test-task-held", client=client).clear()
+            HoldOneTask.remove(client)
             client.wait_for_workers(2, timeout=60)  # the nanny restarts it
     assert "error" not in out, out.get("error")
     # Dask ran the lost worker's task again on a worker alive: the same head as a run without the kill
@@ -543,7 +555,6 @@ class KillEveryWorker(distributed.WorkerPlugin):
 
 @pytest.mark.slow
 def test_a_task_that_kills_every_worker_is_one_line(feature_file):
-    import cloudpickle
     import dask
 
     from featx.cluster_fit import fit_on_cluster
@@ -551,11 +562,7 @@ def test_a_task_that_kills_every_worker_is_one_line(feature_file):
 
     # a cluster of its own (workers die here), whose scheduler gives a task up after its second lost worker
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}), cluster_mod.connect("local", 2) as client:
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        try:
-            client.register_plugin(KillEveryWorker())
-        finally:
-            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        send_plugin(client, KillEveryWorker())
         with h5py.File(feature_file) as f, pytest.raises(ClusterError, match="lost every worker that ran it") as err:
             fit_on_cluster(make_head("centroid"), f["X"], f["y"], client, block_rows=300, progress=False)
     assert "\n" not in str(err.value) and "centroid" in str(err.value).lower()
@@ -563,7 +570,6 @@ def test_a_task_that_kills_every_worker_is_one_line(feature_file):
 
 @pytest.mark.slow
 def test_a_cluster_closed_during_a_fit_is_one_line(feature_file):
-    import cloudpickle
 
     from featx.cluster_fit import fit_on_cluster
     from featx.heads import make_head
@@ -578,14 +584,10 @@ def test_a_cluster_closed_during_a_fit_is_one_line(feature_file):
             except BaseException as exc:  # noqa: BLE001 - checked below
                 out["error"] = exc
 
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        try:
-            client.register_plugin(HoldOneTask("featx.cluster_fit", "_part", lambda *args: args[-2] == 900))
-        finally:
-            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        send_plugin(client, HoldOneTask("featx.cluster_fit", "_part", lambda *args: args[-2] == 900))
         t = threading.Thread(target=run)
         t.start()
-        assert distributed.Event("featx-test-task-held", client=client).wait(120), "no worker took the task"
+        HoldOneTask.holder(client)
         client.cluster.close()
         t.join(120)
     assert "head" not in out and isinstance(out.get("error"), ClusterError), out
