@@ -156,12 +156,13 @@ def connect(cluster, workers: int | None = None):
     if cluster == "local":
         with _kept_environ():  # dask sets OMP_NUM_THREADS=1 and more in this process to start its workers
             lc, what = _local_cluster(workers)
-        with lc, distributed.Client(lc) as client, _kept_environ():
+        with _closed_quietly() as closing, lc, distributed.Client(lc) as client, _kept_environ():
             _announce(client, f"local Dask cluster, {what}")
             try:
                 yield client
             finally:
                 _quiet_shutdown(client)
+                closing()
         return
     address = cluster.strip().rstrip("/")
     greet(address)
@@ -228,10 +229,36 @@ def _quiet_shutdown(client) -> None:
     def quiet():
         logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
-    try:  # the workers only: a local cluster's nannies run in this process, whose logging is the user's
+    try:  # the workers; the nannies, in this process, are quieted by _closed_quietly while they close
         client.run(quiet, on_error="ignore")
     except Exception:  # noqa: BLE001 - a cluster already gone has nothing left to log
         pass
+
+
+@contextmanager
+def _closed_quietly():
+    """A switch that quiets Dask's loggers in this process (the scheduler's, the client's and
+    the nannies' of a local cluster) while the cluster featx started closes, and gives them back
+    their levels once it has closed.
+
+    Closing a local cluster on a busy machine, a nanny may wait longer than its few seconds
+    for its worker process to exit, and logs ``Worker process still alive after 4.0 seconds,
+    killing``: after featx's work has finished and succeeded, nothing for the user to act on.
+    Only the close is quieted; what Dask logs during the work still shows."""
+    saved: dict[str, int] = {}
+
+    def quiet() -> None:
+        names = ["distributed", *(n for n in logging.root.manager.loggerDict if n.startswith("distributed."))]
+        for name in names:
+            logger = logging.getLogger(name)
+            saved.setdefault(name, logger.level)
+            logger.setLevel(logging.CRITICAL)
+
+    try:
+        yield quiet
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @contextmanager

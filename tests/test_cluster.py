@@ -594,6 +594,37 @@ def test_a_cluster_closed_during_a_fit_is_one_line(feature_file):
     assert "the cluster went away" in str(out["error"]) and "\n" not in str(out["error"])
 
 
+class SlowToExit(distributed.WorkerPlugin):
+    """On the workers: closing takes longer than a nanny waits for its worker process, as a worker
+    of a busy machine may; the nanny then kills it, and says so."""
+
+    name = "featx-test-slow-to-exit"
+
+    def teardown(self, worker):
+        time.sleep(60)
+
+
+def test_a_local_cluster_closes_without_dask_on_the_screen():
+    import logging
+
+    seen = []
+
+    class Seen(logging.Handler):
+        def emit(self, record):
+            seen.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+    handler = Seen(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    try:
+        with cluster_mod.connect("local", 1) as client:  # a cluster of its own: its worker is killed on close
+            send_plugin(client, SlowToExit())
+            assert client.submit(sum, [1, 2]).result() == 3
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert not [line for line in seen if "distributed" in line], seen
+    assert logging.getLogger("distributed.nanny").level != logging.CRITICAL  # the levels are given back
+
+
 def test_compare_reads_a_large_cache_on_the_workers(feature_file, tmp_path, client):
     from featx.compare import compare as compare_features
 
