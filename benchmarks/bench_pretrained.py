@@ -3,6 +3,7 @@
     python benchmarks/bench_pretrained.py extract MODEL.keras cifar10-jpeg.tar.gz --size 128 [--mirror]
     python benchmarks/bench_pretrained.py validate --size 128         # choose, on 20% of the train split
     python benchmarks/bench_pretrained.py test --size 128 --variants A,B --seeds 0,1,2   # official split
+    python benchmarks/bench_pretrained.py test --size 128 --heads logreg --param C=1.0    # a fixed C
     python benchmarks/bench_pretrained.py check MODEL.keras cifar10-jpeg.tar.gz --size 128 --variant B
 
 ``extract`` runs the network once over the official 50,000/10,000 split (``--mirror``: over
@@ -116,12 +117,23 @@ def _load(size: int, variant: str):
     return out
 
 
-def _score(head: str, seed: int, X, y, Xv, yv, members: int = 5) -> tuple[float, float]:
-    from featx.heads import make_head
+#: Parameters given to every head that has them (``--param C=1.0``: logreg's fixed C of earlier releases).
+PARAMS: dict = {}
+#: What each fit chose (logreg's and svm's ``C="auto"``), printed with the scores.
+CHOSEN: list = []
 
-    est = make_head(head, random_state=seed, n_members=members) if head == "dense" else make_head(head)
+
+def _score(head: str, seed: int, X, y, Xv, yv, members: int = 5) -> tuple[float, float]:
+    from featx.heads import head_class, make_head
+
+    names = head_class(head)._get_param_names()
+    kw = {k: v for k, v in PARAMS.items() if k in names}
+    if "random_state" in names:  # the dense head's networks; logreg's and svm's held-out rows for C
+        kw["random_state"] = seed
+    est = make_head(head, n_members=members, **kw) if head == "dense" else make_head(head, **kw)
     t0 = time.perf_counter()
     est.fit(X, y)
+    CHOSEN.append(est.chosen_params())
     return float(np.mean(est.predict(Xv) == yv)), time.perf_counter() - t0
 
 
@@ -152,13 +164,36 @@ def test(args) -> None:
         (X, y), (Xt, yt) = d["train"], d["test"]
         for h in heads:
             accs, fits = [], []
+            CHOSEN.clear()
             for seed in seeds:
                 acc, fit = _score(h, seed, X, y, Xt, yt, args.members)
                 accs.append(acc)
                 fits.append(fit)
             spread = f"+- {np.std(accs, ddof=1) * 100:.2f}" if len(accs) > 1 else "(one seed)"
+            chosen = [c["C"] for c in CHOSEN if "C" in c]
             print(f"{variant:<22} {X.shape[1]:>5} {h:<8} {np.mean(accs):.2%} {spread} "
-                  f"({', '.join(f'{a:.2%}' for a in accs)}) fit {np.mean(fits):.0f} s", flush=True)
+                  f"({', '.join(f'{a:.2%}' for a in accs)}) fit {np.mean(fits):.0f} s "
+                  f"({', '.join(f'{f:.0f}' for f in fits)})"
+                  + (f" C chosen {', '.join(f'{c:g}' for c in chosen)}" if chosen else ""), flush=True)
+
+
+def timing(args) -> None:
+    """logreg with a fixed C (``--param``, default C=1.0: the earlier default) against C="auto",
+    in interleaved rounds in this process (fixed, auto, fixed, auto, ...), on the official split."""
+    from featx.heads import make_head
+
+    fixed = {"C": 1.0, **PARAMS}
+    d = _load(args.size, args.variant)
+    (X, y), (Xt, yt) = d["train"], d["test"]
+    print(f"{args.variant} at {args.size}: {X.shape[0]:,} x {X.shape[1]:,}; logreg {fixed} against C='auto'")
+    for r in range(args.rounds):
+        for name, kw in (("fixed", fixed), ("auto", {})):
+            est = make_head("logreg", random_state=r, **kw)
+            t0 = time.perf_counter()
+            est.fit(X, y)
+            fit = time.perf_counter() - t0
+            print(f"round {r} {name:<5} fit {fit:6.1f} s, test {np.mean(est.predict(Xt) == yt):.2%}, "
+                  f"lbfgs iterations {est.n_iter_}, {est.fit_note() or ''}", flush=True)
 
 
 def check(args) -> None:
@@ -185,7 +220,7 @@ def check(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=["extract", "validate", "test", "check"])
+    ap.add_argument("step", choices=["extract", "validate", "test", "check", "timing"])
     ap.add_argument("model", nargs="?")
     ap.add_argument("data", nargs="?")
     ap.add_argument("--size", type=int, default=128)
@@ -197,9 +232,15 @@ def main() -> None:
     ap.add_argument("--heads", default="logreg,dense")
     ap.add_argument("--variants", default=None)
     ap.add_argument("--members", type=int, default=5, help="networks in the dense head's ensemble")
+    ap.add_argument("--rounds", type=int, default=1, help="timing: interleaved rounds")
     ap.add_argument("--variant", default="probe")
+    ap.add_argument("--param", action="append", default=[], help="NAME=VALUE for every head that has it (C=1.0)")
     args = ap.parse_args()
-    {"extract": extract, "validate": validate, "test": test, "check": check}[args.step](args)
+    from featx.heads import parse_params
+
+    PARAMS.update(parse_params(args.param))
+    ap_steps = {"extract": extract, "validate": validate, "test": test, "check": check, "timing": timing}
+    ap_steps[args.step](args)
 
 
 if __name__ == "__main__":

@@ -88,8 +88,9 @@ class EvalSettings:
         The seed of the repeated splits and curve subsets.
     stream : bool or None
         Fit the heads on the cache read a block of rows at a time (:mod:`featx.streaming`): None
-        (default) where the features would not fit comfortably in memory
-        (:func:`featx.streaming.fits_in_memory`), True always, False never.
+        (default) as the work needs: the rows are read into memory (as stored) where they fit in
+        the memory budget (:func:`featx.streaming.fits_in_memory`), and each head is fitted from
+        them where its working set fits beside them, else a block at a time; True always, False never.
 
     >>> EvalSettings(heads=("logreg",), repeats=0)
     Traceback (most recent call last):
@@ -135,11 +136,31 @@ class EvalSettings:
         if self.stream:
             self.check_streams()
 
-    def streams(self, rows: int, width: int) -> bool:
-        """Whether features of ``rows`` x ``width`` are read in blocks (see ``stream``)."""
+    def streams(self, rows: int, width: int, itemsize: int = 4) -> bool:
+        """Whether features of ``rows`` x ``width`` (``itemsize`` bytes a value, as stored) stay in
+        their file, read in blocks (see ``stream``), rather than read into memory."""
         from .streaming import fits_in_memory
 
-        return bool(self.stream) if self.stream is not None else not fits_in_memory(rows, width)
+        return bool(self.stream) if self.stream is not None else not fits_in_memory(rows * width * itemsize)
+
+    def in_blocks(self, head: str, data: LabelledFeatures) -> bool:
+        """Whether ``head`` is fitted on ``data`` a block of rows at a time: rows left in their
+        file; else where the head can learn so and its working set
+        (:meth:`featx.heads.Head.working_set`) would not fit in the memory budget beside the rows
+        (``stream`` None, without tuning, repeats or curves, which need them whole)."""
+        if not data.in_memory:
+            return True
+        if self.stream is not None or self.tune or self.repeats > 1 or self.train_sizes or not HEADS[head].streams():
+            return False
+        return not self.fits(head, data)
+
+    def fits(self, head: str, data: LabelledFeatures, heads_at_once: int = 1) -> bool:
+        """Whether ``heads_at_once`` fits of ``head`` from ``data``'s rows in memory fit in the budget."""
+        from .streaming import fits_in_memory
+
+        rows, width = len(data.X_train) + len(data.X_test), data.X_train.shape[1]
+        held = data.X_train.nbytes + data.X_test.nbytes
+        return fits_in_memory(held + heads_at_once * HEADS[head].working_set(rows, width, len(data.class_names)))
 
     def check_streams(self, rows: int | None = None, width: int | None = None) -> None:
         """What reading the features in blocks rules out, refused before any fit: heads that need
@@ -268,10 +289,10 @@ def evaluate_head(head: str, estimator, data: LabelledFeatures, settings: EvalSe
     params, cv_acc, proba = {}, None, None
     every_class = set(np.unique(data.y_train)) == set(range(len(data.class_names)))
     t0 = time.perf_counter()
-    if not data.in_memory:  # rows on disk: fitted and scored a block at a time
+    if settings.in_blocks(head, data):  # rows on disk, or too many for the head: fitted and scored a block at a time
         from .streaming import fit_in_blocks, predict_in_blocks, predict_proba_in_blocks
 
-        if client is not None:
+        if client is not None and not data.in_memory:
             from .cluster_fit import fit_on_cluster
 
             est = fit_on_cluster(clone(estimator), data.X_train, data.y_train, client)
@@ -285,7 +306,7 @@ def evaluate_head(head: str, estimator, data: LabelledFeatures, settings: EvalSe
         else:  # a margin classifier without probabilities (svm without probability=True)
             pred = predict_in_blocks(est, data.X_test)
         how = est.fit_note() if hasattr(est, "fit_note") else ""
-        where = "read in blocks" + (" on the cluster's workers" if client is not None else "")
+        where = "read in blocks" + (" on the cluster's workers" if client is not None and not data.in_memory else "")
         note = f"{where}; {how}" if how else where
     else:
         if settings.tune:
@@ -300,6 +321,8 @@ def evaluate_head(head: str, estimator, data: LabelledFeatures, settings: EvalSe
             proba = np.asarray(est.predict_proba(data.X_test), dtype=np.float64)  # columns = labels 0..k-1
         note = est.fit_note() if hasattr(est, "fit_note") else ""
     pred_ms = (time.perf_counter() - t0) * 1000 / max(1, len(data.X_test))
+    if hasattr(est, "chosen_params"):
+        params = {**est.chosen_params(), **params}
     return FitResult(backbone=data.backbone, head=head, accuracy=float(accuracy_score(data.y_test, pred)),
                      macro_f1=float(f1_score(data.y_test, pred, average="macro")), fit_seconds=fit_s,
                      predict_ms_per_image=pred_ms, estimator=est, y_test=np.asarray(data.y_test),
@@ -327,7 +350,10 @@ def evaluate_heads(data: LabelledFeatures, settings: EvalSettings, client=None) 
             return list(Parallel(n_jobs=-1)(jobs.values()))
     here = [h for h in heads if HEADS[h].in_process]
     other = [h for h in heads if not HEADS[h].in_process]
-    done = dict(zip(other, Parallel(n_jobs=min(settings.n_jobs, max(1, len(other))))(jobs[h] for h in other)))
+    n_jobs = min(settings.n_jobs, max(1, len(other)))
+    if n_jobs > 1 and not all(settings.in_blocks(h, data) or settings.fits(h, data, n_jobs) for h in other):
+        n_jobs = 1  # the heads' working sets side by side would not fit: one at a time
+    done = dict(zip(other, Parallel(n_jobs=n_jobs)(jobs[h] for h in other)))
     done.update({h: evaluate_head(h, settings.estimator(h), data, settings) for h in here})
     return [done[h] for h in heads]
 
@@ -349,8 +375,8 @@ def open_features(fs, how: EvalSettings, files: ExitStack, **what) -> LabelledFe
     """The features of ``fs``: read into memory, or, where ``how`` streams them (too large for
     memory, or asked), its HDF5 datasets, kept open in ``files``, with the labels in memory."""
     with fs.open() as (X_train, _, X_test, _):
-        rows, width = len(X_train) + len(X_test), X_train.shape[1]
-    if not how.streams(rows, width):
+        rows, width, itemsize = len(X_train) + len(X_test), X_train.shape[1], X_train.dtype.itemsize
+    if not how.streams(rows, width, itemsize):
         return LabelledFeatures(*fs.load(), class_names=fs.class_names, **what)
     X_train, y_train, X_test, y_test = files.enter_context(fs.open())
     return LabelledFeatures(X_train, y_train[:], X_test, y_test[:], class_names=fs.class_names, **what)

@@ -7,9 +7,12 @@ which holds one group of rows at a time. :func:`fit_in_blocks` reads the rows of
 (``FeatureSet.open()``) a block at a time, each block converted to float32 on its own: a float16
 cache is never copied whole to float32. :func:`predict_proba_in_blocks` scores the same way.
 
-``compare`` and ``fit`` read a cache so where :func:`fits_in_memory` says it would not fit
-comfortably: :data:`COPIES` float32 copies of it beyond the memory available (the process's
-cgroup limit counted).
+How much memory a fit may take is set by its work, not by the machine: ``compare`` and ``fit``
+hold a cache's rows in memory (as stored: a float16 cache stays float16) only where they fit in
+:data:`MEMORY_FRACTION` of the memory available (the process's cgroup limit counted), and fit a
+head from rows in memory only where the rows and the head's own working set
+(:meth:`featx.heads.Head.working_set`) fit there too (:func:`fits_in_memory`); a head that can
+learn a block at a time does so otherwise, whatever the machine has to spare.
 """
 
 from __future__ import annotations
@@ -24,10 +27,9 @@ from .errors import CacheError, HeadError
 
 #: Rows per block: 65,536 rows of width 1,024 are 256 MiB of float32.
 BLOCK_ROWS = 65_536
-#: The heads read a cache in blocks when this many float32 copies of it would not fit in the
-#: memory available: the in-memory heads hold the file's rows, a float32 or float64 copy and a
-#: standardised one.
-COPIES = 4
+#: The share of the memory available that featx's arrays of one fit may take (the rows held and the
+#: head's working set): a quarter, so that a fit leaves a shared machine to its other users.
+MEMORY_FRACTION = 0.25
 
 
 def available_memory() -> int | None:
@@ -99,11 +101,17 @@ def _file_cache(stat: str) -> int:
         return 0
 
 
-def fits_in_memory(rows: int, width: int, available: int | None = None) -> bool:
-    """Whether ``rows`` x ``width`` features fit comfortably in memory: :data:`COPIES` float32
-    copies of them within the memory available (unknown: they fit)."""
+def memory_budget(available: int | None = None) -> int | None:
+    """Bytes that one fit's arrays may take: :data:`MEMORY_FRACTION` of the memory available
+    (None: unknown, no limit)."""
     available = available_memory() if available is None else available
-    return available is None or COPIES * rows * width * 4 <= available
+    return None if available is None else int(MEMORY_FRACTION * available)
+
+
+def fits_in_memory(nbytes: int, available: int | None = None) -> bool:
+    """Whether arrays of ``nbytes`` fit in the :func:`memory_budget` (unknown memory: they fit)."""
+    budget = memory_budget(available)
+    return budget is None or nbytes <= budget
 
 
 class Columns:
@@ -209,7 +217,8 @@ CHUNK_ROWS = 256
 
 
 def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int = BLOCK_ROWS, seed: int = 0,
-                     part: tuple[int, int] = (0, 1)) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int]:  # fmt: skip
+                     part: tuple[int, int] = (0, 1), keep: np.ndarray | None = None,
+                     ) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int]:  # fmt: skip
     """A Keras data source of the rows of ``X`` (labels ``y``, in memory), never all in memory:
     ``(an endless generator of (X, y) batches, the batches of one epoch)``.
 
@@ -219,18 +228,22 @@ def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int =
     ``transform`` (as float32) and cut into batches of ``batch_size``.
 
     ``part=(k, parts)``: the rows of every ``parts``-th chunk from the ``k``-th only (a Dask
-    worker's share of the file, from all over it).
+    worker's share of the file, from all over it). ``keep``: a boolean per row, the rows to train
+    on (the others, held out, are read with their chunk and left out of every batch).
     """
     y = np.asarray(y)
     n, per_group = len(X), max(1, block_rows // CHUNK_ROWS)
     sizes = [min(CHUNK_ROWS, n - c * CHUNK_ROWS) for c in range(-(-n // CHUNK_ROWS))]
+    kept = sizes if keep is None else np.add.reduceat(np.asarray(keep, dtype=np.int64), np.arange(0, n, CHUNK_ROWS))
     mine = np.arange(part[0], len(sizes), part[1])
+    if keep is not None:
+        mine = mine[np.asarray(kept)[mine] > 0]
     n_chunks = len(mine)
     rng = np.random.default_rng(seed)
 
     plan = mine[rng.permutation(n_chunks)]
     # batches of the first epoch: the others differ by a batch at most (the endless stream goes on)
-    steps = sum(-(-sum(sizes[c] for c in plan[i : i + per_group]) // batch_size) for i in range(0, n_chunks, per_group))
+    steps = sum(-(-sum(kept[c] for c in plan[i : i + per_group]) // batch_size) for i in range(0, n_chunks, per_group))
 
     def generate():
         order = plan
@@ -239,6 +252,8 @@ def shuffled_batches(X, y, transform=None, *, batch_size: int, block_rows: int =
                 group = np.sort(order[i : i + per_group])
                 rows = np.concatenate([np.arange(c * CHUNK_ROWS, c * CHUNK_ROWS + sizes[c]) for c in group])
                 Xg = np.concatenate([read_rows(X, slice(c * CHUNK_ROWS, c * CHUNK_ROWS + sizes[c])) for c in group])
+                if keep is not None:
+                    Xg, rows = Xg[keep[rows]], rows[keep[rows]]
                 mix = rng.permutation(len(rows))
                 Xg, yg = Xg.take(mix, axis=0), y[rows[mix]]
                 if transform is not None:

@@ -337,3 +337,114 @@ def test_knn_searches_in_blocks_and_equals_the_full_similarity_matrix():
     if faiss_available():
         approx = KNNClassifier(method="approximate").fit(X, y)
         assert np.mean(approx.predict(Xq) == want.argmax(axis=1)) > 0.95
+
+
+# ------------------------------------------------------------------ C chosen on held-out train rows
+@pytest.fixture(scope="module")
+def wide():
+    """Few rows, many noisy columns: a weak penalty overfits, so the best C is small."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 600)
+    X = rng.normal(size=(600, 200))
+    X[:, :3] += 1.5 * np.eye(3)[y]
+    return X, y
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+def test_C_is_chosen_on_held_out_train_rows_then_fitted_on_all(name, wide):
+    from sklearn.preprocessing import StandardScaler
+
+    from featx.heads import regularisation
+
+    X, y = wide
+    head = make_head(name).fit(X, y)
+    assert head.C == "auto" and head.C_ in regularisation.PATH and head.classifier_.C == head.C_
+    # the same sweep by hand: the same held-out rows (seeded), the same classifier at each C
+    fit_rows, held = regularisation.validation_rows(y, head._seed())
+    assert head.C_path_["rows"] == len(held) == 120
+    Xs = StandardScaler().fit(X).transform(X)
+    by_hand = [np.mean(head._classifier(C=c).fit(Xs[fit_rows], y[fit_rows]).predict(Xs[held]) == y[held])
+               for c in head.C_path_["C"]]
+    np.testing.assert_allclose(head.C_path_["accuracy"], by_hand, atol=1e-6 if name == "svm" else 0.02)
+    assert head.C_ == head.C_path_["C"][int(np.argmax(head.C_path_["accuracy"]))]
+    assert head.C_ < 1.0 and len(head.C_path_["C"]) < len(regularisation.PATH)  # stopped past the best
+    # then fitted on every train row: the fixed-C head of the chosen value predicts the same
+    fixed = make_head(name, C=head.C_).fit(X, y)
+    assert np.mean(fixed.predict(X) == head.predict(X)) > 0.99
+    assert head.chosen_params() == {"C": head.C_} and fixed.chosen_params() == {}
+    assert f"C={head.C_:.3g} chosen on 120 held-out train rows" in head.fit_note()
+    assert not hasattr(fixed, "C_path_") and fixed.fit_note() == ""
+
+
+def test_C_of_a_class_too_small_to_hold_rows_out_is_the_fallback():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 5)), np.array([0] * 36 + [1] * 4)
+    head = make_head("logreg").fit(X, y)
+    assert head.C_ == head.FALLBACK_C == 1.0 and head.C_path_ is None
+    assert "too few rows of a class" in head.fit_note()
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+def test_C_is_chosen_in_blocks_from_every_value_trained_at_once(name, wide):
+    from featx.heads import regularisation
+    from featx.heads.sgd import Minibatch
+    from featx.streaming import fit_in_blocks
+
+    X, y = wide
+    head = make_head(name)
+    head.MINIBATCH = Minibatch(epochs=10, min_steps=300, batch_size=64)
+    head = fit_in_blocks(head, X.astype(np.float16), y, block_rows=256, progress=False)
+    assert head.C_path_["C"] == list(regularisation.PATH) and head.C_path_["rows"] == 120
+    assert head.C_ == head.C_path_["C"][int(np.argmax(head.C_path_["accuracy"]))] and head.C_ < 1.0
+    assert f"C={head.C_:.3g} chosen on 120 held-out train rows" in head.fit_note()
+    in_memory = make_head(name).fit(X, y)
+    assert np.mean(head.predict(X) == in_memory.predict(X)) > 0.9
+
+
+@pytest.mark.parametrize("loss", ["softmax", "squared_hinge"])
+def test_values_trained_side_by_side_each_train_as_alone(loss):
+    from featx.heads.sgd import Minibatch, _linear_model, fit_linear_in_blocks
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 1500)
+    X = (rng.normal(size=(1500, 12)) + np.eye(3, 12)[y] * 2).astype(np.float32)
+    settings = Minibatch(epochs=20, min_steps=0, batch_size=64)
+    # the objective side by side is the sum of each layer's own (loss and penalty): gradients apart
+    Cs, n = (1e-3, 10.0), 1200
+    W = [rng.normal(size=(12, 3)).astype(np.float32) for _ in Cs]
+    b = [rng.normal(size=3).astype(np.float32) for _ in Cs]
+    both = _linear_model(12, 3, loss, Cs, n, settings, 10)
+    both.layers[-1].set_weights([np.hstack(W), np.concatenate(b)])
+    alone = []
+    for k, c in enumerate(Cs):
+        model = _linear_model(12, 3, loss, c, n, settings, 10)
+        model.layers[-1].set_weights([W[k], b[k]])
+        alone.append(float(model.evaluate(X[:256], y[:256], batch_size=256, verbose=0)))
+    np.testing.assert_allclose(float(both.evaluate(X[:256], y[:256], batch_size=256, verbose=0)), sum(alone),
+                               rtol=1e-5)  # fmt: skip
+    # trained: each layer of the path ends where a layer trained alone does
+    kw = dict(settings=settings, block_rows=512, label="t", progress=False, keep=np.arange(1500) % 5 != 0)
+    Wp, bp, _ = fit_linear_in_blocks(X, y, 3, lambda a: a, loss=loss, C=Cs, **kw)
+    assert Wp.shape == (2, 12, 3) and bp.shape == (2, 3)
+    for k, c in enumerate(Cs):
+        Wk, bk, _ = fit_linear_in_blocks(X, y, 3, lambda a: a, loss=loss, C=c, **kw)
+        assert np.mean((X @ Wp[k] + bp[k]).argmax(1) == (X @ Wk + bk).argmax(1)) > 0.95
+    assert np.abs(Wp[0]).sum() < np.abs(Wp[1]).sum()  # the strong penalty shrinks its own layer
+
+
+# ------------------------------------------------------------------ memory set by the work
+def test_centroid_and_knn_fitted_from_memory_copy_a_block_not_the_rows():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100_000, 128)).astype(np.float16)  # 25.6 MB
+    y = rng.integers(0, 10, len(X))
+    for name, params, bank in (("centroid", {}, 0), ("knn", {"storage": "float16"}, X.nbytes)):
+        tracemalloc.start()
+        head = make_head(name, **params).fit(X, y)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        # a float64 copy of the rows alone would be 4 times them; a block of 16,384 rows is 16.8 MB
+        assert peak - bank < 1.5 * X.nbytes, (name, peak / 2**20)
+    np.testing.assert_allclose(head.train_[:5], X[:5] / np.linalg.norm(X[:5].astype(np.float64), axis=1,
+                                                                        keepdims=True), atol=2e-3)  # fmt: skip

@@ -281,3 +281,30 @@ def test_svm_rbf_maps_the_rows_it_scores_a_chunk_at_a_time(cache, monkeypatch):
     monkeypatch.setattr(rbf, "CHUNK_ROWS", 128)
     for a, b in zip(whole, (head.decision_function(X), head.predict_proba(X), head.predict(X))):
         np.testing.assert_allclose(a, b, atol=1e-12) if a.dtype.kind == "f" else np.testing.assert_array_equal(a, b)
+
+
+def test_each_head_is_fitted_from_memory_where_its_own_working_set_fits(tmp_path, monkeypatch):
+    from featx import streaming
+    from featx.compare import compare
+    from featx.heads import HEADS
+    from featx.heads.sgd import Minibatch
+
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(3, 24))
+    path = tmp_path / "emb.h5"
+    with h5py.File(path, "w") as f:
+        for split, n in (("train", 900), ("test", 300)):
+            y = rng.integers(0, 3, n)
+            f[f"X_{split}"], f[f"y_{split}"] = (centers[y] + rng.normal(scale=1.5, size=(n, 24))).astype(np.float16), y
+    rows, width, held = 1200, 24, 1200 * 24 * 2  # held as stored: float16
+    assert HEADS["centroid"].working_set(rows, width, 3) < 550_000 < HEADS["logreg"].working_set(rows, width, 3)
+    monkeypatch.setattr(HEADS["logreg"], "MINIBATCH", Minibatch(epochs=2, min_steps=0, batch_size=64))
+    monkeypatch.setattr(streaming, "available_memory", lambda: int((held + 550_000) / streaming.MEMORY_FRACTION))
+    results, _ = compare(heads=["centroid", "logreg"], features=path, reports_dir=tmp_path / "a", n_jobs=1)
+    by = {r.head: r for r in results}
+    assert by["centroid"].note == "" and by["logreg"].note.startswith("read in blocks")
+    assert "C" in by["logreg"].params  # the C chosen on held-out rows, shown with the result
+    # too little even for the rows: both read from the file
+    monkeypatch.setattr(streaming, "available_memory", lambda: int(held / streaming.MEMORY_FRACTION) - 1)
+    results, _ = compare(heads=["centroid"], features=path, reports_dir=tmp_path / "b", n_jobs=1)
+    assert results[0].note == "read in blocks"

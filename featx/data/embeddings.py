@@ -32,7 +32,7 @@ def load_embeddings(path, *, on_disk=None, files=None) -> tuple[Dataset, tuple]:
     four arrays, labels as integers into its class names. Every problem is one
     :class:`~featx.errors.DataError` naming the file.
 
-    ``on_disk(rows, width) -> bool`` and ``files`` (a :class:`contextlib.ExitStack`): an ``.h5``
+    ``on_disk(rows, width, itemsize) -> bool`` and ``files`` (a :class:`contextlib.ExitStack`): an ``.h5``
     file whose rows ``on_disk`` says to leave on disk is kept open in ``files`` and its
     ``X_train`` and ``X_test`` are returned as HDF5 datasets (checked a block at a time), to be
     read in blocks (:mod:`featx.streaming`).
@@ -52,7 +52,8 @@ def load_embeddings(path, *, on_disk=None, files=None) -> tuple[Dataset, tuple]:
             try:
                 keep = on_disk is not None and files is not None and {"X_train", "X_test"} <= set(f.keys()) and \
                     getattr(f["X_train"], "ndim", 0) == 2 and on_disk(len(f["X_train"]) + len(f["X_test"]),
-                                                                     f["X_train"].shape[1])  # fmt: skip
+                                                                     f["X_train"].shape[1],
+                                                                     f["X_train"].dtype.itemsize)  # fmt: skip
                 arrays = {k: (f[k] if keep and k in ("X_train", "X_test") else f[k][()])
                           for k in f.keys() if isinstance(f[k], h5py.Dataset)}  # fmt: skip
             finally:
@@ -121,4 +122,6 @@ def load_embeddings(path, *, on_disk=None, files=None) -> tuple[Dataset, tuple]:
                  hash_strings(str(p), source_stamp(p)), info={"embeddings": f"{X_train.shape[1]}-d, from {p.name}"})  # fmt: skip
     if lazy:
         return ds, (X_train, y_train, X_test, y_test)
-    return ds, (X_train.astype(np.float32), y_train, X_test.astype(np.float32), y_test)
+    # held as stored where a float (a float16 file stays float16: each head converts what it needs)
+    as_held = lambda X: X if X.dtype.kind == "f" else X.astype(np.float32)  # noqa: E731
+    return ds, (as_held(X_train), y_train, as_held(X_test), y_test)

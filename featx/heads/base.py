@@ -106,6 +106,14 @@ class Head:
         return callable(getattr(cls, "fit_blocks", None)) or callable(getattr(cls, "partial_fit", None))
 
     @classmethod
+    def working_set(cls, rows: int, width: int, n_classes: int) -> int:
+        """Bytes that fitting a head of this family on ``rows`` x ``width`` features held in memory
+        takes beyond those rows (and scoring as many), which decides whether it is fitted from
+        memory or a block at a time (:func:`featx.streaming.fits_in_memory`). By default what a
+        scikit-learn estimator takes: a float64 copy of the rows and one transformed copy."""
+        return 16 * rows * width
+
+    @classmethod
     def exports(cls) -> bool:
         """Whether a fitted head of this family can become Keras layers (``export``)."""
         return callable(getattr(cls, "to_keras", None))
@@ -113,6 +121,11 @@ class Head:
     def fit_note(self) -> str:
         """A note on how the fitted head was fitted, for results tables ("" when nothing to say)."""
         return ""
+
+    def chosen_params(self) -> dict:
+        """The parameters that the fit itself chose (``logreg``'s ``C="auto"``: the ``C`` it took),
+        shown with the results and saved with the head ({} when none)."""
+        return {}
 
 
 def head_class(name: str) -> type:

@@ -37,7 +37,24 @@ def _same_classes(head, other) -> None:
                         "every class (classes=) to each part's partial_fit.")  # fmt: skip
 
 
+#: Rows that ``fit`` takes at a time from rows in memory: the float64 copy is one block's, not all of them.
+FIT_BLOCK_ROWS = 16_384
+
+
 class _CosineVote(Head, ClassifierMixin, BaseEstimator):
+    def _fit_in_blocks(self, X, y):
+        """Fit on all of ``X``, ``y`` (checked whole, as scikit-learn's ``fit`` does, and not copied)
+        through :meth:`partial_fit` a block of :data:`FIT_BLOCK_ROWS` at a time."""
+        self._validate_params()
+        X, y = validate_data(self, X, y, dtype=None, accept_large_sparse=False)
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if hasattr(self, "reserve"):
+            self.reserve(len(X))
+        for start in range(0, max(1, len(X)), FIT_BLOCK_ROWS):
+            self.partial_fit(X[start : start + FIT_BLOCK_ROWS], y[start : start + FIT_BLOCK_ROWS], classes=classes)
+        return self
+
     def _labels(self, y, classes, first: bool) -> np.ndarray:
         """Indices into ``classes_`` of the labels ``y`` of a :meth:`partial_fit` block; at the first
         block, ``classes_`` is set from ``classes`` (every class) and ``y``."""
@@ -119,10 +136,16 @@ class KNNClassifier(_CosineVote):
         self.engine = engine
         self.storage = storage
 
+    @classmethod
+    def working_set(cls, rows: int, width: int, n_classes: int) -> int:
+        """The bank (float16 at least), a block of rows in float32, and the search's blocks of
+        similarities (``batch_size`` squared)."""
+        return 2 * rows * width + 8 * min(rows, FIT_BLOCK_ROWS) * width + 8 * 1024 * min(rows, 1024)
+
     def fit(self, X, y):
         for attr in ("train_", "labels_", "classes_", "_buffer", "_reserved", "storage_"):
             self.__dict__.pop(attr, None)
-        return self.partial_fit(X, y)
+        return self._fit_in_blocks(X, y)
 
     def partial_fit(self, X, y, classes=None):
         """Add the rows ``X`` of classes ``y`` to the bank (in ``storage``: a float16 bank takes half
@@ -256,10 +279,15 @@ class NearestCentroidHead(_CosineVote):
     def __init__(self, temperature: float = 0.07):
         self.temperature = temperature
 
+    @classmethod
+    def working_set(cls, rows: int, width: int, n_classes: int) -> int:
+        """The class sums, and a block of rows in float64 with its unit-length copy."""
+        return 8 * n_classes * width + 16 * min(rows, FIT_BLOCK_ROWS) * width
+
     def fit(self, X, y):
         for attr in ("sums_", "counts_", "classes_"):
             self.__dict__.pop(attr, None)
-        return self.partial_fit(X, y)
+        return self._fit_in_blocks(X, y)
 
     def partial_fit(self, X, y, classes=None):
         """Add the rows ``X`` of classes ``y`` to the class sums (a cache read a block at a time

@@ -127,6 +127,11 @@ class DenseClassifier(Head, ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    @classmethod
+    def working_set(cls, rows: int, width: int, n_classes: int) -> int:
+        """The rows in float32, standardised, the part trained on, and Keras's copy of it."""
+        return 16 * rows * width
+
     def fit(self, X, y):
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from numbers import Integral, Real
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -31,17 +33,77 @@ class _ScaledLinear(OptionalProbability):
     def _classifier(self):
         raise NotImplementedError
 
+    @classmethod
+    def working_set(cls, rows: int, width: int, n_classes: int) -> int:
+        """The rows in float64, standardised, and cut into the rows fitted and held out (``C="auto"``)."""
+        return 24 * rows * width
+
+    #: ``C`` where too few rows of a class leave none to choose it on (:mod:`.regularisation`).
+    FALLBACK_C = 1.0
+
     def fit(self, X, y):
+        """Standardise, then fit the classifier; with ``C="auto"``, its ``C`` is chosen first on
+        held-out train rows (:mod:`featx.heads.regularisation`) and the chosen one fitted on all."""
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self.scaler_ = StandardScaler().fit(X)
         Xs = self.scaler_.transform(X)
-        self.classifier_, self.calibrator_ = calibrated_fit(self._classifier(), Xs, y,
-                                                             getattr(self, "probability", False))  # fmt: skip
+        start = self._choose_C(Xs, y) if self.C == "auto" else None
+        classifier = self._classifier()
+        if start is not None:  # lbfgs goes on from the path's solution at the chosen C
+            classifier.set_params(warm_start=True)
+            classifier.coef_, classifier.intercept_ = start
+        self.classifier_, self.calibrator_ = calibrated_fit(classifier, Xs, y, getattr(self, "probability", False))
+        if start is not None:
+            self.classifier_.set_params(warm_start=False)
         self.classes_ = self.classifier_.classes_
         self.n_iter_ = int(np.max(self.classifier_.n_iter_))
         return self
+
+    def _choose_C(self, Xs, y):
+        """Set ``C_`` (and ``C_path_``): the ``C`` of the best of :data:`~.regularisation.PATH` on
+        held-out rows of ``Xs``, ``y``. Returns the classifier's weights at that ``C`` (a warm start
+        for the fit on all rows, where the solver takes one), else None."""
+        from . import regularisation
+
+        split = regularisation.validation_rows(y, self._seed())
+        if split is None:
+            self.C_, self.C_path_ = self.FALLBACK_C, None
+            return None
+        fit_rows, held = split
+        Xf, yf, Xv, yv = Xs[fit_rows], y[fit_rows], Xs[held], y[held]
+        classifier, warm = self._classifier(C=regularisation.PATH[0]), self._warm_starts()
+        if warm:
+            classifier.set_params(warm_start=True)
+        weights = {}
+
+        def fit_score(c):
+            classifier.set_params(C=c).fit(Xf, yf)
+            weights[c] = (classifier.coef_.copy(), np.atleast_1d(classifier.intercept_).copy())
+            return float(np.mean(classifier.predict(Xv) == yv))
+
+        with warnings.catch_warnings():  # weakly penalised fits past the best may stop short: not kept
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            path = regularisation.sweep(fit_score, len(held))
+        self.C_, self.C_path_ = path.chosen, path.as_dict()
+        self.path_note_ = path.note()
+        return weights[path.chosen] if warm else None
+
+    def _warm_starts(self) -> bool:
+        return False
+
+    def _seed(self) -> int:
+        """The seed of the held-out rows and of the minibatches (``random_state`` None: a fresh one)."""
+        return int(check_random_state(self.random_state).randint(2**31 - 1))
+
+    def _C(self) -> float:
+        """The ``C`` the classifier is fitted with: the one given, else the one chosen."""
+        return self.C_ if self.C == "auto" else self.C
+
+    def chosen_params(self) -> dict:
+        """What the fit chose (``C``, with ``C="auto"``), for results tables and saved heads."""
+        return {"C": float(self.C_)} if self.C == "auto" and hasattr(self, "C_") else {}
 
     def fit_blocks(self, X, y, *, block_rows: int = 65_536, progress: bool | None = None, mapper=None):
         """Fit on rows read a block at a time from ``X`` (an HDF5 dataset, a memmap or an array),
@@ -61,10 +123,13 @@ class _ScaledLinear(OptionalProbability):
         classes, y_idx = block_labels(self, y)
         self.n_features_in_ = int(X.shape[1])
         self.scaler_ = scaler_in_blocks(X, block_rows=block_rows, progress=progress)
-        seed = int(check_random_state(self.random_state).randint(2**31 - 1))  # None: a fresh seed, as scikit-learn
+        seed = self._seed()
         settings = replace(self.MINIBATCH, seed=seed)
-        W, b, epochs = fit_linear_in_blocks(X, y_idx, len(classes), self._scale32, loss=self.LOSS, C=self.C, settings=settings,
-                                    block_rows=block_rows, label=self.name, progress=progress, mapper=mapper)  # fmt: skip
+        if self.C == "auto":
+            self._choose_C_in_blocks(X, y_idx, len(classes), settings, block_rows, progress, mapper)
+        W, b, epochs = fit_linear_in_blocks(X, y_idx, len(classes), self._scale32, loss=self.LOSS, C=self._C(),
+                                            settings=settings, block_rows=block_rows, label=self.name,
+                                            progress=progress, mapper=mapper)  # fmt: skip
         if len(classes) == 2:  # scikit-learn's binary form: one column, for the second class
             W, b = (W[:, 1:] - W[:, :1], b[1:] - b[:1]) if self.LOSS == "softmax" else (W[:, 1:], b[1:])
         self.classifier_ = self._classifier()
@@ -78,8 +143,32 @@ class _ScaledLinear(OptionalProbability):
         self.solver_ = f"minibatch SGD, {epochs} epochs, in blocks"
         return self
 
+    def _choose_C_in_blocks(self, X, y_idx, n_classes, settings, block_rows, progress, mapper) -> None:
+        """Set ``C_`` (and ``C_path_``) from the rows of ``X`` read in blocks: every value of
+        :data:`~.regularisation.PATH` trained at once on the rows kept, scored on the held out."""
+        from . import regularisation
+        from .sgd import fit_linear_in_blocks
+
+        split = regularisation.validation_rows(y_idx, settings.seed)
+        if split is None:
+            self.C_, self.C_path_ = self.FALLBACK_C, None
+            return
+        keep = np.ones(len(y_idx), dtype=bool)
+        keep[split[1]] = False
+        W, b, _ = fit_linear_in_blocks(X, y_idx, n_classes, self._scale32, loss=self.LOSS, C=regularisation.PATH,
+                                       settings=settings, block_rows=block_rows, label=f"{self.name}, choosing C",
+                                       progress=progress, mapper=mapper, keep=keep)  # fmt: skip
+        scores = regularisation.held_out_accuracy(X, y_idx, split[1], W, b, self._scale32, block_rows)
+        path = regularisation.choose(regularisation.PATH, scores, len(split[1]))
+        self.C_, self.C_path_, self.path_note_ = path.chosen, path.as_dict(), path.note()
+
     def fit_note(self) -> str:
-        return getattr(self, "solver_", "")
+        how = getattr(self, "solver_", "")
+        if self.C != "auto" or not hasattr(self, "C_"):
+            return how
+        chose = getattr(self, "path_note_", "") or (f"C={self.C_:g}: too few rows of a class to choose it on "
+                                                    "held-out rows")  # fmt: skip
+        return "; ".join(filter(None, [chose, how]))
 
     def _scale32(self, X):
         return self.scaler_.transform(np.asarray(X, dtype=np.float32)).astype(np.float32)
@@ -114,7 +203,7 @@ class _ScaledLinear(OptionalProbability):
 
 
 _LINEAR_CONSTRAINTS: dict = {
-    "C": [Interval(Real, 0, None, closed="neither")],
+    "C": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
     "max_iter": [Interval(Integral, 1, None, closed="left")],
     "random_state": ["random_state"],
 }
@@ -125,14 +214,20 @@ class LogisticRegressionHead(_ScaledLinear):
 
     Parameters
     ----------
-    C : float, default=1.0
-        Inverse regularisation strength.
+    C : float or "auto", default="auto"
+        Inverse regularisation strength; "auto": chosen on held-out train rows, then refitted on
+        all (:mod:`featx.heads.regularisation`, the standard linear probe's protocol).
     max_iter : int, default=1000
     random_state : int or None, default=None
+        The held-out rows of ``C="auto"`` and the minibatches of a fit in blocks.
 
     Attributes
     ----------
     classes_, n_features_in_, scaler_, classifier_
+    C_ : float
+        With ``C="auto"``: the ``C`` chosen (the classifier's).
+    C_path_ : dict or None
+        With ``C="auto"``: the values tried and their held-out accuracy (None: too few rows).
     """
 
     name = "logreg"
@@ -140,17 +235,21 @@ class LogisticRegressionHead(_ScaledLinear):
     search = {"C": [0.01, 0.1, 1.0]}
     marker = "s"
     rank = 1
-    defaults = {"random_state": 0}  # the order of the minibatches, read in blocks: the same each run
+    defaults = {"random_state": 0}  # the held-out rows of C="auto" and the minibatches: the same each run
 
     _parameter_constraints: dict = dict(_LINEAR_CONSTRAINTS)
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000, random_state: int | None = None):
+    def __init__(self, C: float | str = "auto", max_iter: int = 1000, random_state: int | None = None):
         self.C = C
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def _classifier(self):
-        return LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+    def _classifier(self, C: float | None = None):
+        return LogisticRegression(C=self._C() if C is None else C, max_iter=self.max_iter,
+                                  random_state=self.random_state)  # fmt: skip
+
+    def _warm_starts(self) -> bool:
+        return True
 
     def predict_proba(self, X):
         Xt = self._transform(X)
@@ -162,8 +261,9 @@ class LinearSVMHead(_ScaledLinear):
 
     Parameters
     ----------
-    C : float, default=0.01
-        A small C suits thousands of dense, correlated embedding dimensions.
+    C : float or "auto", default="auto"
+        Inverse regularisation strength; "auto": chosen on held-out train rows, then refitted on
+        all (:mod:`featx.heads.regularisation`).
     max_iter : int, default=2000
     random_state : int or None, default=0
     %s
@@ -172,6 +272,8 @@ class LinearSVMHead(_ScaledLinear):
     classes_, n_features_in_, scaler_, classifier_
     calibrator_ : CalibratedClassifierCV
         With ``probability=True`` only.
+    C_, C_path_
+        With ``C="auto"``: the ``C`` chosen, and the values tried with their held-out accuracy.
     """
 
     name = "svm"
@@ -183,15 +285,17 @@ class LinearSVMHead(_ScaledLinear):
 
     _parameter_constraints: dict = {**_LINEAR_CONSTRAINTS, "probability": ["boolean"]}
 
-    def __init__(self, C: float = 0.01, max_iter: int = 2000, random_state: int | None = 0,
+    FALLBACK_C = 0.01  # a small C suits thousands of dense, correlated embedding dimensions
+
+    def __init__(self, C: float | str = "auto", max_iter: int = 2000, random_state: int | None = 0,
                  probability: bool = False):  # fmt: skip
         self.C = C
         self.max_iter = max_iter
         self.random_state = random_state
         self.probability = probability
 
-    def _classifier(self):
-        return LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+    def _classifier(self, C: float | None = None):
+        return LinearSVC(C=self._C() if C is None else C, max_iter=self.max_iter, random_state=self.random_state)
 
 
 LinearSVMHead.__doc__ %= PROBABILITY_DOC

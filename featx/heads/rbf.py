@@ -80,6 +80,11 @@ class RBFSVMClassifier(OptionalProbability):
         self.random_state = random_state
         self.probability = probability
 
+    @classmethod
+    def working_set(cls, rows: int, width: int, n_classes: int) -> int:
+        """The rows in float64 and standardised, and their Nystroem map (2,000 columns by default)."""
+        return 16 * rows * width + 8 * rows * 2000
+
     def fit(self, X, y):
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64)

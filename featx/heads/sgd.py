@@ -91,33 +91,86 @@ def _squared_hinge(n_classes: int):
     return loss
 
 
-def _linear_model(width: int, n_classes: int, loss: str, C: float, n: int, settings: Minibatch, decay_steps: int):
+def _path_loss(loss: str, n_classes: int, k: int):
+    """The ``loss`` of ``k`` linear layers side by side (``k * n_classes`` outputs), summed: each
+    layer's gradient is its own, so each trains as it would alone, on the same batches."""
+    from keras import ops
+
+    def total(y_true, y_pred):
+        z = ops.reshape(y_pred, (-1, k, n_classes))
+        onehot = ops.expand_dims(ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), n_classes), 1)
+        if loss == "softmax":
+            each = ops.logsumexp(z, axis=-1) - ops.sum(z * onehot, axis=-1)
+        else:
+            each = ops.sum(ops.square(ops.relu(1.0 - (2.0 * onehot - 1.0) * z)), axis=-1)
+        return ops.sum(each, axis=-1)
+
+    return total
+
+
+def _path_penalty(Cs, n: int, n_classes: int):
+    """The L2 penalty ``|W_k|^2 / (2 C_k n)`` of each of the layers side by side, summed."""
+    import keras
+    from keras import ops
+
+    scale = np.repeat(1.0 / (2.0 * np.asarray(Cs, dtype=np.float64) * n), n_classes).astype(np.float32)
+
+    class PathL2(keras.regularizers.Regularizer):
+        def __call__(self, x):
+            return ops.sum(ops.square(x) * ops.convert_to_tensor(scale))
+
+    return PathL2()
+
+
+def _linear_model(width: int, n_classes: int, loss: str, C, n: int, settings: Minibatch, decay_steps: int):
     """One Dense layer, compiled: the ``loss``, the L2 penalty ``|W|^2 / (2 C n)``, Adam with a
-    cosine-decaying step over ``decay_steps``."""
+    cosine-decaying step over ``decay_steps``. ``C`` a sequence of values: one layer of
+    ``n_classes`` outputs for each, side by side in one Dense layer, each with its own penalty."""
     import keras
 
     from ..runtime import seeded_build
 
     if loss not in LOSSES:
         raise ValueError(f"loss is one of {LOSSES}: got {loss!r}")  # featx's own call: a bug, not bad input
+    path = np.ndim(C) > 0
     with seeded_build(settings.seed):
-        model = keras.Sequential([keras.Input(shape=(width,)),
-                                  keras.layers.Dense(n_classes, kernel_regularizer=keras.regularizers.L2(1 / (2 * C * n)))])  # fmt: skip
+        if path:
+            dense = keras.layers.Dense(n_classes * len(C), kernel_regularizer=_path_penalty(C, n, n_classes))
+        else:
+            dense = keras.layers.Dense(n_classes, kernel_regularizer=keras.regularizers.L2(1 / (2 * C * n)))
+        model = keras.Sequential([keras.Input(shape=(width,)), dense])
     schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, decay_steps=max(1, decay_steps))
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss == "softmax"
-                  else _squared_hinge(n_classes))  # fmt: skip
+    if path:
+        objective = _path_loss(loss, n_classes, len(C))
+    else:
+        objective = (keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss == "softmax"
+                     else _squared_hinge(n_classes))  # fmt: skip
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=objective)
     model.optimizer.build(model.trainable_variables)
     return model
 
 
-def fit_linear_in_blocks(X, y_idx: np.ndarray, n_classes: int, transform, *, loss: str, C: float,
+def _per_value(W: np.ndarray, b: np.ndarray, C, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A path's weights as ``(values, width, n_classes)`` and ``(values, n_classes)``; one ``C``: as trained."""
+    if np.ndim(C) == 0:
+        return W, b
+    k = len(C)
+    return W.reshape(W.shape[0], k, n_classes).transpose(1, 0, 2), b.reshape(k, n_classes)
+
+
+def fit_linear_in_blocks(X, y_idx: np.ndarray, n_classes: int, transform, *, loss: str, C,
                          settings: Minibatch, block_rows: int, width: int | None = None, label: str = "linear",
-                         progress: bool | None = None, mapper=None) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
+                         progress: bool | None = None, mapper=None,
+                         keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
     """``(W, b, epochs)``: ``W`` and ``b`` of shape ``(width, n_classes)``, ``(n_classes,)``
     minimising the mean ``loss`` of the rows of ``X`` (``transform``-ed; ``width`` columns after
     it, default ``X``'s) plus ``|W|^2 / (2 C n)``, trained on shuffled batches read a block at a
     time, for ``epochs`` passes.
+
+    ``C`` a sequence of values (a regularisation path, :mod:`featx.heads.regularisation`): one
+    layer for each, all trained at once on the same batches, ``W`` and ``b`` of shape
+    ``(values, width, n_classes)``, ``(values, n_classes)``. ``keep``: a boolean per row, the rows
+    to train on (the others are held out; ``n`` counts the kept ones).
 
     With a ``mapper`` that has ``parts`` > 1 (:func:`featx.cluster_fit.fit_on_cluster`'s: one
     part per Dask worker), each epoch runs on the parts at once, each part a share of the file's
@@ -128,27 +181,28 @@ def fit_linear_in_blocks(X, y_idx: np.ndarray, n_classes: int, transform, *, los
     """
     from ..streaming import shuffled_batches
 
-    n, width = len(y_idx), int(width or X.shape[1])
+    n, width = (len(y_idx) if keep is None else int(np.count_nonzero(keep))), int(width or X.shape[1])
     parts = int(getattr(mapper, "parts", 1)) if mapper is not None else 1
     source, steps = shuffled_batches(X, y_idx, transform, batch_size=settings.batch_size, block_rows=block_rows,
-                                     seed=settings.seed)  # fmt: skip
+                                     seed=settings.seed, keep=keep)  # fmt: skip
     epochs = max(settings.epochs, -(-settings.min_steps // max(steps, 1)))
     if parts > 1:
         source.close()
-        return (*_fit_linear_in_parts(X, y_idx, n_classes, transform, loss=loss, C=C, settings=settings,
-                                      block_rows=block_rows, width=width, epochs=epochs, mapper=mapper, parts=parts,
-                                      label=label, progress=progress), epochs)  # fmt: skip
+        W, b = _fit_linear_in_parts(X, y_idx, n_classes, transform, loss=loss, C=C, settings=settings,
+                                    block_rows=block_rows, width=width, epochs=epochs, mapper=mapper, parts=parts,
+                                    label=label, progress=progress, keep=keep, n=n)  # fmt: skip
+        return (*_per_value(W, b, C, n_classes), epochs)
     model = _linear_model(width, n_classes, loss, C, n, settings, steps * epochs)
     try:
         train_batches(model, source, steps, epochs, label, progress)
     finally:
         source.close()
     W, b = (np.asarray(w, dtype=np.float64) for w in model.layers[-1].get_weights())
-    return W, b, epochs
+    return (*_per_value(W, b, C, n_classes), epochs)
 
 
 def _fit_linear_in_parts(X, y_idx, n_classes, transform, *, loss, C, settings, block_rows, width, epochs, mapper,
-                         parts, label, progress):  # fmt: skip
+                         parts, label, progress, keep, n):  # fmt: skip
     """Local SGD: each epoch, every part trains from the same state on its share; states averaged."""
     from functools import partial
 
@@ -157,13 +211,13 @@ def _fit_linear_in_parts(X, y_idx, n_classes, transform, *, loss, C, settings, b
     from ..streaming import shuffled_batches
 
     steps = max(shuffled_batches(X, y_idx, batch_size=settings.batch_size, block_rows=block_rows,
-                                 part=(k, parts))[1] for k in range(parts))  # fmt: skip
+                                 part=(k, parts), keep=keep)[1] for k in range(parts))  # fmt: skip
     state = None
     with tqdm(total=epochs, desc=f"{label} on {parts} workers", unit="epoch", leave=False,
               disable=None if progress is None else not progress) as bar:  # fmt: skip
         for epoch in range(epochs):
             run = partial(_local_epoch, state, X, y_idx, n_classes, transform, loss, C, settings, block_rows, width,
-                          steps * epochs, epoch, parts)  # fmt: skip
+                          keep, n, steps * epochs, epoch, parts)  # fmt: skip
             states = list(mapper(run, range(parts)))
             state = [np.mean([s[i] for s in states], axis=0) for i in range(len(states[0]))]
             bar.update()
@@ -171,15 +225,15 @@ def _fit_linear_in_parts(X, y_idx, n_classes, transform, *, loss, C, settings, b
     return np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
 
 
-def _local_epoch(state, X, y_idx, n_classes, transform, loss, C, settings, block_rows, width, decay_steps, epoch,
-                 parts, k):  # fmt: skip
+def _local_epoch(state, X, y_idx, n_classes, transform, loss, C, settings, block_rows, width, keep, n, decay_steps,
+                 epoch, parts, k):  # fmt: skip
     """A task: one epoch of part ``k`` of the rows from ``state`` (the layer's weights, then Adam's
     variables; None at the start). Returns the state after it."""
     from dataclasses import replace
 
     from ..streaming import shuffled_batches
 
-    model = _linear_model(width, n_classes, loss, C, len(y_idx), settings, decay_steps)
+    model = _linear_model(width, n_classes, loss, C, n, settings, decay_steps)
     variables = model.optimizer.variables
     if state is not None:
         model.layers[-1].set_weights(state[:2])
@@ -187,7 +241,7 @@ def _local_epoch(state, X, y_idx, n_classes, transform, loss, C, settings, block
             v.assign(np.asarray(np.round(value) if "int" in str(v.dtype) else value).astype(str(v.dtype)))
     local = replace(settings, seed=settings.seed + 7919 * epoch + k)
     source, steps = shuffled_batches(X, y_idx, transform, batch_size=local.batch_size, block_rows=block_rows,
-                                     seed=local.seed, part=(k, parts))  # fmt: skip
+                                     seed=local.seed, part=(k, parts), keep=keep)  # fmt: skip
     try:
         train_batches(model, source, steps, 1, f"part {k}", False)
     finally:
