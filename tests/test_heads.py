@@ -378,10 +378,12 @@ def test_C_is_chosen_on_held_out_train_rows_then_fitted_on_all(name, wide):
 
 def test_C_of_a_class_too_small_to_hold_rows_out_is_the_fallback():
     rng = np.random.default_rng(0)
-    X, y = rng.normal(size=(40, 5)), np.array([0] * 36 + [1] * 4)
+    X, y = rng.normal(size=(400, 5)), np.array([0] * 396 + [1] * 4)
     head = make_head("logreg").fit(X, y)
     assert head.C_ == head.FALLBACK_C == 1.0 and head.C_path_ is None
-    assert "too few rows of a class" in head.fit_note()
+    assert "too few train rows" in head.fit_note()
+    small = make_head("svm").fit(X[:200], np.arange(200) % 2)  # 40 rows would be held out: too few
+    assert small.C_ == small.FALLBACK_C == 0.01 and small.C_path_ is None
 
 
 @pytest.mark.parametrize("name", ["logreg", "svm"])

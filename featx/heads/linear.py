@@ -166,7 +166,7 @@ class _ScaledLinear(OptionalProbability):
         how = getattr(self, "solver_", "")
         if self.C != "auto" or not hasattr(self, "C_"):
             return how
-        chose = getattr(self, "path_note_", "") or (f"C={self.C_:g}: too few rows of a class to choose it on "
+        chose = getattr(self, "path_note_", "") or (f"C={self.C_:g}: too few train rows to choose it on "
                                                     "held-out rows")  # fmt: skip
         return "; ".join(filter(None, [chose, how]))
 

@@ -16,8 +16,9 @@ of them. featx does the same by default (``C="auto"``):
 - then the chosen ``C`` is fitted on every train row. The head keeps it (``C_``) and the path
   (``C_path_``), so the table shows it and a saved head holds it.
 
-``C`` given by hand (``--param logreg:C=0.1``) is used as it is. Too few rows of a class for a
-validation split (under :data:`MIN_ROWS_PER_CLASS`): the head's ``FALLBACK_C``, and its note says so.
+``C`` given by hand (``--param logreg:C=0.1``) is used as it is. Too few rows for a validation
+split (a class under :data:`MIN_ROWS_PER_CLASS`, or under :data:`MIN_HELD_OUT` rows held out): the
+head's ``FALLBACK_C``, and its note says so.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ MAX_VALIDATION_ROWS = 50_000
 PATIENCE = 2
 #: The fewest train rows of every class for a validation split.
 MIN_ROWS_PER_CLASS = 5
+#: The fewest held-out rows that choose ``C`` (fewer tell one accuracy from the next by chance alone).
+MIN_HELD_OUT = 50
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,13 @@ class RegularisationPath:
 
 def validation_rows(y, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``(rows to fit, rows held out)`` of the train labels ``y``, stratified and seeded; None where
-    some class has fewer than :data:`MIN_ROWS_PER_CLASS` rows (too few to hold any out)."""
+    some class has fewer than :data:`MIN_ROWS_PER_CLASS` rows, or fewer than :data:`MIN_HELD_OUT`
+    rows would be held out (too few to choose on)."""
     from ..data import stratified_split
 
     y = np.asarray(y)
     _, counts = np.unique(y, return_counts=True)
-    if len(counts) < 2 or counts.min() < MIN_ROWS_PER_CLASS:
+    if len(counts) < 2 or counts.min() < MIN_ROWS_PER_CLASS or VALIDATION_FRACTION * len(y) < MIN_HELD_OUT:
         return None
     fraction = min(VALIDATION_FRACTION, MAX_VALIDATION_ROWS / len(y))
     return stratified_split(y, fraction, seed)
