@@ -227,16 +227,21 @@ def test_fit_streams_when_asked_and_its_head_predicts(tiny, tmp_path):
     assert all(0 < p.probability <= 1 for p in out)
 
 
-def test_compare_on_an_embeddings_file_reads_it_in_blocks(tmp_path):
-    from featx.compare import compare
-
-    rng = np.random.default_rng(3)
+def embeddings_file(path, seed: int):
+    """An embeddings ``.h5`` of 900 train and 300 test float16 rows of 3 classes, width 24."""
+    rng = np.random.default_rng(seed)
     centers = rng.normal(size=(3, 24))
-    path = tmp_path / "emb.h5"
     with h5py.File(path, "w") as f:
         for split, n in (("train", 900), ("test", 300)):
             y = rng.integers(0, 3, n)
             f[f"X_{split}"], f[f"y_{split}"] = (centers[y] + rng.normal(scale=1.5, size=(n, 24))).astype(np.float16), y
+    return path
+
+
+def test_compare_on_an_embeddings_file_reads_it_in_blocks(tmp_path):
+    from featx.compare import compare
+
+    path = embeddings_file(tmp_path / "emb.h5", seed=3)
     held, _ = compare(heads=["centroid", "knn"], features=path, reports_dir=tmp_path / "a", stream=False)
     streamed, _ = compare(heads=["centroid", "knn"], features=path, reports_dir=tmp_path / "b", stream=True)
     by = {r.head: r for r in held}
@@ -290,13 +295,7 @@ def test_each_head_is_fitted_from_memory_where_its_own_working_set_fits(tmp_path
     from featx.heads import HEADS
     from featx.heads.sgd import Minibatch
 
-    rng = np.random.default_rng(4)
-    centers = rng.normal(size=(3, 24))
-    path = tmp_path / "emb.h5"
-    with h5py.File(path, "w") as f:
-        for split, n in (("train", 900), ("test", 300)):
-            y = rng.integers(0, 3, n)
-            f[f"X_{split}"], f[f"y_{split}"] = (centers[y] + rng.normal(scale=1.5, size=(n, 24))).astype(np.float16), y
+    path = embeddings_file(tmp_path / "emb.h5", seed=4)
     rows, width, held = 1200, 24, 1200 * 24 * 2  # held as stored: float16
     assert HEADS["centroid"].working_set(rows, width, 3) < 550_000 < HEADS["logreg"].working_set(rows, width, 3)
     monkeypatch.setattr(HEADS["logreg"], "MINIBATCH", Minibatch(epochs=2, min_steps=0, batch_size=64))
