@@ -81,7 +81,9 @@ def choose(values, scores, rows: int) -> RegularisationPath:
     return RegularisationPath(tuple(values[: len(scores)]), tuple(scores), float(values[best]), rows)
 
 
-def sweep(fit_score: Callable[[float], float], rows: int, values=PATH, patience: int = PATIENCE) -> RegularisationPath:
+def sweep(
+    fit_score: Callable[[float], float], rows: int, values=PATH, patience: int = PATIENCE
+) -> RegularisationPath:
     """``fit_score(C)`` (a fit on the rows kept, its accuracy on the held-out ones) along ``values``
     in order, until ``patience`` values in a row score below the best so far."""
     scores: list[float] = []
@@ -105,7 +107,9 @@ def held_out_accuracy(X, y_idx, held: np.ndarray, W: np.ndarray, b: np.ndarray, 
         mine = held[(held >= start) & (held < start + block_rows)]
         if not len(mine):
             continue
-        part = np.asarray(transform(read_rows(X, slice(start, start + block_rows))[mine - start]), dtype=np.float32)
+        part = np.asarray(
+            transform(read_rows(X, slice(start, start + block_rows))[mine - start]), dtype=np.float32
+        )
         scores = np.einsum("nw,kwc->knc", part, W32) + b32[:, None, :]
         correct += np.sum(scores.argmax(axis=-1) == y_idx[mine][None, :], axis=1)
     return correct / max(1, len(held))
