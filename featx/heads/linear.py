@@ -287,6 +287,11 @@ class LinearSVMHead(_ScaledLinear):
 
     FALLBACK_C = 0.01  # a small C suits thousands of dense, correlated embedding dimensions
 
+    @classmethod
+    def working_set(cls, rows: int, width: int, n_classes: int) -> int:
+        """As ``logreg``'s, and liblinear's own copy of the rows fitted (an index and a float64 a value)."""
+        return 40 * rows * width
+
     def __init__(self, C: float | str = "auto", max_iter: int = 2000, random_state: int | None = 0,
                  probability: bool = False):  # fmt: skip
         self.C = C
