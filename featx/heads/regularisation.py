@@ -7,7 +7,7 @@ of them. featx does the same by default (``C="auto"``):
 - :func:`validation_rows` holds out :data:`VALIDATION_FRACTION` of the train rows (at most
   :data:`MAX_VALIDATION_ROWS`), stratified and seeded; the test split is never read;
 - in memory, :func:`sweep` fits the classifier along :data:`PATH`, from the strongest penalty up,
-  each fit warm-started from the last where the solver can (lbfgs), and stops once
+  each fit warm-started from the last where the solver can (lbfgs, to the head's ``PATH_TOL``), and stops once
   :data:`PATIENCE` values in a row score below the best so far (the weakly penalised fits are the
   slow ones, and past the best they only overfit);
 - read in blocks, every value of :data:`PATH` is trained at once, one layer each, on the same
