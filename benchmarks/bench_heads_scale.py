@@ -4,6 +4,7 @@ fresh process per head, on synthetic 10-class embeddings of width 1,024 (test ro
     python benchmarks/bench_heads_scale.py make --rows 20000 --out /tmp/emb-20000.h5
     python benchmarks/bench_heads_scale.py run --features /tmp/emb-20000.h5 --heads knn,centroid [--featx-root DIR]
     python benchmarks/bench_heads_scale.py real --cache cache/features/FILE.h5 --seeds 0,1,2
+    python benchmarks/bench_heads_scale.py path --rows 65536 --rounds 3   # C="auto"'s side-by-side layer
 
 ``real``: on a real feature cache, each streaming head fitted from memory and from the file in
 blocks (``featx.streaming.fit_in_blocks``), interleaved, per seed: test accuracy and seconds.
@@ -92,6 +93,25 @@ def real(cache: Path, seeds: list[int], heads: list[str], block_rows: int) -> No
                                   "seconds": round(time.perf_counter() - t0, 1)}), flush=True)  # fmt: skip
 
 
+def path(rows: int, width: int, rounds: int) -> None:
+    """One linear layer against the 15 values of ``C="auto"``'s path side by side, trained by
+    minibatch on the same random float16 rows in memory (2 epochs), interleaved: seconds."""
+    from featx.heads.regularisation import PATH
+    from featx.heads.sgd import Minibatch, fit_linear_in_blocks
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, rows)
+    X = (rng.normal(size=(rows, width)) + np.eye(10, width)[y]).astype(np.float16)
+    settings = Minibatch(epochs=2, min_steps=0)
+    for r in range(rounds):
+        for C in (1.0, PATH):
+            t0 = time.perf_counter()
+            fit_linear_in_blocks(X, y, 10, lambda a: a, loss="softmax", C=C, settings=settings, block_rows=65_536,
+                                 progress=False)  # fmt: skip
+            what = "one C" if np.ndim(C) == 0 else f"{len(C)} values of C"
+            print(json.dumps({"round": r, "layers": what, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -111,7 +131,14 @@ def main() -> None:
     q.add_argument("--seeds", default="0,1,2")
     q.add_argument("--heads", default="linear,centroid")
     q.add_argument("--block-rows", type=int, default=65_536)
+    w = sub.add_parser("path")
+    w.add_argument("--rows", type=int, default=65_536)
+    w.add_argument("--width", type=int, default=1024)
+    w.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
+    if args.cmd == "path":
+        path(args.rows, args.width, args.rounds)
+        return
     if args.cmd == "real":
         real(args.cache, [int(s) for s in args.seeds.split(",")], args.heads.split(","), args.block_rows)
         return
