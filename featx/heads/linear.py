@@ -38,9 +38,11 @@ class _ScaledLinear(OptionalProbability):
         """The rows in float64, standardised, and cut into the rows fitted and held out (``C="auto"``)."""
         return 24 * rows * width
 
+    #: Whether the solver goes on from the last fit along the path of ``C="auto"`` (lbfgs can).
+    WARM_STARTS = False
     #: The solver's tolerance along the path of ``C="auto"`` (None: the classifier's own).
     PATH_TOL: float | None = None
-    #: ``C`` where too few rows of a class leave none to choose it on (:mod:`.regularisation`).
+    #: ``C`` where too few train rows leave none to choose it on (:mod:`.regularisation`).
     FALLBACK_C = 1.0
 
     def fit(self, X, y):
@@ -75,7 +77,7 @@ class _ScaledLinear(OptionalProbability):
             return None
         fit_rows, held = split
         Xf, yf, Xv, yv = Xs[fit_rows], y[fit_rows], Xs[held], y[held]
-        classifier, warm = self._classifier(C=regularisation.PATH[0]), self._warm_starts()
+        classifier, warm = self._classifier(C=regularisation.PATH[0]), self.WARM_STARTS
         if warm:
             classifier.set_params(warm_start=True)
         if self.PATH_TOL is not None:  # only to choose: the fit on all rows solves to the head's own tolerance
@@ -91,11 +93,7 @@ class _ScaledLinear(OptionalProbability):
             warnings.simplefilter("ignore", ConvergenceWarning)
             path = regularisation.sweep(fit_score, len(held))
         self.C_, self.C_path_ = path.chosen, path.as_dict()
-        self.path_note_ = path.note()
         return weights[path.chosen] if warm else None
-
-    def _warm_starts(self) -> bool:
-        return False
 
     def _seed(self) -> int:
         """The seed of the held-out rows and of the minibatches (``random_state`` None: a fresh one)."""
@@ -164,14 +162,17 @@ class _ScaledLinear(OptionalProbability):
                                        progress=progress, mapper=mapper, keep=keep)  # fmt: skip
         scores = regularisation.held_out_accuracy(X, y_idx, split[1], W, b, self._scale32, block_rows)
         path = regularisation.choose(regularisation.PATH, scores, len(split[1]))
-        self.C_, self.C_path_, self.path_note_ = path.chosen, path.as_dict(), path.note()
+        self.C_, self.C_path_ = path.chosen, path.as_dict()
 
     def fit_note(self) -> str:
         how = getattr(self, "solver_", "")
         if self.C != "auto" or not hasattr(self, "C_"):
             return how
-        chose = getattr(self, "path_note_", "") or (f"C={self.C_:g}: too few train rows to choose it on "
-                                                    "held-out rows")  # fmt: skip
+        if self.C_path_ is None:
+            chose = f"C={self.C_:g}: too few train rows to choose it on held-out rows"
+        else:
+            chose = (f"C={self.C_:.3g} chosen on {self.C_path_['rows']:,} held-out train rows "
+                     f"({len(self.C_path_['C'])} values of C tried)")  # fmt: skip
         return "; ".join(filter(None, [chose, how]))
 
     def _scale32(self, X):
@@ -255,9 +256,7 @@ class LogisticRegressionHead(_ScaledLinear):
     #: lbfgs along the path to 1e-3, ten times its default: the same C chosen, the fit 1.3 to 2.4
     #: times faster (BENCHMARKS.md, "The linear probe with its C swept").
     PATH_TOL = 1e-3
-
-    def _warm_starts(self) -> bool:
-        return True
+    WARM_STARTS = True
 
     def predict_proba(self, X):
         Xt = self._transform(X)

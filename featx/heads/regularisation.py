@@ -52,10 +52,6 @@ class RegularisationPath:
     chosen: float
     rows: int
 
-    def note(self) -> str:
-        return (f"C={self.chosen:.3g} chosen on {self.rows:,} held-out train rows "
-                f"({len(self.values)} values of C tried)")  # fmt: skip
-
     def as_dict(self) -> dict:
         return {"C": list(self.values), "accuracy": [round(s, 6) for s in self.scores], "rows": self.rows}
 
